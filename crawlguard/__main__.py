@@ -1,0 +1,3 @@
+from crawlguard.cli import main
+
+raise SystemExit(main())
