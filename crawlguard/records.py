@@ -53,4 +53,4 @@ class ViolationRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-assert FIELDS == tuple(f.name for f in fields(ViolationRecord))
+assert tuple(f.name for f in fields(ViolationRecord)) == FIELDS

@@ -1,0 +1,289 @@
+"""The YAML config (SPEC: "Config"), validated by pydantic.
+
+Every error names the key path and the reason; unknown keys are errors. The CLI turns a
+ConfigError into exit code 2 without starting anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+PORT_RANGE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the operator."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_sha256(value: str | None) -> str | None:
+    if value is not None and not HEX64.match(value):
+        raise ValueError("must be the hex SHA-256 of the token (64 hex digits)")
+    return value.lower() if value else value
+
+
+class ProxySection(_Strict):
+    listen_host: str = "127.0.0.1"
+    listen_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    confdir: str = "var/mitmproxy"
+    """mitmproxy's confdir: where its CA lives. Crawlers trust `mitmproxy-ca-cert.pem` from it."""
+    upstream_ca_file: str | None = None
+    """Extra CA bundle for verifying origins (tests use a local CA); system CAs otherwise."""
+
+
+class AdminSection(_Strict):
+    listen_host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    token_sha256: str | None = None
+    token_env: str | None = None
+
+    _v_token = field_validator("token_sha256")(classmethod(lambda cls, v: _check_sha256(v)))
+
+
+class StoreSection(_Strict):
+    url: str = "sqlite:///var/crawlguard.db"
+    retention_days: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not (v.startswith("sqlite:///") or v.startswith(("postgresql://", "postgres://"))):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
+
+
+class StateSection(_Strict):
+    url: str = "memory://"
+    on_error: Literal["closed", "open"] = "closed"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not (v == "memory://" or v.startswith(("redis://", "rediss://"))):
+            raise ValueError("must be memory:// or redis://host:port/db")
+        return v
+
+
+class RobotsSection(_Strict):
+    user_agent: str = "crawlguard/1.0 (+https://github.com/crawlguard/crawlguard)"
+    max_age: Annotated[float, Field(gt=0, le=86400)] = 86400
+    fetch_timeout: Annotated[float, Field(gt=0, le=120)] = 10
+    max_origins: Annotated[int, Field(ge=1)] = 10000
+
+
+PortSpec = int | str
+
+
+class DestinationsSection(_Strict):
+    allow_private: bool = False
+    allowed_ports: list[PortSpec] = Field(default_factory=lambda: [80, 443, "8000-8999"])
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _ports(cls, v: list[PortSpec]) -> list[PortSpec]:
+        for item in v:
+            if isinstance(item, int):
+                if not 1 <= item <= 65535:
+                    raise ValueError(f"port {item} is outside 1-65535")
+                continue
+            m = PORT_RANGE.match(item.strip())
+            if not m:
+                raise ValueError(f"{item!r} is neither a port number nor a 'lo-hi' range")
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if not (1 <= lo <= hi <= 65535):
+                raise ValueError(f"range {item!r} must satisfy 1 <= lo <= hi <= 65535")
+        return v
+
+    def port_allowed(self, port: int) -> bool:
+        for item in self.allowed_ports:
+            if isinstance(item, int):
+                if port == item:
+                    return True
+            else:
+                lo, _, hi = item.strip().partition("-")
+                if int(lo) <= port <= int(hi):
+                    return True
+        return False
+
+
+class PacingSection(_Strict):
+    default_min_interval: Annotated[float, Field(ge=0, le=86400)] = 0
+    max_hold: Annotated[float, Field(ge=0, le=3600)] = 30
+
+
+class Tenant(_Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    token_sha256: str | None = None
+    token_env: str | None = None
+    product_tokens: Annotated[list[str], Field(min_length=1)]
+    mode: Literal["enforce", "monitor", "off"] = "enforce"
+    pacing: Literal["reject", "delay"] = "reject"
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    max_rps: Annotated[float, Field(gt=0)] | None = None
+    allow_hosts: list[str] = Field(default_factory=list)
+    deny_hosts: list[str] = Field(default_factory=list)
+
+    _v_token = field_validator("token_sha256")(classmethod(lambda cls, v: _check_sha256(v)))
+
+    @field_validator("product_tokens")
+    @classmethod
+    def _tokens(cls, v: list[str]) -> list[str]:
+        from crawlguard.ua_policy import product_token_problem
+
+        for token in v:
+            problem = product_token_problem(token)
+            if problem:
+                raise ValueError(f"product token {token!r}: {problem}")
+        return v
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Tenant:
+        if bool(self.token_sha256) == bool(self.token_env):
+            raise ValueError("set exactly one of token_sha256 or token_env")
+        return self
+
+    def token_digest(self) -> bytes:
+        """SHA-256 digest of the tenant's token; token_env is read (and hashed) at load time."""
+        if self.token_sha256:
+            return bytes.fromhex(self.token_sha256)
+        value = os.environ.get(self.token_env or "")
+        if not value:
+            raise ConfigError(
+                f"tenants[{self.id}].token_env: environment variable {self.token_env} is not set"
+            )
+        return hashlib.sha256(value.encode()).digest()
+
+
+class Config(_Strict):
+    proxy: ProxySection = Field(default_factory=ProxySection)
+    admin: AdminSection = Field(default_factory=AdminSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    state: StateSection = Field(default_factory=StateSection)
+    robots: RobotsSection = Field(default_factory=RobotsSection)
+    destinations: DestinationsSection = Field(default_factory=DestinationsSection)
+    pacing: PacingSection = Field(default_factory=PacingSection)
+    tenants: list[Tenant] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        ids: set[str] = set()
+        owner: dict[str, str] = {}
+        for tenant in self.tenants:
+            if tenant.id in ids:
+                raise ValueError(f"tenants: duplicate tenant id {tenant.id!r}")
+            ids.add(tenant.id)
+            for token in tenant.product_tokens:
+                other = owner.get(token.lower())
+                if other is not None and other != tenant.id:
+                    raise ValueError(
+                        f"tenants: product token {token!r} is registered by both "
+                        f"{other!r} and {tenant.id!r}"
+                    )
+                owner[token.lower()] = tenant.id
+        return self
+
+    def admin_token_digest(self) -> bytes | None:
+        if self.admin.token_sha256:
+            return bytes.fromhex(self.admin.token_sha256)
+        if self.admin.token_env:
+            value = os.environ.get(self.admin.token_env)
+            if not value:
+                raise ConfigError(
+                    f"admin.token_env: environment variable {self.admin.token_env} is not set"
+                )
+            return hashlib.sha256(value.encode()).digest()
+        return None
+
+
+def _loc(loc: tuple[int | str, ...], data: Any) -> str:
+    """Key path for an error location, naming list items by tenant id where possible."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = str(item)
+            if isinstance(node, list) and 0 <= item < len(node):
+                entry = node[item]
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    label = entry["id"]
+                node = entry
+            else:
+                node = None
+            if parts:
+                parts[-1] += f"[{label}]"
+            else:
+                parts.append(f"[{label}]")
+        else:
+            parts.append(item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, data: Any) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{_loc(loc, data)}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc, data)}") from None
+    for tenant in config.tenants:
+        tenant.token_digest()  # surfaces a missing token_env now, not at the first request
+    config.admin_token_digest()
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: config is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: YAML syntax error: {exc}") from None
+    return parse_config(data, str(p))
+
+
+def with_overrides(config: Config, **overrides: Any) -> Config:
+    """Apply command-line flags: keys like 'proxy.listen_port'; None means 'not given'."""
+    data = config.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, key = dotted.split(".")
+        data[section][key] = value
+    return Config.model_validate(data)
