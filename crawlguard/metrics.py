@@ -1,0 +1,53 @@
+"""Prometheus metrics (SPEC: "Admin HTTP server"). Labels hold tenant ids, kinds and results only,
+never a URL or host, so cardinality stays bounded by config."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "crawlguard_requests",
+            "Proxied requests by tenant and decision.",
+            ["tenant", "decision"],
+            registry=self.registry,
+        )
+        self.violations = Counter(
+            "crawlguard_violations",
+            "Recorded violations by tenant and kind (monitor mode included).",
+            ["tenant", "kind"],
+            registry=self.registry,
+        )
+        self.robots_fetches = Counter(
+            "crawlguard_robots_fetches",
+            "robots.txt fetch attempts by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "crawlguard_decision_seconds",
+            "Time to decide a request (robots.txt fetch included, pacing holds excluded).",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 5),
+            registry=self.registry,
+        )
+        self.delayed = Gauge(
+            "crawlguard_delayed_requests",
+            "Requests currently held by delay pacing.",
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "crawlguard_auth_failures",
+            "Requests refused with 407 (missing or wrong proxy credentials).",
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "crawlguard_store_errors",
+            "Violation records the store failed to write (they still went to the log).",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
