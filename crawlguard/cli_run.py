@@ -1,10 +1,155 @@
-"""STUB: replaced by its owner."""
+"""`crawlguard run` (the proxy in-process on a lean mitmproxy master) and `crawlguard ca`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
+import logging
+import shutil
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
+from crawlguard.config import Config, ConfigError, load_config, with_overrides
 
-def register(sub: Any) -> None:  # argparse._SubParsersAction
-    _ = argparse
+log = logging.getLogger("crawlguard")
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser("run", help="start the proxy and the admin server")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--listen-host", help="proxy listen address (overrides proxy.listen_host)")
+    run.add_argument("--listen-port", type=int, help="proxy port (overrides proxy.listen_port)")
+    run.add_argument("--admin-port", type=int, help="admin port (overrides admin.port)")
+    run.add_argument("--workers", type=int, default=1, help="proxy processes (needs shared state)")
+    run.set_defaults(func=cmd_run)
+
+    ca = sub.add_parser("ca", help="show (or export) the CA certificate crawlers must trust")
+    ca.add_argument("--config", help="YAML config (for proxy.confdir); default var/mitmproxy")
+    ca.add_argument("--export", metavar="PATH", help="write the CA certificate as PEM to PATH")
+    ca.set_defaults(func=cmd_ca)
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    violations = logging.StreamHandler(sys.stdout)
+    violations.setFormatter(logging.Formatter("%(message)s"))  # JSON lines, one per record
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("crawlguard").setLevel(logging.INFO)
+    vlog = logging.getLogger("crawlguard.violations")
+    vlog.handlers[:] = [violations]
+    vlog.propagate = False
+
+
+def load_with_flags(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    try:
+        return with_overrides(
+            cfg,
+            **{
+                "proxy.listen_host": args.listen_host,
+                "proxy.listen_port": args.listen_port,
+                "admin.port": args.admin_port,
+            },
+        )
+    except ValueError as exc:
+        raise ConfigError(f"command-line flags: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_with_flags(args)
+    except ConfigError as exc:
+        print(f"crawlguard: {exc}", file=sys.stderr)
+        return 2
+    if args.workers != 1:
+        print(
+            "crawlguard: --workers > 1 needs the shared state backend, which is not available "
+            "in this version",
+            file=sys.stderr,
+        )
+        return 2
+    setup_logging()
+    try:
+        return asyncio.run(serve(cfg))
+    except ConfigError as exc:
+        print(f"crawlguard: {exc}", file=sys.stderr)
+        return 2
+
+
+def lean_master(cfg: Config) -> Any:
+    """A master with only the addons the proxy needs (a DumpMaster walks ~35 on every hook)."""
+    from mitmproxy import options
+    from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
+    from mitmproxy.master import Master
+
+    from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
+    from crawlguard.service import Guard
+
+    opts = options.Options()
+    master = Master(opts)
+    try:
+        guard = Guard(cfg)
+    except Exception as exc:  # store or robots setup: report as a config problem
+        raise ConfigError(str(exc)) from exc
+    master.addons.add(
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(),
+        CrawlGuardAddon(guard),
+    )
+    Path(cfg.proxy.confdir).mkdir(parents=True, exist_ok=True)
+    apply_mitmproxy_options(opts, cfg, listen=True)
+    return master
+
+
+async def serve(cfg: Config) -> int:
+    master = lean_master(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, master.shutdown)
+    await master.run()
+    log.info("crawlguard stopped")
+    return 0
+
+
+def ca_path(confdir: str) -> Path:
+    return Path(confdir).expanduser() / "mitmproxy-ca-cert.pem"
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    confdir = "var/mitmproxy"
+    if args.config:
+        try:
+            confdir = load_config(args.config).proxy.confdir
+        except ConfigError as exc:
+            print(f"crawlguard: {exc}", file=sys.stderr)
+            return 2
+    path = ca_path(confdir)
+    if not path.exists():
+        from mitmproxy import certs
+
+        Path(confdir).expanduser().mkdir(parents=True, exist_ok=True)
+        certs.CertStore.from_store(str(Path(confdir).expanduser()), "mitmproxy", 2048)
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    fingerprint = hashlib.sha256(cert.public_bytes(encoding=_pem())).hexdigest()
+    print(f"CA certificate: {path.resolve()}")
+    print(f"SHA-256 fingerprint: {':'.join(fingerprint[i : i + 2] for i in range(0, 64, 2))}")
+    if args.export:
+        shutil.copyfile(path, args.export)
+        print(f"exported to {args.export}")
+    return 0
+
+
+def _pem() -> Any:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.DER

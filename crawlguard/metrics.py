@@ -3,7 +3,17 @@ never a URL or host, so cardinality stays bounded by config."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# `_created` series double the exposition for no use here.
+disable_created_metrics()
 
 
 class Metrics:

@@ -1,0 +1,223 @@
+"""The request path without mitmproxy: authenticate, decide, record, count.
+
+The mitmproxy addon (crawlguard.addon) is a thin adapter over this, so the same code serves
+`crawlguard run`, `mitmdump -s addons/crawlguard_addon.py` and, later, the local dev mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from crawlguard.auth import Authenticator
+from crawlguard.config import Config, Tenant
+from crawlguard.decisions import Action, Decision, Kind
+from crawlguard.destinations import check_destination
+from crawlguard.metrics import Metrics
+from crawlguard.records import ViolationRecord, utc_now_iso
+from crawlguard.robots_cache import RobotsCache
+from crawlguard.store import ViolationStore, open_store
+from crawlguard.ua_policy import UserAgentPolicy
+
+log = logging.getLogger("crawlguard")
+violation_log = logging.getLogger("crawlguard.violations")
+
+COUNT_FLUSH_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class TenantRuntime:
+    cfg: Tenant
+    ua: UserAgentPolicy
+    tokens_lower: tuple[str, ...] = field(default=())
+
+    @property
+    def id(self) -> str:
+        return self.cfg.id
+
+    @property
+    def enforce(self) -> bool:
+        return self.cfg.mode == "enforce"
+
+    def product_token_for(self, user_agent: str) -> str:
+        """The registered token this UA carries (robots groups are matched with it)."""
+        return _token_in(user_agent, self.cfg.product_tokens)
+
+
+@lru_cache(maxsize=4096)
+def _token_in(user_agent: str, tokens: tuple[str, ...] | list[str]) -> str:
+    lowered = user_agent.lower()
+    for token in tokens:
+        if token.lower() in lowered:
+            return token
+    return tokens[0]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    method: str
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    user_agent: str | None
+
+
+def ssl_context(cfg: Config) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if cfg.proxy.upstream_ca_file:
+        ctx.load_verify_locations(cfg.proxy.upstream_ca_file)
+    return ctx
+
+
+class Guard:
+    """Per-process crawlguard state: tenants, robots cache, store, metrics."""
+
+    def __init__(self, cfg: Config, *, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.tenants: dict[str, TenantRuntime] = {}
+        creds: dict[str, tuple[bytes, TenantRuntime]] = {}
+        for tenant in cfg.tenants:
+            runtime = TenantRuntime(tenant, UserAgentPolicy(tuple(tenant.product_tokens)))
+            self.tenants[tenant.id] = runtime
+            creds[tenant.id] = (tenant.token_digest(), runtime)
+        self.auth = Authenticator(creds)
+        self.store: ViolationStore = open_store(cfg.store.url)
+        self.robots = RobotsCache(
+            user_agent=cfg.robots.user_agent,
+            max_age=cfg.robots.max_age,
+            fetch_timeout=cfg.robots.fetch_timeout,
+            max_origins=cfg.robots.max_origins,
+            ssl=ssl_context(cfg),
+            on_fetch=lambda result: self.metrics.robots_fetches.labels(result).inc(),
+        )
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.flush_counts()
+        await self.robots.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self.store.close)
+        self._writer.shutdown(wait=True)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(COUNT_FLUSH_SECONDS)
+            await self.flush_counts()
+
+    async def flush_counts(self) -> None:
+        if not self._counts:
+            return
+        counts, self._counts = dict(self._counts), Counter()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self._writer, self.store.add_request_counts, counts, utc_now_iso()
+            )
+        except Exception:
+            log.exception("could not write request counts; they are kept for the next flush")
+            self._counts.update(counts)
+
+    # -- the request path --------------------------------------------------------------------
+
+    def authenticate(self, header: str | None) -> TenantRuntime | None:
+        tenant = self.auth.authenticate(header)
+        if tenant is None:
+            self.metrics.auth_failures.inc()
+        return tenant
+
+    def check_destination(self, host: str, port: int) -> Decision | None:
+        reason = check_destination(self.cfg.destinations, host, port)
+        if reason is None:
+            return None
+        return Decision(Kind.DESTINATION_FORBIDDEN, rule="destinations", reason=reason)
+
+    async def decide(self, tenant: TenantRuntime, req: RequestInfo) -> Decision:
+        """One decision: destination, user agent, robots.txt (pacing comes after, in the pacer)."""
+        if (d := self.check_destination(req.host, req.port)) is not None:
+            return d
+        verdict = tenant.ua.evaluate(req.user_agent)
+        if verdict.kind is not Kind.ALLOWED:
+            return Decision(verdict.kind, rule=verdict.rule, reason=verdict.reason)
+        if req.path.split("?", 1)[0] == "/robots.txt":
+            return Decision(Kind.ALLOWED)
+        origin = (req.scheme, req.host, req.port)
+        entry = self.robots.peek(origin) or await self.robots.get(origin)
+        if not entry.available:
+            return Decision(
+                Kind.ROBOTS_UNREACHABLE,
+                rule=f"robots.txt unavailable ({entry.result})",
+                reason=f"{req.scheme}://{req.host}:{req.port}/robots.txt could not be fetched "
+                f"({entry.result}).",
+                retry_after=entry.retry_after(time.monotonic()),
+            )
+        assert req.user_agent is not None  # the UA policy refuses a missing one
+        token = tenant.product_token_for(req.user_agent)
+        rv = entry.rules.decide(token, req.path)
+        if not rv.allowed:
+            return Decision(
+                Kind.ROBOTS_DISALLOW,
+                rule=rv.rule,
+                reason=f"robots.txt disallows this URL for {token}.",
+                crawl_delay=rv.crawl_delay,
+                robots_sha256=entry.sha256,
+            )
+        return Decision(Kind.ALLOWED, crawl_delay=rv.crawl_delay, robots_sha256=entry.sha256)
+
+    def count(self, tenant: TenantRuntime, decision: Kind) -> None:
+        self.metrics.requests.labels(tenant.id, decision.value).inc()
+        self._counts[(tenant.id, decision.value)] += 1
+
+    async def record(
+        self, tenant: TenantRuntime, decision: Decision, action: Action, req: RequestInfo
+    ) -> None:
+        """Write the violation durably (store and log) before the caller answers."""
+        rec = ViolationRecord(
+            ts=utc_now_iso(),
+            tenant=tenant.id,
+            kind=decision.kind.value,
+            action=action.value,
+            method=req.method,
+            url=req.url,
+            user_agent=req.user_agent,
+            rule=decision.rule,
+            crawl_delay=decision.crawl_delay,
+            retry_after=decision.retry_after,
+            robots_sha256=decision.robots_sha256,
+            delay_seconds=decision.delay_seconds,
+            reason=decision.reason,
+        )
+        self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
+        violation_log.info(json.dumps(rec.to_dict(), separators=(",", ":")))
+        body = None
+        if decision.robots_sha256:
+            entry = self.robots.peek((req.scheme, req.host, req.port))
+            if entry is not None and entry.sha256 == decision.robots_sha256:
+                body = entry.body
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._writer, self.store.record, rec, body)
+        except Exception:
+            # The JSON line above is the second copy; the operator is told loudly.
+            self.metrics.store_errors.inc()
+            log.exception("violation store write failed; the record is in the log only")
