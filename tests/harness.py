@@ -1,0 +1,254 @@
+"""End-to-end test harness: the real proxy as a subprocess, real local origins on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD_UA = "AcmeBot/1.0 (+https://acme.example/bot)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sha256_hex(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Hit:
+    t: float
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Route:
+    status: int = 200
+    body: bytes = b"hello from origin\n"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class LocalOrigin:
+    """A threaded HTTP(S) origin on 127.0.0.1 that logs every request with its arrival time."""
+
+    def __init__(self, robots: bytes | None = b"User-agent: *\nAllow: /\n", tls: Any = None):
+        self.routes: dict[str, Route] = {}
+        self.robots = robots
+        self.hits: list[Hit] = []
+        self._lock = threading.Lock()
+        origin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                with origin._lock:
+                    origin.hits.append(
+                        Hit(time.monotonic(), self.command, self.path, dict(self.headers.items()))
+                    )
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                path = self.path.split("?", 1)[0]
+                if path == "/robots.txt" and path not in origin.routes:
+                    route = (
+                        Route(body=origin.robots, headers={"Content-Type": "text/plain"})
+                        if origin.robots is not None
+                        else Route(status=404, body=b"not found\n")
+                    )
+                else:
+                    route = origin.routes.get(path, Route())
+                if route.delay:
+                    time.sleep(route.delay)
+                self.send_response(route.status)
+                for k, v in route.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(route.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(route.body)
+
+            do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _serve
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.configure_cert(ctx)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/") -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def paths(self, include_robots: bool = False) -> list[str]:
+        with self._lock:
+            return [h.path for h in self.hits if include_robots or h.path != "/robots.txt"]
+
+    def page_hits(self) -> list[Hit]:
+        with self._lock:
+            return [h for h in self.hits if h.path != "/robots.txt"]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def base_config(tmp: Path, **sections: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "proxy": {"listen_host": "127.0.0.1", "listen_port": 0, "confdir": str(tmp / "ca")},
+        "admin": {"listen_host": "127.0.0.1", "port": 0, "token_sha256": sha256_hex("op")},
+        "store": {"url": f"sqlite:///{tmp / 'var' / 'crawlguard.db'}"},
+        "state": {"url": "memory://"},
+        "robots": {"user_agent": "crawlguard-test/1.0 (+https://ops.example)", "fetch_timeout": 2},
+        "destinations": {"allow_private": True, "allowed_ports": ["1-65535"]},
+        "pacing": {"default_min_interval": 0, "max_hold": 5},
+        "tenants": [
+            tenant("acme", ["AcmeBot"]),
+            tenant("globex", ["GlobexCrawler"], mode="monitor"),
+            tenant("initech", ["InitechBot"], mode="off"),
+        ],
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def tenant(tid: str, tokens: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": tid,
+        "token_sha256": sha256_hex(f"{tid}-secret"),
+        "product_tokens": tokens,
+        "mode": "enforce",
+        "pacing": "reject",
+        **extra,
+    }
+
+
+class Proxy:
+    """`crawlguard run` as a subprocess on free ports."""
+
+    def __init__(self, config: dict[str, Any], tmp: Path, env: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config_path = tmp / "crawlguard.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.config = config
+        self.log_path = tmp / f"proxy-{self.port}.log"
+        self.out_path = tmp / f"proxy-{self.port}.out"
+        self._start(env)
+
+    def _start(self, env: dict[str, str] | None) -> None:
+        cmd = [
+            sys.executable, "-m", "crawlguard", "run", "--config", str(self.config_path),
+            "--listen-port", str(self.port), "--admin-port", str(self.admin_port),
+        ]  # fmt: skip
+        self._err = self.log_path.open("ab")
+        self._out = self.out_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.tmp, stdout=self._out, stderr=self._err, env={**os.environ, **(env or {})}
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited {self.proc.returncode}:\n{self.log()}")
+            if "crawlguard ready" in self.log():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"proxy did not become ready:\n{self.log()}")
+
+    def restart(self) -> None:
+        self.stop()
+        self.port = free_port()
+        self._start(None)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def json_lines(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def ca_file(self) -> str:
+        return str(Path(self.config["proxy"]["confdir"]) / "mitmproxy-ca-cert.pem")
+
+    def proxies(self, tid: str = "acme", token: str | None = None) -> dict[str, str]:
+        token = token if token is not None else f"{tid}-secret"
+        url = f"http://{tid}:{token}@127.0.0.1:{self.port}"
+        return {"http": url, "https": url}
+
+    def get(self, url: str, *, tenant: str = "acme", ua: str | None = GOOD_UA, **kw: Any):
+        headers = kw.pop("headers", {})
+        if ua is not None:
+            headers["User-Agent"] = ua
+        session = requests.Session()
+        if ua is None:
+            session.headers.pop("User-Agent", None)
+        kw.setdefault("timeout", 15)
+        kw.setdefault("verify", self.ca_file)
+        return session.get(url, proxies=self.proxies(tenant), headers=headers, **kw)
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
+
+    def violations(self, *args: str) -> list[dict[str, Any]]:
+        import json
+
+        out = subprocess.run(
+            [sys.executable, "-m", "crawlguard", "violations", "--config", str(self.config_path),
+             "--format", "json", *args],
+            cwd=self.tmp, capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return json.loads(out.stdout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._err.close()
+        self._out.close()
+
+
+def running_proxy(config: dict[str, Any], tmp: Path) -> Iterator[Proxy]:
+    proxy = Proxy(config, tmp)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
