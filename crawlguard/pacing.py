@@ -1,0 +1,212 @@
+"""Crawl-delay pacing and origin back-off (SPEC decisions `crawl-delay`, `origin-backoff`).
+
+Pure policy: no I/O and no mitmproxy. State lives behind `crawlguard.state.PacingState` and the
+clocks are injected, so the same arithmetic runs against memory or a shared backend and tests
+never sleep. The caller (the addon) does the holding: it awaits `PacingOutcome.wait` seconds
+before forwarding, and calls `Pacer.cancel` if the client goes away meanwhile.
+
+Numbers:
+* interval = max(Crawl-delay, Request-rate m/n, pacing.default_min_interval, back-off interval);
+  the back-off interval is the exponential window of the origin's current back-off level, so a
+  throttling origin is also approached more slowly after its window ends, until successes
+  decay the level.
+* back-off without Retry-After: 1 s, doubling per consecutive 429/503, capped at 1 h;
+  an origin's Retry-After is honoured up to 24 h. Each 2xx/3xx lowers the level by one.
+* Retry-After sent to clients: whole seconds, rounded up, at least 1.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+from crawlguard.decisions import Kind
+from crawlguard.state import PacingState, backoff_window
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 3600.0
+MAX_RETRY_AFTER = 86400.0  # an origin's Retry-After beyond this is treated as this
+THROTTLE_STATUSES = frozenset({429, 503})
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+Clock = Callable[[], float]
+
+
+def interval(
+    crawl_delay: float | None,
+    request_rate: tuple[int, float] | None,
+    default_min_interval: float,
+    backoff: float = 0.0,
+) -> float:
+    """Seconds between two requests of one tenant to one origin: the strictest source wins."""
+    candidates = [default_min_interval, backoff]
+    if crawl_delay is not None and math.isfinite(crawl_delay):
+        candidates.append(crawl_delay)
+    if request_rate is not None:
+        requests, seconds = request_rate
+        if requests > 0 and math.isfinite(seconds):
+            candidates.append(seconds / requests)
+    return max(0.0, *candidates)
+
+
+def retry_after_seconds(wait: float) -> int:
+    """Whole seconds for a Retry-After header: rounded up, at least 1."""
+    # The epsilon keeps float noise (2.0000000001) from adding a whole second.
+    return max(1, math.ceil(wait - 1e-9))
+
+
+def parse_retry_after(value: str | None, now_wallclock: float) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); garbage → None.
+
+    Fractional seconds are tolerated (some servers send them); a date in the past is 0.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value[0].isdigit():
+        return float(value) if _DELTA_SECONDS.fullmatch(value) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # asctime and "-0000" forms come back naive; HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now_wallclock)
+
+
+def pacing_key(tenant: str, origin: str) -> str:
+    """State key per (tenant, origin). Neither a tenant id nor an origin contains a space."""
+    return f"{tenant} {origin}"
+
+
+@dataclass(frozen=True, slots=True)
+class PacingOutcome:
+    """What pacing decided for one request.
+
+    kind: ALLOWED, CRAWL_DELAY or ORIGIN_BACKOFF — in monitor mode what *would* have happened.
+    forward: True → forward after `wait` seconds; False → answer 429 with `retry_after`.
+    wait: seconds to hold before forwarding (> 0 only for a granted `delay`-paced request).
+    retry_after: for a non-ALLOWED kind, whole seconds (≥ 1) until the slot or the end of the
+        back-off; it is the header value when refused, informative otherwise. None if ALLOWED.
+    interval: the interval in force (for records: `crawl_delay`).
+    key, slot: the held reservation, so `Pacer.cancel` can free it; slot is None unless held.
+    """
+
+    kind: Kind
+    forward: bool
+    wait: float
+    retry_after: int | None
+    interval: float
+    key: str
+    slot: float | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.forward and self.wait > 0
+
+
+class Pacer:
+    """Per-(tenant, origin) pacing over a `PacingState`.
+
+    `clock` drives the slots; with a backend shared by several processes use a clock they
+    agree on (or let the backend use its own). `wallclock` only converts HTTP-date Retry-After.
+    """
+
+    def __init__(
+        self,
+        state: PacingState,
+        *,
+        default_min_interval: float = 0.0,
+        max_hold: float = 30.0,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+        clock: Clock = time.monotonic,
+        wallclock: Clock = time.time,
+    ) -> None:
+        self.state = state
+        self.default_min_interval = default_min_interval
+        self.max_hold = max_hold
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._clock = clock
+        self._wallclock = wallclock
+
+    async def admit(
+        self,
+        tenant: str,
+        origin: str,
+        *,
+        crawl_delay: float | None,
+        request_rate: tuple[int, float] | None,
+        hold: bool,
+        enforce: bool,
+    ) -> PacingOutcome:
+        """Decide one request; a forwarded one consumes its slot, a refused one does not.
+
+        hold: the tenant's pacing is `delay` (hold up to `max_hold`) rather than `reject`.
+        enforce: False in monitor mode — always forward (consuming the slot now, since the
+        request does go now), but report the kind that enforcement would have chosen.
+        """
+        key = pacing_key(tenant, origin)
+        now = self._clock()
+        backoff = await self.state.get_backoff(key, now)
+        level = backoff.level if backoff else 0
+        iv = interval(
+            crawl_delay,
+            request_rate,
+            self.default_min_interval,
+            backoff_window(level, self.backoff_base, self.backoff_cap),
+        )
+
+        if backoff is not None and backoff.remaining > 0:
+            retry = retry_after_seconds(backoff.remaining)
+            if enforce:
+                return PacingOutcome(Kind.ORIGIN_BACKOFF, False, 0.0, retry, iv, key)
+            if iv > 0:
+                await self.state.reserve(key, iv, now, 0.0, force=True)
+            return PacingOutcome(Kind.ORIGIN_BACKOFF, True, 0.0, retry, iv, key)
+
+        if iv <= 0:
+            return PacingOutcome(Kind.ALLOWED, True, 0.0, None, iv, key)
+
+        if not enforce:
+            res = await self.state.reserve(key, iv, now, 0.0, force=True)
+            if res.wait > 0:
+                retry = retry_after_seconds(res.wait)
+                return PacingOutcome(Kind.CRAWL_DELAY, True, 0.0, retry, iv, key)
+            return PacingOutcome(Kind.ALLOWED, True, 0.0, None, iv, key)
+
+        res = await self.state.reserve(key, iv, now, self.max_hold if hold else 0.0)
+        if not res.granted:
+            retry = retry_after_seconds(res.wait)
+            return PacingOutcome(Kind.CRAWL_DELAY, False, 0.0, retry, iv, key)
+        if res.wait > 0:
+            retry = retry_after_seconds(res.wait)
+            return PacingOutcome(Kind.CRAWL_DELAY, True, res.wait, retry, iv, key, res.slot)
+        return PacingOutcome(Kind.ALLOWED, True, 0.0, None, iv, key)
+
+    async def cancel(self, outcome: PacingOutcome) -> None:
+        """A held client disconnected before its slot: give the slot back if nobody queued after."""
+        if outcome.slot is not None:
+            await self.state.release(outcome.key, outcome.slot, outcome.interval)
+
+    async def observe_response(
+        self, tenant: str, origin: str, status: int, retry_after: str | None
+    ) -> None:
+        """Feed an origin's answer back: 429/503 start or extend a back-off, 2xx/3xx decay it."""
+        key = pacing_key(tenant, origin)
+        now = self._clock()
+        if status in THROTTLE_STATUSES:
+            seconds = parse_retry_after(retry_after, self._wallclock())
+            if seconds is not None:
+                seconds = min(seconds, MAX_RETRY_AFTER)
+            await self.state.raise_backoff(key, now, seconds, self.backoff_base, self.backoff_cap)
+        elif 200 <= status < 400:
+            await self.state.decay_backoff(key, now)
