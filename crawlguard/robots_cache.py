@@ -1,0 +1,393 @@
+"""robots.txt fetching and caching: one copy per origin, shared by all tenants (RFC 9309 §2.3).
+
+`peek` is the proxy's hot path (memory only); `get` fetches on a miss with one fetch per origin
+however many requests are waiting. Every origin behaviour ends as a `RobotsEntry`, never an
+exception, so the proxy can always decide.
+
+Choices where RFC 9309 leaves room (documented for operators in the README):
+
+* Lifetime: `min(max_age, 24 h)`, shortened by `Cache-Control: s-maxage/max-age` or
+  `Expires` (minus `Age`). `no-store`, `no-cache`, `private`, `max-age=0` and unparseable
+  values mean "short" = `min_age` (60 s): honouring them literally would refetch robots.txt
+  on every proxied request, which is worse etiquette than the staleness it avoids.
+* More than 5 redirects: RFC 9309 §2.3.1.2 says the file MAY be assumed *unavailable*, which
+  §2.3.1.3 defines like a 4xx: no restrictions (Google does the same). Result "redirects".
+* Failures (429, 5xx, timeout, network error): complete disallow unless a 2xx copy not older
+  than 30 days exists ("stale"). Retried after 30 s, doubling per consecutive failure, capped
+  at 15 min; an origin's larger `Retry-After` on 429/503 is honoured up to that cap.
+* A body cut at 500 KiB loses its last partial line, so a half rule never decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import ssl as ssl_module
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from crawlguard.robots import ALLOW_ALL, MAX_BYTES, RobotsRules
+
+log = logging.getLogger(__name__)
+
+Origin = tuple[str, str, int]
+"""(scheme, host, port): robots.txt is per origin (RFC 9309 §2.3)."""
+
+MAX_REDIRECTS = 5
+MAX_AGE_CAP = 86400.0
+STALE_LIMIT = 30 * 86400.0
+MIN_AGE = 60.0
+BACKOFF_BASE = 30.0
+BACKOFF_MAX = 900.0
+MAX_CACHED_BYTES = 256 * 1024 * 1024
+_CHUNK = 16 * 1024
+_FAILURES = frozenset({"429", "5xx", "timeout", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class RobotsEntry:
+    """What the proxy decides with for one origin until `expires_at`."""
+
+    rules: RobotsRules  # rules in force (ALLOW_ALL when there are no restrictions)
+    available: bool  # False = complete disallow (robots-unreachable): no usable copy
+    sha256: str | None  # SHA-256 of the body in force, None when none
+    body: bytes | None  # body in force, kept for content-addressed violation evidence
+    result: str  # last fetch: ok, 4xx, 429, 5xx, timeout, error, redirects, stale
+    fetched_at: float  # clock() when this entry was made
+    expires_at: float  # clock() after which the next fetch is due
+    detail: str = ""  # human-readable cause of a failure ("HTTP 503", "ConnectionRefused…")
+
+    def retry_after(self, now: float) -> int:
+        """Whole seconds (>= 1) until the next fetch attempt, for `Retry-After`."""
+        return max(1, math.ceil(self.expires_at - now))
+
+
+@dataclass(slots=True)
+class _Fetched:
+    result: str
+    body: bytes | None = None
+    lifetime: float | None = None  # from caching headers; None = no opinion
+    retry_hint: float | None = None  # origin's Retry-After on 429/503
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _Slot:
+    entry: RobotsEntry | None = None
+    good: RobotsRules | None = None  # last 2xx copy, served while fetches fail
+    good_at: float = 0.0
+    failures: int = 0
+    task: asyncio.Task[RobotsEntry] | None = None
+    size: int = 0  # bytes of body held, for the memory bound
+
+
+class RobotsCache:
+    """Per-origin robots.txt cache with single-flight fetches, back-off and an LRU bound."""
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        max_age: float = MAX_AGE_CAP,
+        fetch_timeout: float = 10,
+        max_origins: int = 10000,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        on_fetch: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        min_age: float = MIN_AGE,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_max: float = BACKOFF_MAX,
+        max_bytes: int = MAX_CACHED_BYTES,
+    ) -> None:
+        self._user_agent = user_agent
+        self._max_age = min(float(max_age), MAX_AGE_CAP)
+        self._min_age = min(float(min_age), self._max_age)
+        self._fetch_timeout = float(fetch_timeout)
+        self._max_origins = max(1, int(max_origins))
+        self._max_bytes = int(max_bytes)
+        self._ssl: ssl_module.SSLContext | bool = True if ssl is None else ssl
+        self._on_fetch = on_fetch
+        self._clock = clock
+        self._backoff_base = float(backoff_base)
+        self._backoff_max = float(backoff_max)
+        self._slots: OrderedDict[Origin, _Slot] = OrderedDict()
+        self._bytes = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    # -- public ------------------------------------------------------------------------------
+
+    def peek(self, origin: Origin) -> RobotsEntry | None:
+        """The fresh entry, or None. Memory only: safe on the per-request hot path."""
+        slot = self._slots.get(origin)
+        if slot is None or slot.entry is None or self._clock() >= slot.entry.expires_at:
+            return None
+        self._slots.move_to_end(origin)
+        return slot.entry
+
+    async def get(self, origin: Origin) -> RobotsEntry:
+        """The fresh entry, fetching it on a miss; concurrent misses share one fetch."""
+        entry = self.peek(origin)
+        if entry is not None:
+            return entry
+        if self._closed:
+            return self._failure_entry("error", "robots cache is closed")
+        slot = self._slot(origin)
+        task = slot.task
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._refresh(origin, slot), name=f"robots-fetch {origin[0]}://{origin[1]}"
+            )
+            slot.task = task
+        try:
+            # shield: one impatient caller must not cancel the fetch the others wait on.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or current.cancelling() == 0):
+                return self._failure_entry("error", "robots fetch cancelled")
+            raise
+
+    async def close(self) -> None:
+        """Stop in-flight fetches and release connections; later `get`s do not fetch."""
+        self._closed = True
+        tasks = [s.task for s in self._slots.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- cache bookkeeping -------------------------------------------------------------------
+
+    def _slot(self, origin: Origin) -> _Slot:
+        slot = self._slots.get(origin)
+        if slot is None:
+            slot = self._slots[origin] = _Slot()
+            self._evict()
+        else:
+            self._slots.move_to_end(origin)
+        return slot
+
+    def _evict(self) -> None:
+        """Drop least recently used origins beyond the count or byte bound (never the newest)."""
+        while len(self._slots) > 1 and (
+            len(self._slots) > self._max_origins or self._bytes > self._max_bytes
+        ):
+            _, old = self._slots.popitem(last=False)
+            self._bytes -= old.size
+
+    def _failure_entry(self, result: str, detail: str) -> RobotsEntry:
+        now = self._clock()
+        return RobotsEntry(ALLOW_ALL, False, None, None, result, now, now, detail)
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def _refresh(self, origin: Origin, slot: _Slot) -> RobotsEntry:
+        try:
+            fetched = await self._fetch(origin)
+        except asyncio.CancelledError:
+            # Only close() cancels this task; waiters still get an entry, not an exception.
+            fetched = _Fetched("error", detail="robots cache closed during fetch")
+        except TimeoutError:
+            fetched = _Fetched("timeout", detail=f"no answer within {self._fetch_timeout:g} s")
+        except Exception as exc:  # any origin behaviour must end as an entry
+            fetched = _Fetched("error", detail=f"{type(exc).__name__}: {exc}"[:200])
+        try:
+            entry = self._settle(origin, slot, fetched)
+        finally:
+            slot.task = None
+        if entry.result != "ok":
+            log.info("robots.txt %s://%s:%s -> %s %s", *origin, entry.result, entry.detail)
+        if self._on_fetch is not None:
+            try:
+                self._on_fetch(entry.result)
+            except Exception:
+                log.exception("robots on_fetch callback failed")
+        return entry
+
+    def _settle(self, origin: Origin, slot: _Slot, fetched: _Fetched) -> RobotsEntry:
+        """Turn a fetch outcome into the entry in force, updating back-off and the good copy."""
+        now = self._clock()
+        result = fetched.result
+        rules: RobotsRules | None = None
+        if result == "ok":
+            try:
+                rules = RobotsRules.parse(fetched.body or b"")
+            except Exception as exc:  # parse() promises not to raise; do not trust it blindly
+                log.exception("robots.txt parser raised for %s://%s:%s", *origin)
+                result, fetched.detail = "error", f"parser failed: {type(exc).__name__}"
+        if result in _FAILURES:
+            slot.failures += 1
+            delay = min(self._backoff_max, self._backoff_base * 2 ** min(slot.failures - 1, 32))
+            if fetched.retry_hint is not None:
+                delay = max(delay, min(fetched.retry_hint, self._backoff_max))
+            good = slot.good
+            if good is not None and now - slot.good_at <= STALE_LIMIT:
+                expires = min(now + delay, slot.good_at + STALE_LIMIT)
+                detail = f"{result}: {fetched.detail}" if fetched.detail else result
+                entry = RobotsEntry(
+                    good, True, good.sha256, good.body, "stale", now, expires, detail
+                )
+            else:
+                entry = RobotsEntry(
+                    ALLOW_ALL, False, None, None, result, now, now + delay, fetched.detail
+                )
+        else:
+            slot.failures = 0
+            lifetime = self._max_age
+            if fetched.lifetime is not None:
+                lifetime = min(self._max_age, max(self._min_age, fetched.lifetime))
+            if rules is not None:
+                slot.good, slot.good_at = rules, now
+                entry = RobotsEntry(
+                    rules, True, rules.sha256, rules.body, "ok", now, now + lifetime
+                )
+            else:  # 4xx or too many redirects: RFC 9309 "unavailable", no restrictions
+                slot.good = None
+                entry = RobotsEntry(
+                    ALLOW_ALL, True, None, None, result, now, now + lifetime, fetched.detail
+                )
+        slot.entry = entry
+        size = len(slot.good.body) if slot.good is not None else 0
+        if self._slots.get(origin) is slot:  # not evicted while fetching
+            self._bytes += size - slot.size
+            slot.size = size
+            self._evict()
+        return entry
+
+    def _session_for_fetch(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=100, limit_per_host=2),
+                headers={"User-Agent": self._user_agent, "Accept": "text/plain, */*;q=0.5"},
+                timeout=aiohttp.ClientTimeout(total=None),  # the whole fetch is bounded below
+                cookie_jar=aiohttp.DummyCookieJar(),  # no state leaks between origins
+                trust_env=False,  # never route through HTTP_PROXY (it may be ourselves)
+            )
+        return self._session
+
+    async def _fetch(self, origin: Origin) -> _Fetched:
+        """GET /robots.txt following up to 5 redirects ourselves, all within fetch_timeout."""
+        scheme, host, port = origin
+        if scheme not in ("http", "https"):
+            return _Fetched("error", detail=f"unsupported scheme {scheme!r}")
+        url = URL.build(scheme=scheme, host=host, port=port, path="/robots.txt")
+        session = self._session_for_fetch()
+        async with asyncio.timeout(self._fetch_timeout):
+            for hop in range(MAX_REDIRECTS + 1):
+                async with session.get(url, allow_redirects=False) as resp:
+                    status = resp.status
+                    if 300 <= status < 400:
+                        location = resp.headers.get("Location")
+                        if not location:
+                            return _Fetched("error", detail=f"HTTP {status} without Location")
+                        if hop == MAX_REDIRECTS:
+                            return _Fetched(
+                                "redirects",
+                                lifetime=_lifetime(resp.headers),
+                                detail=f"more than {MAX_REDIRECTS} redirects",
+                            )
+                        url = url.join(URL(location))
+                        if url.scheme not in ("http", "https") or not url.host:
+                            return _Fetched("error", detail="redirect to a non-HTTP location")
+                        continue
+                    if 200 <= status < 300:
+                        body = await _read_capped(resp)
+                        return _Fetched("ok", body=body, lifetime=_lifetime(resp.headers))
+                    if status == 429 or status >= 500:
+                        return _Fetched(
+                            "429" if status == 429 else "5xx",
+                            retry_hint=_retry_after(resp.headers),
+                            detail=f"HTTP {status}",
+                        )
+                    if 400 <= status < 500:
+                        return _Fetched(
+                            "4xx", lifetime=_lifetime(resp.headers), detail=f"HTTP {status}"
+                        )
+                    return _Fetched("error", detail=f"unexpected HTTP {status}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """Read at most MAX_BYTES in chunks; beyond that, drop the connection, never buffer it."""
+    buf = bytearray()
+    while len(buf) < MAX_BYTES:
+        chunk = await resp.content.read(min(_CHUNK, MAX_BYTES - len(buf)))
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+    # Truncated: stop the transfer and drop the partial last line.
+    resp.close()
+    cut = buf.rfind(b"\n")
+    return bytes(buf[: cut + 1]) if cut >= 0 else bytes(buf)
+
+
+def _cache_directives(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    directives: dict[str, str] = {}
+    for header in headers.getall("Cache-Control", ()):
+        for part in header.split(","):
+            name, _, value = part.strip().partition("=")
+            if name:
+                directives.setdefault(name.strip().lower(), value.strip().strip('"'))
+    return directives
+
+
+def _lifetime(headers: CIMultiDictProxy[str]) -> float | None:
+    """Freshness lifetime in seconds from HTTP caching headers, None when they say nothing."""
+    cc = _cache_directives(headers)
+    if {"no-store", "no-cache", "private"} & cc.keys():
+        return 0.0
+    lifetime: float | None = None
+    for name in ("s-maxage", "max-age"):  # we are a shared cache: s-maxage first
+        if name in cc:
+            try:
+                lifetime = float(int(cc[name]))
+            except ValueError:
+                lifetime = 0.0  # RFC 9111 §4.2.1: invalid means stale
+            break
+    else:
+        expires = headers.get("Expires")
+        if expires is not None:
+            exp_ts = _http_date(expires)
+            date_ts = _http_date(headers.get("Date", "")) or time.time()
+            lifetime = 0.0 if exp_ts is None else exp_ts - date_ts
+    if lifetime is None:
+        return None
+    try:
+        age = float(int(headers.get("Age", "0")))
+    except ValueError:
+        age = 0.0
+    return max(0.0, lifetime - max(0.0, age))
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+    """An origin's Retry-After (seconds or HTTP date) as seconds from now."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    ts = _http_date(value)
+    return None if ts is None else max(0.0, ts - time.time())
