@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import socket
 import ssl
@@ -551,3 +552,15 @@ async def test_peek_is_pure_memory(make_cache, clock) -> None:
     assert cache.peek(origin) is entry
     clock.now = entry.expires_at
     assert cache.peek(origin) is None
+
+
+async def test_gzip_bomb_is_cut_at_500_kib_decompressed(make_cache) -> None:
+    raw = b"User-agent: *\nDisallow: /early\n" + b"# padding padding padding\n" * 2_000_000
+    bomb = gzip.compress(raw + b"Disallow: /late\n", compresslevel=9)
+    assert len(bomb) < 200_000 < 50_000_000 < len(raw)
+    headers = {"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+    cache = make_cache()
+    async with robots_origin(body=bomb, headers=headers) as origin:
+        entry = await cache.get(origin.origin)
+    assert entry.result == "ok" and entry.body is not None and len(entry.body) <= MAX_BYTES
+    assert not allowed(entry, "/early") and allowed(entry, "/late")
