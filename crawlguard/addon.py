@@ -6,6 +6,7 @@ Tenants authenticate on each plain-HTTP request, or once on CONNECT for the whol
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -16,12 +17,14 @@ from mitmproxy import connection, ctx, exceptions, http
 from crawlguard.admin import AdminServer
 from crawlguard.config import Config, ConfigError, load_config
 from crawlguard.decisions import DECISION_HEADER, Action, Decision, Kind
+from crawlguard.pacing import PacingOutcome
 from crawlguard.service import Guard, RequestInfo, TenantRuntime
 
 log = logging.getLogger("crawlguard")
 
 REALM = 'Basic realm="crawlguard"'
 META = "crawlguard"
+REFUSED = "crawlguard_refused"
 
 
 def refusal(decision: Decision) -> http.Response:
@@ -62,6 +65,9 @@ class CrawlGuardAddon:
             weakref.WeakKeyDictionary()
         )
         self.admin: AdminServer | None = None
+        # client id -> set when that client leaves; mitmproxy delivers client_disconnected
+        # even while a hook for that connection (a pacing hold) is pending.
+        self._gone: dict[str, asyncio.Event] = {}
 
     # -- mitmproxy lifecycle -----------------------------------------------------------------
 
@@ -105,6 +111,13 @@ class CrawlGuardAddon:
         if self.guard is not None:
             await self.guard.close()
 
+    def client_connected(self, client: connection.Client) -> None:
+        self._gone[client.id] = asyncio.Event()
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        if (gone := self._gone.pop(client.id, None)) is not None:
+            gone.set()
+
     # -- the request path --------------------------------------------------------------------
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -120,6 +133,7 @@ class CrawlGuardAddon:
         denied = guard.check_destination(flow.request.host, flow.request.port)
         if denied is not None:
             flow.metadata[META] = (tenant, denied)
+            flow.metadata[REFUSED] = True
             flow.response = refusal(denied)
             return
         self._tunnels[flow.client_conn] = tenant
@@ -153,6 +167,14 @@ class CrawlGuardAddon:
         else:
             decision = await guard.decide(tenant, req)
         guard.metrics.decision_seconds.observe(time.perf_counter() - started)
+        if decision.allowed and tenant.cfg.mode != "off" and not req.is_robots_txt:
+            decision, outcome = await guard.pace(tenant, req, decision)
+            if outcome.held:
+                guard.count(tenant, decision.kind)
+                flow.metadata[META] = (tenant, decision)
+                await guard.record(tenant, decision, Action.DELAYED, req)
+                await self._hold(flow, outcome)
+                return
         guard.count(tenant, decision.kind)
         flow.metadata[META] = (tenant, decision)
         if decision.allowed:
@@ -163,16 +185,53 @@ class CrawlGuardAddon:
         if tenant.cfg.mode != "off":
             await guard.record(tenant, decision, Action.BLOCKED if enforce else Action.LOGGED, req)
         if enforce:
+            flow.metadata[REFUSED] = True
             flow.response = refusal(decision)
+
+    async def _hold(self, flow: http.HTTPFlow, outcome: PacingOutcome) -> None:
+        """Hold a delay-paced request until its slot (no CPU); free it if the client leaves."""
+        assert self.guard is not None
+        gone = self._gone.get(flow.client_conn.id)
+        if gone is None or not flow.client_conn.connected:
+            await self.guard.pacer.cancel(outcome)
+            return
+        self.guard.metrics.delayed.inc()
+        try:
+            await asyncio.wait_for(gone.wait(), timeout=outcome.wait)
+        except TimeoutError:
+            return  # the slot has come: forward
+        finally:
+            self.guard.metrics.delayed.dec()
+        await self.guard.pacer.cancel(outcome)
+        if flow.killable:
+            flow.kill()
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """Origin push-back (429/503) starts a back-off for this tenant and origin."""
+        meta = flow.metadata.get(META)
+        if meta is None or self.guard is None or flow.response is None:
+            return
+        tenant, _ = meta
+        if flow.metadata.get(REFUSED) or tenant.cfg.mode == "off":
+            return  # our own refusal is not the origin's answer
+        await self.guard.pacer.observe_response(
+            tenant.id,
+            request_info(flow).origin,
+            flow.response.status_code,
+            flow.response.headers.get("Retry-After"),
+        )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
-        if meta is None or flow.response is None or DECISION_HEADER in flow.response.headers:
+        if meta is None or flow.response is None or flow.metadata.get(REFUSED):
             return
         _, decision = meta
-        flow.response.headers[DECISION_HEADER] = Kind.ALLOWED.value
-        if not decision.allowed:  # monitor mode: say what would have happened
-            flow.response.headers["X-Crawlguard-Monitor"] = decision.kind.value
+        headers = flow.response.headers
+        headers[DECISION_HEADER] = Kind.ALLOWED.value
+        if decision.delay_seconds is not None:  # held by delay pacing, then forwarded
+            headers["X-Crawlguard-Delayed"] = f"{decision.delay_seconds:.3f}"
+        elif not decision.allowed:  # monitor mode: say what would have happened
+            headers["X-Crawlguard-Monitor"] = decision.kind.value
 
 
 def apply_mitmproxy_options(options: Any, cfg: Config, *, listen: bool) -> None:

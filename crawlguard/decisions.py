@@ -83,6 +83,7 @@ class Decision:
     reason: str | None = None
     retry_after: int | None = None
     crawl_delay: float | None = None
+    request_rate: tuple[int, float] | None = None
     robots_sha256: str | None = None
     delay_seconds: float | None = None  # how long a `delay`-paced request was held
 

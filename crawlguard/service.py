@@ -21,8 +21,10 @@ from crawlguard.config import Config, Tenant
 from crawlguard.decisions import Action, Decision, Kind
 from crawlguard.destinations import check_destination
 from crawlguard.metrics import Metrics
+from crawlguard.pacing import Pacer, PacingOutcome
 from crawlguard.records import ViolationRecord, utc_now_iso
 from crawlguard.robots_cache import RobotsCache
+from crawlguard.state import MemoryState, PacingState
 from crawlguard.store import ViolationStore, open_store
 from crawlguard.ua_policy import UserAgentPolicy
 
@@ -70,6 +72,35 @@ class RequestInfo:
     path: str
     user_agent: str | None
 
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def is_robots_txt(self) -> bool:
+        return self.path.split("?", 1)[0] == "/robots.txt"
+
+
+def open_state(url: str) -> PacingState:
+    if url == "memory://":
+        return MemoryState()
+    raise ValueError(f"state.url {url!r}: only memory:// is available until the Redis state lands")
+
+
+def pacing_rule(decision: Decision, outcome: PacingOutcome, default_min_interval: float) -> str:
+    """The robots line (or operator setting) that set the interval, for the record."""
+    if outcome.kind is Kind.ORIGIN_BACKOFF:
+        return "origin answered 429/503 (Retry-After or exponential back-off)"
+    if decision.crawl_delay is not None and decision.crawl_delay >= outcome.interval:
+        return f"Crawl-delay: {decision.crawl_delay:g}"
+    if decision.request_rate is not None:
+        n, m = decision.request_rate
+        if n > 0 and m / n >= outcome.interval:
+            return f"Request-rate: {n}/{m:g}s"
+    if default_min_interval >= outcome.interval:
+        return f"pacing.default_min_interval: {default_min_interval:g}"
+    return "origin back-off interval"
+
 
 def ssl_context(cfg: Config) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
@@ -100,6 +131,11 @@ class Guard:
             ssl=ssl_context(cfg),
             on_fetch=lambda result: self.metrics.robots_fetches.labels(result).inc(),
         )
+        self.pacer = Pacer(
+            open_state(cfg.state.url),
+            default_min_interval=cfg.pacing.default_min_interval,
+            max_hold=cfg.pacing.max_hold,
+        )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
         self._counts: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
@@ -116,6 +152,7 @@ class Guard:
             self._flusher = None
         await self.flush_counts()
         await self.robots.close()
+        await self.pacer.state.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self.store.close)
         self._writer.shutdown(wait=True)
@@ -159,10 +196,9 @@ class Guard:
         verdict = tenant.ua.evaluate(req.user_agent)
         if verdict.kind is not Kind.ALLOWED:
             return Decision(verdict.kind, rule=verdict.rule, reason=verdict.reason)
-        if req.path.split("?", 1)[0] == "/robots.txt":
+        if req.is_robots_txt:
             return Decision(Kind.ALLOWED)
-        origin = (req.scheme, req.host, req.port)
-        entry = self.robots.peek(origin) or await self.robots.get(origin)
+        entry = await self.robots.get((req.scheme, req.host, req.port))
         if not entry.available:
             return Decision(
                 Kind.ROBOTS_UNREACHABLE,
@@ -180,9 +216,41 @@ class Guard:
                 rule=rv.rule,
                 reason=f"robots.txt disallows this URL for {token}.",
                 crawl_delay=rv.crawl_delay,
+                request_rate=rv.request_rate,
                 robots_sha256=entry.sha256,
             )
-        return Decision(Kind.ALLOWED, crawl_delay=rv.crawl_delay, robots_sha256=entry.sha256)
+        return Decision(
+            Kind.ALLOWED,
+            crawl_delay=rv.crawl_delay,
+            request_rate=rv.request_rate,
+            robots_sha256=entry.sha256,
+        )
+
+    async def pace(
+        self, tenant: TenantRuntime, req: RequestInfo, decision: Decision
+    ) -> tuple[Decision, PacingOutcome]:
+        """Pacing for a request the rest of the policy allows; /robots.txt itself is not paced."""
+        outcome = await self.pacer.admit(
+            tenant.id,
+            req.origin,
+            crawl_delay=decision.crawl_delay,
+            request_rate=decision.request_rate,
+            hold=tenant.cfg.pacing == "delay",
+            enforce=tenant.enforce,
+        )
+        if outcome.kind is Kind.ALLOWED:
+            return decision, outcome
+        paced = Decision(
+            outcome.kind,
+            rule=pacing_rule(decision, outcome, self.cfg.pacing.default_min_interval),
+            reason=f"at most one request every {outcome.interval:g} s to {req.origin} "
+            f"for tenant {tenant.id}.",
+            retry_after=outcome.retry_after,
+            crawl_delay=outcome.interval,
+            robots_sha256=decision.robots_sha256,
+            delay_seconds=round(outcome.wait, 3) if outcome.held else None,
+        )
+        return paced, outcome
 
     def count(self, tenant: TenantRuntime, decision: Kind) -> None:
         self.metrics.requests.labels(tenant.id, decision.value).inc()
