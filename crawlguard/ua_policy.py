@@ -1,0 +1,496 @@
+"""User-agent policy (SPEC: "Decisions and responses", order of user-agent checks).
+
+Pure functions over the User-Agent string: no I/O, so the proxy, `crawlguard lint-ua` and
+config validation give the same answer. Known crawlers, HTTP libraries and automation tools
+come from the `crawler-user-agents` dataset rather than a hand-kept list; the few additions
+and exclusions below are dataset quirks, each with its reason.
+
+Vocabulary: a *word* is a run of characters between separators (space ; , ( ) + …), read as
+``name[/version]``. A *contact* is an http(s) URL or an e-mail address. Contacts are removed
+before any name is looked at, so a URL such as ``https://speedy.example`` claims nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from crawleruseragents import CRAWLER_USER_AGENTS_DATA
+
+from crawlguard.decisions import Kind
+
+__all__ = [
+    "MAX_LENGTH",
+    "UAVerdict",
+    "UserAgentPolicy",
+    "lint",
+    "product_token_problem",
+    "well_known_crawler",
+]
+
+MAX_LENGTH = 1024
+"""Longer UAs are not analysed past this point (bounds the cost) and are undescriptive."""
+
+CACHE_SIZE = 4096
+
+# RFC 9309 product token.
+_TOKEN_RE = re.compile(r"[A-Za-z_-]+")
+_VERSION_RE = re.compile(r"[vV]?\d")
+_SEPARATORS = r"""\s;,()\[\]{}<>"'+|"""
+_WORD_RE = re.compile(rf"[^{_SEPARATORS}]+")
+_CONTACT_RE = re.compile(
+    r"https?://[^\s;,()<>\[\]{}\"'|]+"  # URL
+    r"|(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+",  # e-mail (starts a run: linear time)
+    re.IGNORECASE,
+)
+_LETTER_RE = re.compile(r"[^\W\d_]")
+
+
+def _lower_set(names: str) -> frozenset[str]:
+    return frozenset(name.lower() for name in names.split())
+
+
+# --- browser engines: a handful of product names, not a list of browser UAs ------------------
+
+_ENGINE_WORDS = _lower_set(
+    "AppleWebKit Gecko Trident Presto Chrome Chromium CriOS Firefox FxiOS Safari Edg Edge "
+    "EdgA EdgiOS OPR OPiOS MSIE SamsungBrowser YaBrowser Vivaldi UCBrowser"
+)
+# Names that appear in browser UAs around the engines; never a crawler's identity.
+_BROWSER_WORDS = _ENGINE_WORDS | _lower_set(
+    "Mozilla Opera KHTML like compatible Version Mobile HeadlessChrome Electron"
+)
+# Platform words inside browser comments; only used to name a better candidate in messages.
+_PLATFORM_WORDS = _lower_set(
+    "Windows NT Win64 WOW64 Macintosh Intel Mac OS X X11 Linux Ubuntu Android iPhone iPad "
+    "CPU U en-US Build"
+)
+
+# --- dataset: well-known crawlers (impersonation) ---------------------------------------------
+
+# Dataset quirks on the search-engine side:
+# - Apache Nutch is a crawler framework that tenants build on (`AcmeBot/1.0 … Nutch-1.20`),
+#   not a crawler one can impersonate: treated as a library instead.
+# - Google App Engine appends `AppEngine-Google; (+http://code.google.com/appengine…)` to every
+#   outgoing UA of apps hosted there: infrastructure, not a claim; treated as a library.
+_NOT_A_CLAIM = frozenset({"Nutch", "AppEngine-Google"})
+_LIBRARY_LIKE_NAMES = frozenset(n.lower() for n in _NOT_A_CLAIM)
+
+# HTTP clients the dataset lacks (or only knows by a URL); matched as whole product names.
+_EXTRA_LIBRARY_NAMES = _lower_set(
+    "curl Wget Java Java-http-client Dalvik undici got node Deno Python PHP Ruby "
+    "GuzzleHttp reqwest Faraday"
+)
+
+# Yandex is known to the dataset only through its contact URL `yandex.com/bots`, which we
+# remove before matching; its bots all name themselves Yandex<Something>.
+_YANDEX = "YandexBot", r"Yandex[A-Za-z]*"
+
+
+def _strip_contacts(text: str) -> str:
+    return _CONTACT_RE.sub(" ", text)
+
+
+def _pattern_name(pattern: str) -> str:
+    """Readable name of a dataset pattern (`Googlebot\\/` -> `Googlebot`)."""
+    name = pattern.lstrip("^").rstrip("$").replace("\\", "")
+    return name.rstrip("/").strip()
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    name: str
+    regex: re.Pattern[str]
+    as_said: bool  # report the name as the UA spells it (pattern is not a plain name)
+
+
+def _claims() -> tuple[tuple[_Claim, ...], tuple[_Claim, ...]]:
+    """Well-known crawlers: (matched anywhere, matched at the start of a name).
+
+    Some dataset patterns are lower-case spellings (`speedy`, `exabot`, `wotbox`) that in
+    case-sensitive mode match some of the crawler's own UAs only through its contact URL
+    (`Exabot/3.0; +http://www.exabot.com/…`). Contacts are removed before matching, so for such
+    entries the pattern is also tried case-insensitively, but only at the start of a name
+    (`Speedy Spider`, `Exabot/3.0`), never inside another word.
+    """
+    anywhere: list[_Claim] = []
+    at_name: list[_Claim] = []
+    for entry in CRAWLER_USER_AGENTS_DATA:
+        pattern = str(entry["pattern"])
+        if "search-engine" not in entry.get("tags", ()) or pattern in _NOT_A_CLAIM:
+            continue
+        name = _pattern_name(pattern)
+        compiled = re.compile(pattern)
+        instances = [str(i) for i in entry.get("instances") or () if i]
+        found = [bool(compiled.search(_strip_contacts(i))) for i in instances]
+        if any(found) or not instances:
+            anywhere.append(_Claim(name, compiled, not _TOKEN_RE.fullmatch(name)))
+        if not all(found):
+            at_name.append(_Claim(name, re.compile(rf"(?i:{pattern})"), True))
+    at_name.append(_Claim(_YANDEX[0], re.compile(_YANDEX[1]), True))
+    return tuple(anywhere), tuple(at_name)
+
+
+_CLAIMS_ANYWHERE, _CLAIMS_AT_NAME = _claims()
+# One plain alternation (no groups): alternatives that start with a literal are skipped by the
+# regex engine with a single comparison, which keeps the common no-claim case fast.
+_ANY_CLAIM_ANYWHERE = re.compile("|".join(c.regex.pattern for c in _CLAIMS_ANYWHERE))
+_ANY_CLAIM_AT_NAME = re.compile(
+    rf"(?<![A-Za-z0-9])(?:{'|'.join(c.regex.pattern for c in _CLAIMS_AT_NAME)})"
+)
+# For bare product tokens: any well-known name inside the token, case-insensitively, because
+# many robots.txt parsers match group names as substrings of the user agent.
+_CLAIM_TOKEN_NAMES: tuple[tuple[str, str], ...] = (
+    *(
+        (c.name.lower(), c.name)
+        for c in _CLAIMS_ANYWHERE + _CLAIMS_AT_NAME
+        if _TOKEN_RE.fullmatch(c.name)
+    ),
+    ("yandex", _YANDEX[0]),
+)
+
+# --- dataset: HTTP libraries and automation tools (generic) -----------------------------------
+
+
+def _library_pattern() -> str:
+    """Dataset `http-library` / `browser-automation` patterns, anchored to name boundaries.
+
+    The dataset matches substrings (`Code\\/1\\.`, `Scrapy`, `colly`), which would also catch
+    crawlers that merely contain such a name (`QRCode/1.0`, `ScrapyBot/1.0`). Requiring a
+    boundary on both sides keeps `python-httpx`, `WWW-Mechanize`, `PHP/7.2 curl/7.61` matching.
+    Leading `^` anchors are dropped: a library is generic wherever it appears.
+    """
+    patterns = [
+        str(entry["pattern"]).lstrip("^")
+        for entry in CRAWLER_USER_AGENTS_DATA
+        if {"http-library", "browser-automation"} & set(entry.get("tags", ()))
+    ]
+    return rf"(?<![A-Za-z0-9])(?:{'|'.join(patterns)})(?![A-Za-z])"
+
+
+_LIBRARY_RE = re.compile(_library_pattern())
+_LIBRARY_RE_I = re.compile(_LIBRARY_RE.pattern, re.IGNORECASE)
+
+
+# --- the verdict --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UAVerdict:
+    kind: Kind  # Kind.ALLOWED when it passes
+    rule: str  # short id of the deciding rule, e.g. "generic:python-requests"
+    reason: str  # one sentence: what is wrong (or why it passes)
+
+    @property
+    def allowed(self) -> bool:
+        return self.kind is Kind.ALLOWED
+
+
+@dataclass(frozen=True, slots=True)
+class _Word:
+    name: str
+    version: str | None  # None unless it starts like a version (1.0, v2)
+    start: int
+    end: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.name}/{self.version}" if self.version else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """What every rule needs to know about one UA, computed once."""
+
+    text: str  # contacts removed
+    has_contact: bool
+    words: tuple[_Word, ...]
+    libraries: tuple[re.Match[str], ...]  # dataset library/automation matches in `text`
+
+
+def _parse(user_agent: str) -> _Parsed:
+    text, contacts = _CONTACT_RE.subn(" ", user_agent)
+    words = []
+    for m in _WORD_RE.finditer(text):
+        name, slash, version = m.group().partition("/")
+        versioned = version if slash and _VERSION_RE.match(version) else None
+        words.append(_Word(name, versioned, m.start(), m.end()))
+    return _Parsed(text, contacts > 0, tuple(words), tuple(_LIBRARY_RE.finditer(text)))
+
+
+def _said(m: re.Match[str]) -> str:
+    """The name as the UA spells it (`Googlebot/` -> `Googlebot`)."""
+    said = re.match(r"[\w.!:-]+", m.group().strip())
+    return said.group().rstrip("/") if said else m.group().strip()
+
+
+def _claim(text: str) -> str | None:
+    """Name of the first well-known crawler the (contact-free) text claims to be."""
+    found: tuple[int, tuple[_Claim, ...]] | None = None
+    if m := _ANY_CLAIM_ANYWHERE.search(text):
+        found = m.start(), _CLAIMS_ANYWHERE
+    if (n := _ANY_CLAIM_AT_NAME.search(text)) and (found is None or n.start() < found[0]):
+        found = n.start(), _CLAIMS_AT_NAME
+    if found is None:
+        return None
+    pos, claims = found
+    for claim in claims:  # which one: the first that matches where the alternation did
+        if hit := claim.regex.match(text, pos):
+            return _said(hit) if claim.as_said else claim.name
+    return None  # unreachable: the alternation matched one of them
+
+
+def _generic(parsed: _Parsed, identity: _Word | None) -> str | None:
+    """Rule id suffix if this is a library/tool/browser default without a crawler identity."""
+    if identity is not None:
+        return None
+    if parsed.libraries:
+        return _said(parsed.libraries[0])
+    for word in parsed.words:
+        lowered = word.name.lower()
+        if lowered in _EXTRA_LIBRARY_NAMES or lowered in _LIBRARY_LIKE_NAMES:
+            return word.name
+        if lowered.partition("-")[0] in _LIBRARY_LIKE_NAMES:  # Nutch-1.20-SNAPSHOT
+            return word.name.partition("-")[0]
+    if _is_browser(parsed.words):
+        return "browser"
+    return None
+
+
+def _is_browser(words: Sequence[_Word]) -> bool:
+    """A browser UA (or bare `Mozilla/5.0`): starts like one and names an engine."""
+    if not words or words[0].name not in ("Mozilla", "Opera"):
+        return False
+    names = {w.name.lower() for w in words if _LETTER_RE.search(w.name)}
+    return bool(names & _ENGINE_WORDS) or names <= _BROWSER_WORDS
+
+
+def _is_library_word(word: _Word, libraries: Iterable[re.Match[str]]) -> bool:
+    lowered = word.name.lower()
+    if lowered in _BROWSER_WORDS or lowered in _EXTRA_LIBRARY_NAMES:
+        return True
+    if lowered in _LIBRARY_LIKE_NAMES or lowered.partition("-")[0] in _LIBRARY_LIKE_NAMES:
+        return True
+    return any(m.start() < word.end and word.start < m.end() for m in libraries)
+
+
+def _candidates(parsed: _Parsed) -> list[_Word]:
+    """Words that could be the client's own product: not a library, browser or platform."""
+    return [
+        w
+        for w in parsed.words
+        if _LETTER_RE.match(w.name) and not _is_library_word(w, parsed.libraries)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Tenant:
+    """A tenant's registered tokens, prepared once."""
+
+    names: dict[str, str]  # lower-case token -> token as registered
+    mask: re.Pattern[str]  # the tokens as whole product names
+
+    @classmethod
+    def of(cls, product_tokens: Sequence[str]) -> _Tenant | None:
+        if not product_tokens:
+            return None
+        alternatives = "|".join(re.escape(t) for t in sorted(product_tokens, key=len, reverse=True))
+        # Whole product names only, exactly as words are split.
+        mask = re.compile(
+            rf"(?<![^{_SEPARATORS}])(?:{alternatives})(?![^/{_SEPARATORS}])", re.IGNORECASE
+        )
+        return cls({t.lower(): t for t in product_tokens}, mask)
+
+    def describe(self) -> str:
+        return ", ".join(self.names.values())
+
+
+def _evaluate(user_agent: str | None, tenant: _Tenant | None) -> UAVerdict:
+    if user_agent is None or not user_agent.strip():
+        return UAVerdict(Kind.UA_MISSING, "missing", "No User-Agent header was sent.")
+    too_long = len(user_agent) > MAX_LENGTH
+    parsed = _parse(user_agent[:MAX_LENGTH].strip())
+
+    claimed = _claim(tenant.mask.sub(" ", parsed.text) if tenant else parsed.text)
+    if claimed is not None:
+        whose = "this tenant's" if tenant else "yours"
+        return UAVerdict(
+            Kind.UA_IMPERSONATION,
+            f"impersonation:{claimed}",
+            f"The user agent claims to be {claimed}, a well-known crawler that is not {whose}.",
+        )
+    if too_long:
+        return UAVerdict(
+            Kind.UA_UNDESCRIPTIVE,
+            "undescriptive:too-long",
+            f"The user agent is {len(user_agent)} characters long; a description of a client "
+            f"fits in {MAX_LENGTH}.",
+        )
+
+    if tenant is not None:
+        carried = [w for w in parsed.words if w.name.lower() in tenant.names]
+        if carried:
+            return _tenant_verdict(tenant, carried, parsed.has_contact)
+
+    candidates = _candidates(parsed)
+    versioned = [w for w in candidates if w.version is not None]
+    identity = next(
+        (w for w in versioned if _TOKEN_RE.fullmatch(w.name)),
+        versioned[0] if versioned else None,
+    )
+    library = _generic(parsed, identity if parsed.has_contact else None)
+    if library is not None:
+        what = (
+            "This is a web browser's user agent"
+            if library == "browser"
+            else f"This is the user agent of {library}, an HTTP library or automation tool"
+        )
+        return UAVerdict(
+            Kind.UA_GENERIC,
+            f"generic:{library}",
+            f"{what}; it does not name your crawler (own product token with a version, "
+            "and a contact).",
+        )
+
+    problem = _undescriptive(candidates, identity, parsed.has_contact)
+    if problem is not None:
+        return problem
+    assert identity is not None  # _undescriptive returns a verdict otherwise
+    if tenant is not None:
+        return UAVerdict(
+            Kind.UA_MISMATCH,
+            "mismatch",
+            f"The user agent identifies as {identity.text}, not as a product token registered "
+            f"for this tenant ({tenant.describe()}).",
+        )
+    return UAVerdict(
+        Kind.ALLOWED,
+        f"ok:{identity.name}",
+        f"Descriptive: product token {identity.text} and a contact.",
+    )
+
+
+def _tenant_verdict(tenant: _Tenant, carried: Sequence[_Word], has_contact: bool) -> UAVerdict:
+    best = next((w for w in carried if w.version is not None), None)
+    if best is None:
+        name = tenant.names[carried[0].name.lower()]
+        return UAVerdict(
+            Kind.UA_UNDESCRIPTIVE,
+            "undescriptive:no-version",
+            f"Product token {name} carries no version; send it as {name}/1.0."
+            + ("" if has_contact else " The user agent also has no contact URL or e-mail."),
+        )
+    if not has_contact:
+        return UAVerdict(
+            Kind.UA_UNDESCRIPTIVE,
+            "undescriptive:no-contact",
+            f"The user agent carries {best.text} but no contact: add an http(s) URL or an "
+            "e-mail address.",
+        )
+    registered = tenant.names[best.name.lower()]
+    return UAVerdict(Kind.ALLOWED, f"ok:{registered}", f"Carries {best.text} and a contact.")
+
+
+def _undescriptive(
+    candidates: Sequence[_Word], identity: _Word | None, has_contact: bool
+) -> UAVerdict | None:
+    contact = "" if has_contact else " and no contact (http(s) URL or e-mail)"
+    if identity is None:
+        named = [
+            w
+            for w in candidates
+            if _TOKEN_RE.fullmatch(w.name) and w.name.lower() not in _PLATFORM_WORDS
+        ]
+        if named:
+            return UAVerdict(
+                Kind.UA_UNDESCRIPTIVE,
+                "undescriptive:no-version",
+                f"Product token {named[0].name} carries no version (send "
+                f"{named[0].name}/1.0){contact}.",
+            )
+        return UAVerdict(
+            Kind.UA_UNDESCRIPTIVE,
+            "undescriptive:no-token",
+            f"The user agent names no product token with a version (Token/1.0){contact}.",
+        )
+    if not _TOKEN_RE.fullmatch(identity.name):
+        return UAVerdict(
+            Kind.UA_UNDESCRIPTIVE,
+            "undescriptive:invalid-token",
+            f"{identity.name!r} is not an RFC 9309 product token (letters, '_' and '-' "
+            f"only){contact}.",
+        )
+    if not has_contact:
+        return UAVerdict(
+            Kind.UA_UNDESCRIPTIVE,
+            "undescriptive:no-contact",
+            f"The user agent carries {identity.text} but no contact: add an http(s) URL or "
+            "an e-mail address.",
+        )
+    return None
+
+
+class UserAgentPolicy:
+    """One tenant's user-agent check; memoised because crawlers repeat their UA."""
+
+    def __init__(self, product_tokens: Sequence[str]) -> None:
+        self.product_tokens: tuple[str, ...] = tuple(product_tokens)
+        self._tenant = _Tenant.of(self.product_tokens)
+        self._cached = lru_cache(maxsize=CACHE_SIZE)(self._uncached)
+
+    def _uncached(self, user_agent: str | None) -> UAVerdict:
+        return _evaluate(user_agent, self._tenant)
+
+    def evaluate(self, user_agent: str | None) -> UAVerdict:
+        if user_agent is not None and len(user_agent) > MAX_LENGTH:
+            return self._uncached(user_agent)  # don't let huge keys fill the cache
+        return self._cached(user_agent)
+
+    def __repr__(self) -> str:
+        return f"UserAgentPolicy({list(self.product_tokens)!r})"
+
+
+def lint(user_agent: str | None, product_tokens: Sequence[str] = ()) -> UAVerdict:
+    """Tenant-less check (`crawlguard lint-ua`); with tokens it is exactly the proxy's check."""
+    return _evaluate(user_agent, _Tenant.of(tuple(product_tokens)))
+
+
+def well_known_crawler(user_agent_or_token: str) -> str | None:
+    """Name of the well-known crawler claimed. A bare token is compared case-insensitively."""
+    value = user_agent_or_token.strip()
+    if _TOKEN_RE.fullmatch(value):
+        lowered = value.lower()
+        for needle, name in _CLAIM_TOKEN_NAMES:
+            if needle in lowered:
+                return name
+        return None
+    return _claim(_strip_contacts(value))
+
+
+def product_token_problem(token: str) -> str | None:
+    """Why `token` cannot be registered as a tenant's product token, or None if it can."""
+    if not _TOKEN_RE.fullmatch(token):
+        return "must consist of letters, '_' and '-' only (RFC 9309 product token)"
+    if len(token) < 3:
+        return "must be at least 3 characters long"
+    claimed = well_known_crawler(token)
+    if claimed is not None:
+        return (
+            f"is or contains the token of the well-known crawler {claimed}; robots.txt rules "
+            "and impersonation checks would confuse the two"
+        )
+    lowered = token.lower()
+    m = _LIBRARY_RE_I.match(f"{token}/1.0")
+    if (
+        lowered in _BROWSER_WORDS
+        or lowered in _EXTRA_LIBRARY_NAMES
+        or lowered in _LIBRARY_LIKE_NAMES
+        or (m is not None and m.end() >= len(token))
+    ):
+        return (
+            "is the name of an HTTP library, tool or browser; it would make that software's "
+            "default user agent pass as this crawler"
+        )
+    return None
