@@ -179,6 +179,8 @@ _LIBRARY_RE_I = re.compile(_LIBRARY_RE.pattern, re.IGNORECASE)
 
 @dataclass(frozen=True, slots=True)
 class UAVerdict:
+    """The user-agent part of a request's decision; `rule` and `reason` go into the record."""
+
     kind: Kind  # Kind.ALLOWED when it passes
     rule: str  # short id of the deciding rule, e.g. "generic:python-requests"
     reason: str  # one sentence: what is wrong (or why it passes)
@@ -277,7 +279,7 @@ def _is_library_word(word: _Word, libraries: Iterable[re.Match[str]]) -> bool:
 
 
 def _candidates(parsed: _Parsed) -> list[_Word]:
-    """Words that could be the client's own product: not a library, browser or platform."""
+    """Words that could be the client's own product: not a library's or a browser's."""
     return [
         w
         for w in parsed.words
