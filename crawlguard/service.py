@@ -13,8 +13,7 @@ import ssl
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 
 from crawlguard.auth import Authenticator
 from crawlguard.config import Config, Tenant
@@ -38,7 +37,6 @@ COUNT_FLUSH_SECONDS = 10.0
 class TenantRuntime:
     cfg: Tenant
     ua: UserAgentPolicy
-    tokens_lower: tuple[str, ...] = field(default=())
 
     @property
     def id(self) -> str:
@@ -47,19 +45,6 @@ class TenantRuntime:
     @property
     def enforce(self) -> bool:
         return self.cfg.mode == "enforce"
-
-    def product_token_for(self, user_agent: str) -> str:
-        """The registered token this UA carries (robots groups are matched with it)."""
-        return _token_in(user_agent, self.cfg.product_tokens)
-
-
-@lru_cache(maxsize=4096)
-def _token_in(user_agent: str, tokens: tuple[str, ...] | list[str]) -> str:
-    lowered = user_agent.lower()
-    for token in tokens:
-        if token.lower() in lowered:
-            return token
-    return tokens[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +192,7 @@ class Guard:
                 f"({entry.result}).",
                 retry_after=entry.retry_after(time.monotonic()),
             )
-        assert req.user_agent is not None  # the UA policy refuses a missing one
-        token = tenant.product_token_for(req.user_agent)
+        token = verdict.rule.removeprefix("ok:")  # the registered token this UA carries
         rv = entry.rules.decide(token, req.path)
         if not rv.allowed:
             return Decision(
