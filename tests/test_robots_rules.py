@@ -1,0 +1,350 @@
+"""crawlguard.robots: group selection, matching, normalisation, delays, hostile input."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from crawlguard.robots import (
+    ALLOW_ALL,
+    DISALLOW_ALL,
+    MAX_BYTES,
+    RobotsRules,
+    normalize_path,
+    product_token_of,
+)
+
+
+def decide(body: str | bytes, token: str, url: str) -> tuple[bool, str | None]:
+    raw = body.encode() if isinstance(body, str) else body
+    v = RobotsRules.parse(raw).decide(token, url)
+    return v.allowed, v.rule
+
+
+# --- group selection (RFC 9309 §2.2.1) ---------------------------------------------------
+
+
+def test_group_for_prefix_of_token_does_not_apply() -> None:
+    body = "User-agent: example\nDisallow: /\n\nUser-agent: *\nDisallow: /star\n"
+    assert decide(body, "ExampleBot", "/x") == (True, None)
+    assert decide(body, "ExampleBot", "/star") == (False, "Disallow: /star")
+    assert decide(body, "example", "/x") == (False, "Disallow: /")
+
+
+def test_token_match_is_exact_and_case_insensitive() -> None:
+    body = "User-agent: EXAMPLEBOT\nDisallow: /a\nUser-agent: *\nDisallow: /\n"
+    assert decide(body, "examplebot", "/b") == (True, None)
+    assert decide(body, "ExampleBot", "/a") == (False, "Disallow: /a")
+    assert decide(body, "ExampleBotX", "/b") == (False, "Disallow: /")
+
+
+def test_all_matching_groups_are_merged() -> None:
+    body = (
+        "User-agent: AcmeBot\nDisallow: /one\n\n"
+        "User-agent: Other\nDisallow: /\n\n"
+        "User-agent: acmebot\nDisallow: /two\nCrawl-delay: 3\n"
+    )
+    rules = RobotsRules.parse(body.encode())
+    assert not rules.decide("AcmeBot", "/one").allowed
+    assert not rules.decide("AcmeBot", "/two").allowed
+    assert rules.decide("AcmeBot", "/three").allowed
+    assert rules.decide("AcmeBot", "/").crawl_delay == 3.0
+
+
+def test_star_only_when_no_group_names_the_token() -> None:
+    body = "User-agent: *\nDisallow: /\nCrawl-delay: 9\n\nUser-agent: AcmeBot\nDisallow: /x\n"
+    rules = RobotsRules.parse(body.encode())
+    assert rules.decide("AcmeBot", "/y").allowed
+    assert rules.decide("AcmeBot", "/y").crawl_delay is None  # the * group does not apply
+    assert not rules.decide("OtherBot", "/y").allowed
+    assert rules.decide("OtherBot", "/y").crawl_delay == 9.0
+
+
+def test_no_matching_group_and_no_star_allows_everything() -> None:
+    assert decide("User-agent: BarBot\nDisallow: /\n", "FooBot", "/x") == (True, None)
+
+
+def test_unknown_record_does_not_end_a_group() -> None:
+    body = (
+        "User-agent: FooBot\nInvalid-Unknown-Line: x\nSitemap: /s.xml\nUser-agent: *\nDisallow: /\n"
+    )
+    assert decide(body, "FooBot", "/") == (False, "Disallow: /")
+
+
+def test_crawl_delay_between_user_agent_lines_does_not_split_the_group() -> None:
+    body = "User-agent: A\nCrawl-delay: 4\nUser-agent: B\nDisallow: /p\n"
+    rules = RobotsRules.parse(body.encode())
+    for token in ("A", "B"):
+        assert not rules.decide(token, "/p").allowed
+        assert rules.decide(token, "/").crawl_delay == 4.0
+
+
+def test_user_agent_value_with_space_or_version_names_its_first_token() -> None:
+    body = "User-agent: Acme Bot Crawler\nDisallow: /a\nUser-agent: Zed/2.1\nDisallow: /z\n"
+    assert decide(body, "Acme", "/a") == (False, "Disallow: /a")
+    assert decide(body, "Zed", "/z") == (False, "Disallow: /z")
+    assert decide(body, "AcmeBot", "/a") == (True, None)
+
+
+def test_user_agent_without_colon_and_rules_before_any_group() -> None:
+    body = "Disallow: /orphan\nuser-agent FooBot\ndisallow /x\n"
+    assert decide(body, "FooBot", "/orphan") == (True, None)
+    assert decide(body, "FooBot", "/x") == (False, "disallow /x")
+
+
+# --- matching ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "url", "allowed", "rule"),
+    [
+        ("Disallow: /x/\nAllow: /x/page", "/x/page.html", True, "Allow: /x/page"),
+        ("Allow: /x\nDisallow: /x", "/x/1", True, "Allow: /x"),  # Allow wins ties
+        ("Disallow: /x\nAllow: /x", "/x/1", True, "Allow: /x"),
+        ("Allow: /\nDisallow: /*.php$", "/a.php", False, "Disallow: /*.php$"),
+        ("Allow: /\nDisallow: /*.php$", "/a.php?x", True, "Allow: /"),
+        ("Disallow: /a$", "/a", False, "Disallow: /a$"),
+        ("Disallow: /a$", "/ab", True, None),
+        ("Disallow: /*", "/anything", False, "Disallow: /*"),
+        ("Disallow: *", "/anything", False, "Disallow: *"),
+        ("Disallow: /a/**/b", "/a/x/y/b", False, "Disallow: /a/**/b"),
+        ("Disallow: /a*b$", "/a-b-c", True, None),
+        ("Disallow: /a*b$", "/a-c-b", False, "Disallow: /a*b$"),
+        ("Disallow: /path/x-%2A.html", "/path/x-*.html", False, "Disallow: /path/x-%2A.html"),
+        ("Disallow: /path/x-%2A.html", "/path/x-y.html", True, None),
+        ("Disallow: /foo-$-bar", "/foo-$-bar/", False, "Disallow: /foo-$-bar"),
+        ("Disallow:\nAllow:", "/x", True, None),
+        ("  DISALLOW :  /p  # a comment", "/p", False, "DISALLOW :  /p"),
+        ("Allow: /d/index.html\nDisallow: /", "/d/", True, "Allow: /d/index.html"),
+        ("Allow: /d/index.html\nDisallow: /", "/d/x", False, "Disallow: /"),
+    ],
+)
+def test_longest_match(body: str, url: str, allowed: bool, rule: str | None) -> None:
+    assert decide(f"User-agent: *\n{body}\n", "AcmeBot", url) == (allowed, rule)
+
+
+def test_robots_txt_is_always_allowed() -> None:
+    assert DISALLOW_ALL.decide("AcmeBot", "/robots.txt").allowed
+    assert DISALLOW_ALL.decide("AcmeBot", "https://h.example/robots.txt?x=1").allowed
+    assert not DISALLOW_ALL.decide("AcmeBot", "/robots.txt.bak").allowed
+    assert ALLOW_ALL.decide("AcmeBot", "/anything").allowed
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("https://h.example", "/"),
+        ("https://h.example?q=1", "/?q=1"),
+        ("https://h.example:8443/a/b?c#frag", "/a/b?c"),
+        ("/a?b", "/a?b"),
+        ("", "/"),
+        ("//double/slash", "//double/slash"),
+    ],
+)
+def test_url_forms(url: str, path: str) -> None:
+    rules = RobotsRules.parse(f"User-agent: *\nDisallow: {path}$\n".encode())
+    assert not rules.decide("AcmeBot", url).allowed
+
+
+# --- percent-encoding (RFC 9309 §2.2.2) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "normal"),
+    [
+        ("/foo/bar/%62%61%7A", "/foo/bar/baz"),  # unreserved escapes decoded
+        ("/a%2fb", "/a%2Fb"),  # reserved escapes kept, hex upper-cased
+        ("/foo/bar/ツ", "/foo/bar/%E3%83%84"),  # non-ASCII encoded as UTF-8
+        ("/foo/bar/%e3%83%84", "/foo/bar/%E3%83%84"),
+        ("/a b", "/a%20b"),
+        ("/100%", "/100%25"),  # a stray "%" is a literal percent sign
+        ("/x?a=1&b=%3D", "/x?a=1&b=%3D"),
+        ("/caf\udce9", "/caf%E9"),  # an undecodable octet keeps its value
+    ],
+)
+def test_normalize_path(value: str, normal: str) -> None:
+    assert normalize_path(value) == normal
+
+
+@pytest.mark.parametrize(
+    ("pattern", "url"),
+    [
+        ("/foo/bar/%62%61%7A", "/foo/bar/baz"),
+        ("/foo/bar/baz", "/foo/bar/%62%61%7a"),
+        ("/foo/bar/ツ", "/foo/bar/%E3%83%84"),
+        ("/foo/bar/%E3%83%84", "/foo/bar/ツ"),
+        ("/foo/bar/%e3%83%84", "/foo/bar/%E3%83%84"),
+        ("/*/caf%C3%A9", "https://h.example/x/café"),
+    ],
+)
+def test_percent_encoding_is_normalised_on_both_sides(pattern: str, url: str) -> None:
+    assert decide(f"User-agent: *\nDisallow: {pattern}\n", "AcmeBot", url)[0] is False
+
+
+def test_encoded_slash_is_not_a_slash() -> None:
+    body = "User-agent: *\nDisallow: /a/b\n"
+    assert decide(body, "AcmeBot", "/a%2Fb") == (True, None)
+
+
+def test_latin1_body_matches_its_raw_octets() -> None:
+    body = b"User-agent: *\nDisallow: /caf\xe9\n"
+    rules = RobotsRules.parse(body)
+    verdict = rules.decide("AcmeBot", "/caf%E9")
+    assert not verdict.allowed
+    assert verdict.rule == "Disallow: /caf\ufffd"  # printable: no lone surrogates leak out
+
+
+# --- BOM, line endings -----------------------------------------------------------------
+
+
+def test_utf8_bom_does_not_swallow_the_first_line() -> None:
+    assert decide(b"\xef\xbb\xbfUser-agent: *\nDisallow: /x\n", "AcmeBot", "/x")[0] is False
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_line_endings(eol: str) -> None:
+    body = eol.join(["User-agent: FooBot", "Allow: /a", "User-agent: *", "Disallow: /"])
+    assert decide(body, "FooBot", "/a")[0] is True
+    assert decide(body, "FooBot", "/b")[0] is True  # FooBot's group has only Allow: /a
+    assert decide(body, "Other", "/a")[0] is False
+
+
+# --- Crawl-delay / Request-rate -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "delay", "rate"),
+    [
+        ("Crawl-delay: 5", 5.0, None),
+        ("Crawl-delay: 0.5", 0.5, None),
+        ("Crawl-delay: .25", 0.25, None),
+        ("Crawl-delay: 0", 0.0, None),
+        ("crawl-delay:10 # slow down", 10.0, None),
+        ("Crawl-delay: -1", None, None),
+        ("Crawl-delay: nan", None, None),
+        ("Crawl-delay: inf", None, None),
+        ("Crawl-delay: 1e3", None, None),
+        ("Crawl-delay: 1_000", None, None),
+        ("Crawl-delay: \uff15", None, None),  # fullwidth 5
+        ("Crawl-delay: soon", None, None),
+        ("Crawl-delay:", None, None),
+        ("Crawl-delay: 2\nCrawl-delay: 7", 7.0, None),
+        ("Crawl-delay: 2\nCrawl-delay: bad", 2.0, None),
+        ("Request-rate: 1/5", None, (1, 5.0)),
+        ("Request-rate: 3/1m", None, (3, 60.0)),
+        ("Request-rate: 1/10s 0900-1700", None, (1, 10.0)),
+        ("Request-rate: 0/5", None, None),
+        ("Request-rate: 1/0", None, None),
+        ("Request-rate: -1/5", None, None),
+        ("Request-rate: fast", None, None),
+        ("Crawl-delay: 2\nRequest-rate: 1/4", 2.0, (1, 4.0)),
+    ],
+)
+def test_crawl_delay_and_request_rate(
+    lines: str, delay: float | None, rate: tuple[int, float] | None
+) -> None:
+    body = f"User-agent: AcmeBot\nUser-agent: other\n{lines}\nDisallow: /x\n"
+    verdict = RobotsRules.parse(body.encode()).decide("AcmeBot", "/")
+    assert (verdict.crawl_delay, verdict.request_rate) == (delay, rate)
+
+
+def test_crawl_delay_falls_back_to_star_group_and_ignores_preamble() -> None:
+    body = "Crawl-delay: 99\nUser-agent: *\nCrawl-delay: 1.5\nUser-agent: Named\nDisallow: /\n"
+    rules = RobotsRules.parse(body.encode())
+    assert rules.decide("AcmeBot", "/").crawl_delay == 1.5  # "*" and Named share one group
+    assert rules.decide("Named", "/").crawl_delay == 1.5
+    assert RobotsRules.parse(b"Crawl-delay: 99\n").decide("AcmeBot", "/").crawl_delay is None
+
+
+# --- product tokens --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ua", "token"),
+    [
+        ("AcmeBot/1.2 (+https://acme.example/bot)", "AcmeBot"),
+        ("Mozilla/5.0 (compatible; AcmeBot/1.2; +https://acme.example/bot)", "AcmeBot"),
+        ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", "bingbot"),
+        (
+            "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 "
+            "(KHTML, like Gecko) Chrome/120 Mobile Safari/537.36 (compatible; Googlebot/2.1; "
+            "+http://www.google.com/bot.html)",
+            "Googlebot",
+        ),
+        (
+            "Mozilla/5.0 (X11) AppleWebKit/537.36 (KHTML) Chrome/120 Safari/537 AcmeBot/1.0",
+            "AcmeBot",
+        ),
+        ("Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0", "Mozilla"),
+        ("python-requests/2.31.0", "python-requests"),
+        ("Scrapy/2.11.0 (+https://scrapy.org)", "Scrapy"),
+        ("AcmeBot (+https://acme.example)", "AcmeBot"),
+        ("Acme_Crawler-X", "Acme_Crawler-X"),
+        ("  FooBot  ", "FooBot"),
+        ("Foo Bar", "Foo"),
+        ("123", ""),
+        ("", ""),
+    ],
+)
+def test_product_token_of(ua: str, token: str) -> None:
+    assert product_token_of(ua) == token
+
+
+# --- hostile input ------------------------------------------------------------------------
+
+LONG_URL = "/" + "/".join(f"segment{i}" for i in range(40)) + "?q=" + "x" * 200
+
+
+def _worst_decide_ms(rules: RobotsRules) -> float:
+    worst = 0.0
+    for token in ("AcmeBot", "Unnamed"):
+        for url in ("/", "/a" * 500, LONG_URL, "/" + "ab" * 2000, "/zzz?q=1"):
+            start = time.perf_counter()
+            rules.decide(token, url)
+            worst = max(worst, time.perf_counter() - start)
+    return worst * 1000
+
+
+HOSTILE = {
+    "1000 wildcards": b"User-agent: *\nDisallow: /" + b"*a" * 1000 + b"$\n",
+    "1000 bare wildcards": b"User-agent: AcmeBot\nDisallow: " + b"/*" * 1000 + b"x\n",
+    "100k plain lines": b"User-agent: *\n"
+    + b"".join(b"Disallow: /p%d\n" % i for i in range(100_000)),
+    "100k wildcard lines": b"User-agent: *\n"
+    + b"".join(b"Disallow: /*%d\n" % i for i in range(100_000)),
+    "100k anchored wildcards": b"User-agent: AcmeBot\n"
+    + b"".join(b"Allow: /*a*%d$\n" % i for i in range(100_000)),
+    "many groups": b"".join(
+        b"User-agent: *\nUser-agent: AcmeBot\nDisallow: /*%d\n" % i for i in range(30_000)
+    ),
+    "many agents": b"".join(b"User-agent: a%s\n" % (b"b" * (i % 80)) for i in range(20_000))
+    + b"Disallow: /\n",
+    "random bytes": os.urandom(MAX_BYTES),
+    "NUL bytes": b"\x00" * MAX_BYTES,
+    "one huge line": b"User-agent: *\nDisallow: /" + b"a" * MAX_BYTES,
+    "no newlines": b"User-agent: * Disallow: /" * 20_000,
+    "invalid utf-8": b"User-agent: *\nDisallow: /\xff\xfe\xc3(\n" * 1000,
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_input_parses_and_decides_fast(name: str) -> None:
+    rules = RobotsRules.parse(HOSTILE[name])
+    assert len(rules.body) <= MAX_BYTES
+    assert _worst_decide_ms(rules) < 50
+
+
+def test_body_is_truncated_to_max_bytes() -> None:
+    body = b"User-agent: *\n" + b"#" * MAX_BYTES + b"\nDisallow: /\n"
+    rules = RobotsRules.parse(body)
+    assert len(rules.body) == MAX_BYTES
+    assert rules.decide("AcmeBot", "/").allowed  # the Disallow lies beyond the limit
+
+
+def test_sha256_is_of_the_parsed_body() -> None:
+    import hashlib
+
+    rules = RobotsRules.parse(b"User-agent: *\nDisallow: /\n")
+    assert rules.sha256 == hashlib.sha256(rules.body).hexdigest()
