@@ -1,0 +1,167 @@
+"""`crawlguard check`: exit codes, text and JSON output, batch mode over stdin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crawlguard.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+ROBOTS = """\
+User-agent: *
+Disallow: /
+
+User-agent: AcmeBot
+Crawl-delay: 2.5
+Request-rate: 1/5
+Disallow: /private/
+Allow: /private/ok
+"""
+UA = "Mozilla/5.0 (compatible; AcmeBot/1.2; +https://acme.example/bot)"
+
+
+@pytest.fixture
+def robots(tmp_path: Path) -> Path:
+    path = tmp_path / "robots.txt"
+    path.write_text(ROBOTS)
+    return path
+
+
+def test_all_allowed_exits_0(robots: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check", "--robots-file", str(robots), "--user-agent", UA, "/a", "/private/ok"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out == [
+        "allowed\t/a\trule: (none matched)\tcrawl-delay: 2.5s\trequest-rate: 1/5s",
+        "allowed\t/private/ok\trule: Allow: /private/ok\tcrawl-delay: 2.5s\trequest-rate: 1/5s",
+    ]
+
+
+def test_any_disallowed_exits_1(robots: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["check", "--robots-file", str(robots), "--user-agent", UA, "/a", "https://h/private/x"]
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert out[1].startswith("disallowed\thttps://h/private/x\trule: Disallow: /private/\t")
+
+
+def test_json_output(robots: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check", "--json", "--robots-file", str(robots), "--user-agent", "Other/1", "/x"])
+    (line,) = capsys.readouterr().out.splitlines()
+    obj = json.loads(line)
+    assert code == 1
+    assert obj["url"] == "/x"
+    assert obj["allowed"] is False
+    assert obj["rule"] == "Disallow: /"
+    assert obj["crawl_delay"] is None
+    assert obj["request_rate"] is None
+    assert obj["product_token"] == "Other"
+    assert len(obj["robots_sha256"]) == 64
+
+
+def test_json_output_with_delay(robots: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["check", "--json", "--robots-file", str(robots), "--user-agent", UA, "/a"])
+    obj = json.loads(capsys.readouterr().out)
+    assert (obj["crawl_delay"], obj["request_rate"], obj["product_token"]) == (
+        2.5,
+        [1, 5.0],
+        "AcmeBot",
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "--robots-file", "/nonexistent/robots.txt", "--user-agent", UA, "/"],
+        ["check", "--user-agent", UA, "/"],
+        ["check", "--robots-file", "ROBOTS", "/"],
+        ["check", "--robots-file", "ROBOTS", "--user-agent", UA],
+        ["check", "--robots-file", "ROBOTS", "--user-agent", "1234", "/"],
+        ["check", "--cases", "-", "--user-agent", UA],
+        ["check", "--cases", "/nonexistent/cases.jsonl"],
+    ],
+)
+def test_bad_input_exits_2(
+    argv: list[str], robots: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(robots) if a == "ROBOTS" else a for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "error" in captured.err
+
+
+def test_missing_everything_exits_2() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "--no-such-flag"])
+    assert exc.value.code == 2
+
+
+def _run(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crawlguard", "check", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_cases_from_stdin_keep_order() -> None:
+    lines = [
+        {"robots": ROBOTS, "user_agent": UA, "url": "/private/x"},
+        {"robots": ROBOTS, "user_agent": UA, "url": "/a"},
+        {"robots": "", "user_agent": "", "url": ""},
+        {"robots": ROBOTS, "user_agent": "Other/1", "url": "https://h.example/a"},
+    ]
+    proc = _run(["--cases", "-"], "".join(json.dumps(x) + "\n" for x in lines) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(x) for x in proc.stdout.splitlines()] == [
+        {"allowed": False, "crawl_delay": 2.5, "rule": "Disallow: /private/"},
+        {"allowed": True, "crawl_delay": 2.5, "rule": None},
+        {"allowed": True, "crawl_delay": None, "rule": None},
+        {"allowed": False, "crawl_delay": None, "rule": "Disallow: /"},
+    ]
+
+
+def test_cases_from_file(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"robots": ROBOTS, "user_agent": UA, "url": "/private/ok"}))
+    proc = _run(["--cases", str(cases)], "")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "allowed": True,
+        "crawl_delay": 2.5,
+        "rule": "Allow: /private/ok",
+    }
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not json",
+        "[1, 2]",
+        json.dumps({"robots": ROBOTS, "user_agent": UA}),
+        json.dumps({"robots": 1, "user_agent": UA, "url": "/"}),
+    ],
+)
+def test_bad_case_line_exits_2_without_output(bad: str) -> None:
+    good = json.dumps({"robots": ROBOTS, "user_agent": UA, "url": "/"})
+    proc = _run(["--cases", "-"], f"{good}\n{bad}\n")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "line 2" in proc.stderr
+
+
+def test_robots_file_from_stdin() -> None:
+    proc = _run(["--robots-file", "-", "--user-agent", UA, "/private/x"], ROBOTS)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("disallowed\t/private/x\t")
