@@ -20,10 +20,13 @@ longest-match are ours, pre-computed per product token because `decide` runs per
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 
 from protego import Protego
+
+log = logging.getLogger("crawlguard")
 
 MAX_BYTES = 500 * 1024
 MAX_RULE_TEXT = 1000  # a rule quoted in a violation record is cut here (hostile lines)
@@ -365,17 +368,16 @@ class RobotsRules:
         try:
             text = body.decode("utf-8-sig", errors="surrogateescape")
             groups, table = _canonicalize(text)
-            canonical = "".join(
-                f"user-agent: g{i}\n{''.join(line + chr(10) for line in g.lines)}disallow:\n"
+            # One synthetic agent per group; the closing empty "disallow:" ends it for Protego.
+            canonical = [
+                "\n".join([f"user-agent: g{i}", *g.lines, "disallow:\n"])
                 for i, g in enumerate(groups)
                 if g.agents
-            )
-            parser = Protego.parse(canonical)
+            ]
+            parser = Protego.parse("".join(canonical))
             return cls(body, sha256, parser, _select_all(groups, table, parser))
         except Exception:  # a bug here must not take the proxy down: no restrictions
-            import logging
-
-            logging.getLogger("crawlguard").exception("robots.txt could not be parsed")
+            log.exception("robots.txt could not be parsed")
             return cls(body, sha256, Protego.parse(""))
 
     def decide(self, product_token: str, url: str) -> RobotsVerdict:
