@@ -69,22 +69,34 @@ _FIELDS: dict[str, str] = {
 _KEEP = r"A-Za-z0-9\-._~:/?#\[\]@!&'()+,;="
 _CLEAN = re.compile(f"[{_KEEP}]*").fullmatch
 _TO_FIX = re.compile(f"%([0-9A-Fa-f]{{2}})|[^{_KEEP}]".encode())
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
-def _fix_octet(m: re.Match[bytes]) -> bytes:
-    hexpair = m.group(1)
-    if hexpair is not None:
-        octet = int(hexpair, 16)
-        return bytes((octet,)) if octet in _UNRESERVED else b"%" + hexpair.upper()
-    return b"%%%02X" % m.group()[0]
+def _fixer(encode_non_ascii: bool):  # type: ignore[no-untyped-def]
+    def fix(m: re.Match[bytes]) -> bytes:
+        hexpair = m.group(1)
+        if hexpair is not None:
+            return b"%" + hexpair.upper()
+        octet = m.group()[0]
+        if octet >= 0x80 and not encode_non_ascii:
+            return m.group()
+        return b"%%%02X" % octet
+
+    return fix
 
 
-def normalize_path(value: str) -> str:
-    """One spelling per octet sequence (RFC 9309 §2.2.2), so pattern and URL compare as octets.
+_FIX_ALL = _fixer(True)
+_FIX_ASCII = _fixer(False)
 
-    Escapes of unreserved characters are decoded, other escapes upper-cased, and anything
-    outside RFC 3986 (non-ASCII as UTF-8, raw invalid octets, spaces, a stray "%") encoded.
+
+def normalize_path(value: str, *, encode_non_ascii: bool = True) -> str:
+    """One spelling per octet sequence, so pattern and URL compare as octets (RFC 9309 §2.2.2).
+
+    Escapes are upper-cased and kept as written (Google's reference parser and its test suite
+    compare `%62%61%7A` and `baz` as different paths); anything outside RFC 3986 (spaces, a
+    stray "%", raw invalid octets) is encoded, and so is non-ASCII text unless
+    `encode_non_ascii` is false. Rules always encode it; a URL given to `decide` is taken as
+    already encoded by its sender (the proxy encodes raw request targets with
+    `request_target` first), so a raw non-ASCII URL matches no encoded rule, as in Google's.
     """
     if _CLEAN(value):
         return value
@@ -92,7 +104,14 @@ def normalize_path(value: str) -> str:
         raw = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raw = value.encode("utf-8", "surrogatepass")
-    return _TO_FIX.sub(_fix_octet, raw).decode("ascii")
+    fixed = _TO_FIX.sub(_FIX_ALL if encode_non_ascii else _FIX_ASCII, raw)
+    return fixed.decode("utf-8", "surrogateescape")
+
+
+def request_target(path: str) -> str:
+    """The RFC 3986 spelling of a request target as it came off the wire: what a conforming
+    client sends. The proxy applies it before `decide`, so raw UTF-8 cannot dodge a rule."""
+    return normalize_path(path)
 
 
 def _target(url: str) -> str:
@@ -383,7 +402,7 @@ class RobotsRules:
     def decide(self, product_token: str, url: str) -> RobotsVerdict:
         """Verdict for `url` (absolute URL or path+query) for the crawler's product token."""
         sel = self._selections.get(product_token.strip().lower(), self._default)
-        path = normalize_path(_target(url))
+        path = normalize_path(_target(url), encode_non_ascii=False)
         hit = None
         if path != "/robots.txt" and not path.startswith("/robots.txt?"):
             hit = sel.matcher.best(path)

@@ -22,6 +22,7 @@ from crawlguard.destinations import check_destination
 from crawlguard.metrics import Metrics
 from crawlguard.pacing import Pacer, PacingOutcome
 from crawlguard.records import ViolationRecord, utc_now_iso
+from crawlguard.robots import request_target
 from crawlguard.robots_cache import RobotsCache
 from crawlguard.state import MemoryState, PacingState
 from crawlguard.store import ViolationStore, open_store
@@ -193,7 +194,7 @@ class Guard:
                 retry_after=entry.retry_after(time.monotonic()),
             )
         token = verdict.rule.removeprefix("ok:")  # the registered token this UA carries
-        rv = entry.rules.decide(token, req.path)
+        rv = entry.rules.decide(token, request_target(req.path))
         if not rv.allowed:
             return Decision(
                 Kind.ROBOTS_DISALLOW,
