@@ -191,7 +191,7 @@ class Proxy:
         raise RuntimeError(f"proxy did not become ready:\n{self.log()}")
 
     def restart(self) -> None:
-        self.stop()
+        assert self.stop() == 0, self.log()
         self.port = free_port()
         self._start(None)
 
@@ -234,7 +234,8 @@ class Proxy:
         )  # fmt: skip
         return json.loads(out.stdout)
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM, as an operator would; returns the exit code (0 on a graceful stop)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -244,6 +245,7 @@ class Proxy:
                 self.proc.wait()
         self._err.close()
         self._out.close()
+        return self.proc.returncode
 
 
 def running_proxy(config: dict[str, Any], tmp: Path) -> Iterator[Proxy]:

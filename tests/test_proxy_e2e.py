@@ -207,7 +207,8 @@ def test_records_survive_a_restart(tmp_path: Path, web: LocalOrigin):
     p = Proxy(base_config(tmp_path), tmp_path)
     try:
         assert p.get(web.url("/before-restart"), ua="okhttp/4.9.0").status_code == 403
-        p.restart()
+        p.restart()  # asserts a graceful exit 0 on SIGTERM
+        assert "crawlguard stopped" in p.log()
         recs = p.violations()
         assert any(r["url"].endswith("/before-restart") for r in recs)
         assert p.get(web.url("/after-restart"), ua="okhttp/4.9.0").status_code == 403
