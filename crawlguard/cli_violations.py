@@ -1,10 +1,188 @@
-"""STUB: replaced by its owner."""
+"""`crawlguard violations` and `crawlguard report`: what the configured store has recorded.
+
+Both exit 2 with a message on stderr for anything the operator must fix (bad --since, a config
+that does not load, a store that cannot be opened), so scripts can tell "nothing found" (exit
+0, empty output) from "could not look".
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import sys
+import unicodedata
 from typing import Any
+
+from crawlguard.records import FIELDS, ViolationRecord
+from crawlguard.store import (
+    Report,
+    StoreError,
+    TenantReport,
+    ViolationStore,
+    open_store,
+    parse_since,
+)
+
+TABLE_COLUMNS = ("ts", "tenant", "kind", "action", "method", "url", "rule")
+MAX_CELL = {"url": 100, "rule": 60}
+
+
+class _Fail(Exception):
+    """An operator-facing error: printed on stderr, exit 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def register(sub: Any) -> None:  # argparse._SubParsersAction
-    _ = argparse
+    p = sub.add_parser(
+        "violations",
+        help="list recorded violations, newest first",
+        description="List the violations recorded in the configured store, newest first. "
+        "Exit 0 (also when nothing matches), 2 on bad input or an unusable store.",
+    )
+    p.add_argument("--config", required=True, metavar="PATH", help="crawlguard YAML config")
+    p.add_argument("--tenant", metavar="T", help="only this tenant")
+    p.add_argument("--kind", metavar="K", help="only this decision kind, e.g. robots-disallow")
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only records at or after WHEN: ISO 8601 (UTC unless an offset is given) or a "
+        "duration back from now such as 7d, 12h, 30m",
+    )
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="at most N records")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default, for people), json (one array of records), csv (header row first)",
+    )
+    p.set_defaults(func=run_violations)
+
+    r = sub.add_parser(
+        "report",
+        help="per-tenant summary: requests by decision, violations by kind",
+        description="Summarise the configured store per tenant: requests by decision and "
+        "violations by kind. Request counts are kept in hourly buckets and flushed by the "
+        "proxy every few seconds, so --since is rounded down to the hour for them.",
+    )
+    r.add_argument("--config", required=True, metavar="PATH", help="crawlguard YAML config")
+    r.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="ISO 8601 or a duration back from now such as 7d (default: everything recorded)",
+    )
+    r.add_argument("--format", choices=("table", "json"), default="table")
+    r.set_defaults(func=run_report)
+
+
+def _open(config_path: str) -> tuple[ViolationStore, list[str]]:
+    """The configured store and the configured tenant ids (so idle tenants show in reports)."""
+    from crawlguard.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise _Fail(str(exc)) from None
+    try:
+        return open_store(cfg.store.url), [t.id for t in cfg.tenants]
+    except StoreError as exc:
+        raise _Fail(str(exc)) from None
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"crawlguard {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def run_violations(args: argparse.Namespace) -> int:
+    try:
+        since = parse_since(args.since) if args.since is not None else None
+        store, _ = _open(args.config)
+        try:
+            records = store.query(tenant=args.tenant, kind=args.kind, since=since, limit=args.limit)
+        finally:
+            store.close()
+    except (_Fail, StoreError, ValueError) as exc:
+        return _fail("violations", str(exc))
+    if args.format == "json":
+        json.dump([r.to_dict() for r in records], sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(FIELDS)
+        for rec in records:
+            d = rec.to_dict()
+            writer.writerow(["" if d[f] is None else d[f] for f in FIELDS])
+    else:
+        print_table(records)
+    return 0
+
+
+def _cell(value: object, width: int | None = None) -> str:
+    """One line, no control characters: URLs and robots lines come from crawlers and origins
+    and must not be able to move the cursor or recolour an operator's terminal."""
+    text = "-" if value is None else str(value)
+    text = "".join(c if unicodedata.category(c)[0] != "C" else _escape(c) for c in text)
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
+
+
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def print_table(records: list[ViolationRecord]) -> None:
+    if not records:
+        print("no violations recorded that match")
+        return
+    rows = [
+        [_cell(getattr(rec, col), MAX_CELL.get(col)) for col in TABLE_COLUMNS] for rec in records
+    ]
+    header = [c.upper() for c in TABLE_COLUMNS]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def run_report(args: argparse.Namespace) -> int:
+    try:
+        since = parse_since(args.since) if args.since is not None else None
+        store, configured = _open(args.config)
+        try:
+            report = store.report(since=since)
+        finally:
+            store.close()
+    except (_Fail, StoreError, ValueError) as exc:
+        return _fail("report", str(exc))
+    tenants = {tid: TenantReport() for tid in configured}
+    tenants.update(report.tenants)  # also tenants since removed from the config
+    report = Report(since=report.since, tenants=tenants)
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print_report(report)
+    return 0
+
+
+def print_report(report: Report) -> None:
+    print(f"since {report.since}" if report.since else "all recorded time")
+    if not report.tenants:
+        print("no tenants and nothing recorded")
+    for tid, t in sorted(report.tenants.items()):
+        print(f"\n{_cell(tid)}")
+        print(f"  {'requests':<26}{t.requests_total:>8}")
+        for decision, n in t.requests.items():
+            print(f"    {_cell(decision):<24}{n:>8}")
+        print(f"  {'violations':<26}{t.violations_total:>8}")
+        for kind, n in t.violations.items():
+            print(f"    {_cell(kind):<24}{n:>8}")

@@ -1,0 +1,271 @@
+"""`crawlguard violations` and `crawlguard report` as an operator runs them: formats, filters,
+exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness import base_config
+
+from crawlguard.cli import main
+from crawlguard.records import FIELDS, ViolationRecord, utc_now_iso
+from crawlguard.store import open_store
+
+RECORDS = [
+    ViolationRecord(
+        ts="2024-05-01T10:00:00.000000Z",
+        tenant="acme",
+        kind="robots-disallow",
+        action="blocked",
+        method="GET",
+        url="https://shop.example/private/1",
+        user_agent="AcmeBot/1.0 (+https://acme.example/bot)",
+        rule="Disallow: /private/",
+        crawl_delay=2.5,
+        retry_after=None,
+        robots_sha256="ab" * 32,
+        reason="disallowed by robots.txt",
+    ),
+    ViolationRecord(
+        ts="2024-05-02T10:00:00.000000Z",
+        tenant="globex",
+        kind="ua-generic",
+        action="logged",
+        method="POST",
+        url="http://news.example/feed,with,commas",
+        user_agent='python-requests/2.31 "quoted"',
+        rule="python-requests",
+    ),
+    ViolationRecord(
+        ts="2024-05-03T10:00:00.000000Z",
+        tenant="acme",
+        kind="crawl-delay",
+        action="delayed",
+        method="GET",
+        url="https://shop.example/\x1b[31mred",
+        user_agent="AcmeBot/1.0 (+https://acme.example/bot)",
+        rule="Crawl-delay: 5",
+        crawl_delay=5.0,
+        retry_after=4,
+        delay_seconds=3.5,
+    ),
+]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    cfg: dict[str, Any] = base_config(tmp_path)
+    path = tmp_path / "crawlguard.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    store = open_store(cfg["store"]["url"])
+    try:
+        for r in RECORDS:
+            store.record(r)
+        store.add_request_counts(
+            {("acme", "allowed"): 40, ("acme", "robots-disallow"): 1}, "2024-05-01T10:00:00Z"
+        )
+        store.add_request_counts({("globex", "ua-generic"): 1}, "2024-05-02T10:00:00Z")
+    finally:
+        store.close()
+    return path
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crawlguard", *args],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def violations(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(tmp_path, "violations", "--config", str(config), *args)
+
+
+def test_json_is_one_array_of_full_records_newest_first(tmp_path: Path, config: Path) -> None:
+    proc = violations(tmp_path, config, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert isinstance(data, list)
+    assert [tuple(d) for d in data] == [FIELDS] * 3
+    assert [ViolationRecord.from_dict(d) for d in data] == RECORDS[::-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--tenant", "acme"], [2, 0]),
+        (["--kind", "ua-generic"], [1]),
+        (["--tenant", "acme", "--kind", "ua-generic"], []),
+        (["--since", "2024-05-02T10:00:00Z"], [2, 1]),  # inclusive
+        (["--since", "2024-05-02T12:00:00+02:00"], [2, 1]),
+        (["--since", "2024-05-02T10:00:01"], [2]),
+        (["--limit", "1"], [2]),
+        (["--tenant", "acme", "--limit", "5"], [2, 0]),
+        (["--since", "1d"], []),
+    ],
+)
+def test_filters(
+    config: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: list[int]
+) -> None:
+    """In-process (same code path as the console script) to keep the suite fast."""
+    code = main(["violations", "--config", str(config), "--format", "json", *args])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [ViolationRecord.from_dict(d) for d in data] == [RECORDS[i] for i in expected]
+
+
+def test_csv_has_a_header_row_and_quotes_properly(tmp_path: Path, config: Path) -> None:
+    proc = violations(tmp_path, config, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.reader(io.StringIO(proc.stdout)))
+    assert tuple(rows[0]) == FIELDS
+    assert len(rows) == 4
+    by_field = [dict(zip(FIELDS, row, strict=True)) for row in rows[1:]]
+    assert by_field[1]["url"] == "http://news.example/feed,with,commas"
+    assert by_field[1]["user_agent"] == 'python-requests/2.31 "quoted"'
+    assert by_field[1]["crawl_delay"] == ""  # None
+    assert by_field[2]["crawl_delay"] == "2.5"
+
+
+def test_csv_header_even_when_empty(tmp_path: Path, config: Path) -> None:
+    proc = violations(tmp_path, config, "--format", "csv", "--tenant", "nobody")
+    assert proc.returncode == 0
+    assert proc.stdout == ",".join(FIELDS) + "\n"
+
+
+def test_table_is_aligned_and_safe_for_terminals(tmp_path: Path, config: Path) -> None:
+    proc = violations(tmp_path, config)  # table is the default
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["TS", "TENANT", "KIND", "ACTION", "METHOD", "URL", "RULE"]
+    assert len(lines) == 4
+    assert "\x1b" not in proc.stdout and "\\x1b[31mred" in lines[1]
+    kind_col = lines[0].index("KIND")
+    assert [line[kind_col:].split()[0] for line in lines[1:]] == [
+        "crawl-delay",
+        "ua-generic",
+        "robots-disallow",
+    ]
+    assert lines[3].endswith("Disallow: /private/")
+
+
+def test_table_when_nothing_matches(tmp_path: Path, config: Path) -> None:
+    proc = violations(tmp_path, config, "--kind", "tenant-limit")
+    assert proc.returncode == 0
+    assert "no violations" in proc.stdout
+
+
+def test_store_is_created_when_missing(tmp_path: Path) -> None:
+    cfg = base_config(tmp_path, store={"url": "sqlite:///fresh/var/cg.db"})  # relative to cwd
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = violations(tmp_path, path, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    assert (tmp_path / "fresh" / "var" / "cg.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--since", "last week"], "invalid since"),
+        (["--since", "2024-02-30"], "invalid since"),
+        (["--limit", "0"], "--limit"),
+        (["--limit", "many"], "--limit"),
+        (["--format", "xml"], "--format"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path: Path, config: Path, args: list[str], needle: str) -> None:
+    proc = violations(tmp_path, config, *args)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_missing_or_bad_config_exits_2(tmp_path: Path) -> None:
+    proc = violations(tmp_path, tmp_path / "nope.yaml")
+    assert proc.returncode == 2
+    assert "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("proxies: {}\n")
+    proc = violations(tmp_path, bad)
+    assert proc.returncode == 2
+    assert "proxies" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("store_url", "needle"),
+    [
+        ("postgresql://cg@db:5432/cg", "not supported until the scale-out store"),
+        ("sqlite:///junk.db", "junk.db"),
+    ],
+)
+def test_unusable_store_exits_2(tmp_path: Path, store_url: str, needle: str) -> None:
+    (tmp_path / "junk.db").write_bytes(b"not a database " * 200)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path, store={"url": store_url})))
+    for command in ("violations", "report"):
+        proc = cli(tmp_path, command, "--config", str(path))
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_report_json(tmp_path: Path, config: Path) -> None:
+    proc = cli(tmp_path, "report", "--config", str(config), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["since"] is None
+    assert data["tenants"]["acme"] == {
+        "requests_total": 41,
+        "requests": {"allowed": 40, "robots-disallow": 1},
+        "violations_total": 2,
+        "violations": {"crawl-delay": 1, "robots-disallow": 1},
+    }
+    assert data["tenants"]["globex"]["violations"] == {"ua-generic": 1}
+    # configured tenants with nothing recorded still show, with zeros
+    assert data["tenants"]["initech"] == {
+        "requests_total": 0,
+        "requests": {},
+        "violations_total": 0,
+        "violations": {},
+    }
+
+
+def test_report_since(tmp_path: Path, config: Path) -> None:
+    proc = cli(
+        tmp_path, "report", "--config", str(config), "--since", "2024-05-02", "--format", "json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["since"] == "2024-05-02T00:00:00.000000Z"
+    assert data["tenants"]["acme"]["requests"] == {}
+    assert data["tenants"]["acme"]["violations"] == {"crawl-delay": 1}
+    recent = cli(tmp_path, "report", "--config", str(config), "--since", "7d", "--format", "json")
+    assert recent.returncode == 0
+    since = json.loads(recent.stdout)["since"]
+    assert since < utc_now_iso()
+    assert all(t["violations_total"] == 0 for t in json.loads(recent.stdout)["tenants"].values())
+
+
+def test_report_table(tmp_path: Path, config: Path) -> None:
+    proc = cli(tmp_path, "report", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for needle in ("acme", "globex", "initech", "requests", "violations", "robots-disallow"):
+        assert needle in out
+    acme = out[out.index("\nacme") : out.index("\nglobex")].split()
+    assert acme[:5] == ["acme", "requests", "41", "allowed", "40"]
+
+
+def test_report_bad_since_exits_2(tmp_path: Path, config: Path) -> None:
+    proc = cli(tmp_path, "report", "--config", str(config), "--since", "7 days")
+    assert proc.returncode == 2
+    assert "invalid since" in proc.stderr
