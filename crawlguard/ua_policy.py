@@ -80,7 +80,7 @@ _LIBRARY_LIKE_NAMES = frozenset(n.lower() for n in _NOT_A_CLAIM)
 
 # HTTP clients the dataset lacks (or only knows by a URL); matched as whole product names.
 _EXTRA_LIBRARY_NAMES = _lower_set(
-    "curl Wget Java Java-http-client Dalvik undici got node Deno Python PHP Ruby "
+    "curl Wget python-urllib3 Java Java-http-client Dalvik undici got node Deno Python PHP Ruby "
     "GuzzleHttp reqwest Faraday"
 )
 

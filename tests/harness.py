@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,6 +176,7 @@ class Proxy:
             sys.executable, "-m", "crawlguard", "run", "--config", str(self.config_path),
             "--listen-port", str(self.port), "--admin-port", str(self.admin_port),
         ]  # fmt: skip
+        seen = self.log().count("crawlguard ready") if self.log_path.exists() else 0
         self._err = self.log_path.open("ab")
         self._out = self.out_path.open("ab")
         self.proc = subprocess.Popen(
@@ -184,7 +186,7 @@ class Proxy:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"proxy exited {self.proc.returncode}:\n{self.log()}")
-            if "crawlguard ready" in self.log():
+            if self.log().count("crawlguard ready") > seen:
                 return
             time.sleep(0.05)
         self.stop()
@@ -215,8 +217,8 @@ class Proxy:
         if ua is not None:
             headers["User-Agent"] = ua
         session = requests.Session()
-        if ua is None:
-            session.headers.pop("User-Agent", None)
+        if ua is None:  # send no User-Agent at all (urllib3 would add its own)
+            headers["User-Agent"] = urllib3.util.SKIP_HEADER
         kw.setdefault("timeout", 15)
         kw.setdefault("verify", self.ca_file)
         return session.get(url, proxies=self.proxies(tenant), headers=headers, **kw)

@@ -203,7 +203,8 @@ def test_violations_also_go_to_the_log_as_json_lines(proxy: Proxy, web: LocalOri
     assert any(rec["url"].endswith("/logged-line") and rec["kind"] == "ua-generic" for rec in lines)
 
 
-def test_records_survive_a_restart(tmp_path: Path, web: LocalOrigin):
+def test_records_survive_a_restart(tmp_path: Path, origin: LocalOrigin):
+    web = origin
     p = Proxy(base_config(tmp_path), tmp_path)
     try:
         assert p.get(web.url("/before-restart"), ua="okhttp/4.9.0").status_code == 403
@@ -218,7 +219,8 @@ def test_records_survive_a_restart(tmp_path: Path, web: LocalOrigin):
         p.stop()
 
 
-def test_destination_forbidden_private_address_and_port(tmp_path: Path, web: LocalOrigin):
+def test_destination_forbidden_private_address_and_port(tmp_path: Path, origin: LocalOrigin):
+    web = origin
     cfg = base_config(tmp_path, destinations={"allow_private": False, "allowed_ports": [80, 443]})
     p = Proxy(cfg, tmp_path)
     try:
