@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,8 +199,6 @@ def test_metrics_count_by_tenant_and_decision(proxy: Proxy, web: LocalOrigin):
 
 
 def test_violations_also_go_to_the_log_as_json_lines(proxy: Proxy, web: LocalOrigin):
-    import json
-
     proxy.get(web.url("/logged-line"), ua="Wget/1.21")
     lines = [json.loads(ln) for ln in proxy.json_lines().splitlines() if ln.startswith("{")]
     assert any(rec["url"].endswith("/logged-line") and rec["kind"] == "ua-generic" for rec in lines)
@@ -213,8 +214,18 @@ def test_records_survive_a_restart(tmp_path: Path, origin: LocalOrigin):
         recs = p.violations()
         assert any(r["url"].endswith("/before-restart") for r in recs)
         assert p.get(web.url("/after-restart"), ua="okhttp/4.9.0").status_code == 403
+        assert p.get(web.url("/allowed-one")).status_code == 200
         urls = [r["url"] for r in p.violations()]
         assert urls[0].endswith("/after-restart") and urls[1].endswith("/before-restart")
+        assert p.stop() == 0  # a graceful stop flushes the in-memory request counts
+        out = subprocess.run(
+            [sys.executable, "-m", "crawlguard", "report", "--config", str(p.config_path),
+             "--format", "json"],
+            capture_output=True, text=True, timeout=30, check=True, cwd=tmp_path,
+        )  # fmt: skip
+        acme = json.loads(out.stdout)["tenants"]["acme"]
+        assert acme["requests"] == {"ua-generic": 2, "allowed": 1}
+        assert acme["violations"] == {"ua-generic": 2}
     finally:
         p.stop()
 
