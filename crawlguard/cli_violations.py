@@ -1,4 +1,4 @@
-"""`crawlguard violations` and `crawlguard report`: what the configured store has recorded.
+"""`crawlguard violations`, `report` and `robots-txt`: what the configured store has recorded.
 
 Both exit 2 with a message on stderr for anything the operator must fix (bad --since, a config
 that does not load, a store that cannot be opened), so scripts can tell "nothing found" (exit
@@ -83,6 +83,17 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
     r.add_argument("--format", choices=("table", "json"), default="table")
     r.set_defaults(func=run_report)
 
+    b = sub.add_parser(
+        "robots-txt",
+        help="print the robots.txt body a violation record's robots_sha256 names",
+        description="Print, byte for byte, the robots.txt body that was in force for a "
+        "recorded violation (its robots_sha256). Exit 0, 1 if the store does not hold it, "
+        "2 on bad input or an unusable store.",
+    )
+    b.add_argument("--config", required=True, metavar="PATH", help="crawlguard YAML config")
+    b.add_argument("sha256", metavar="SHA256", help="the record's robots_sha256 (64 hex digits)")
+    b.set_defaults(func=run_robots_txt)
+
 
 def _open(config_path: str) -> tuple[ViolationStore, list[str]]:
     """The configured store and the configured tenant ids (so idle tenants show in reports)."""
@@ -124,6 +135,27 @@ def run_violations(args: argparse.Namespace) -> int:
             writer.writerow(["" if d[f] is None else d[f] for f in FIELDS])
     else:
         print_table(records)
+    return 0
+
+
+def run_robots_txt(args: argparse.Namespace) -> int:
+    digest = args.sha256.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return _fail("robots-txt", f"{args.sha256!r} is not a SHA-256 (64 hex digits)")
+    try:
+        store, _ = _open(args.config)
+        try:
+            body = store.robots_body(digest)
+        finally:
+            store.close()
+    except (_Fail, StoreError) as exc:
+        return _fail("robots-txt", str(exc))
+    if body is None:
+        print(f"crawlguard robots-txt: no robots.txt body {digest} in the store", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stdout.buffer.write(body)
+    sys.stdout.buffer.flush()
     return 0
 
 

@@ -4,6 +4,7 @@ exit codes."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import subprocess
@@ -19,6 +20,8 @@ from crawlguard.cli import main
 from crawlguard.records import FIELDS, ViolationRecord, utc_now_iso
 from crawlguard.store import open_store
 
+ROBOTS_BODY = b"\xef\xbb\xbfUser-agent: *\r\nDisallow: /private/\r\n\xff binary tail\n"
+
 RECORDS = [
     ViolationRecord(
         ts="2024-05-01T10:00:00.000000Z",
@@ -31,7 +34,7 @@ RECORDS = [
         rule="Disallow: /private/",
         crawl_delay=2.5,
         retry_after=None,
-        robots_sha256="ab" * 32,
+        robots_sha256=hashlib.sha256(ROBOTS_BODY).hexdigest(),
         reason="disallowed by robots.txt",
     ),
     ViolationRecord(
@@ -68,7 +71,7 @@ def config(tmp_path: Path) -> Path:
     store = open_store(cfg["store"]["url"])
     try:
         for r in RECORDS:
-            store.record(r)
+            store.record(r, ROBOTS_BODY if r.robots_sha256 else None)
         store.add_request_counts(
             {("acme", "allowed"): 40, ("acme", "robots-disallow"): 1}, "2024-05-01T10:00:00Z"
         )
@@ -269,3 +272,28 @@ def test_report_bad_since_exits_2(tmp_path: Path, config: Path) -> None:
     proc = cli(tmp_path, "report", "--config", str(config), "--since", "7 days")
     assert proc.returncode == 2
     assert "invalid since" in proc.stderr
+
+
+def test_robots_txt_prints_the_body_in_force_byte_for_byte(tmp_path: Path, config: Path) -> None:
+    rec = json.loads(violations(tmp_path, config, "--kind", "robots-disallow", "--format", "json")
+                     .stdout)[0]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "crawlguard", "robots-txt", "--config", str(config),
+         rec["robots_sha256"].upper()],
+        capture_output=True, timeout=30, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ROBOTS_BODY
+
+
+@pytest.mark.parametrize(
+    ("digest", "code", "needle"),
+    [("0" * 64, 1, "no robots.txt body"), ("xyz", 2, "not a SHA-256"), ("a" * 63, 2, "64 hex")],
+)
+def test_robots_txt_unknown_or_bad_digest(
+    tmp_path: Path, config: Path, digest: str, code: int, needle: str
+) -> None:
+    out = cli(tmp_path, "robots-txt", "--config", str(config), digest)
+    assert out.returncode == code
+    assert needle in out.stderr
+    assert out.stdout == ""
