@@ -1,6 +1,6 @@
 """`crawlguard violations`, `report` and `robots-txt`: what the configured store has recorded.
 
-Both exit 2 with a message on stderr for anything the operator must fix (bad --since, a config
+All exit 2 with a message on stderr for anything the operator must fix (bad --since, a config
 that does not load, a store that cannot be opened), so scripts can tell "nothing found" (exit
 0, empty output) from "could not look".
 """
