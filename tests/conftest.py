@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 import trustme
-from harness import LocalOrigin
+from harness import LocalOrigin, Proxy, base_config
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +29,12 @@ def origin() -> Iterator[LocalOrigin]:
     o = LocalOrigin()
     yield o
     o.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, ca_file: str) -> Iterator[Proxy]:
+    """One proxy per test module on the default test config, trusting the test CA upstream."""
+    tmp = tmp_path_factory.mktemp("proxy")
+    p = Proxy(base_config(tmp, proxy={"upstream_ca_file": ca_file}), tmp)
+    yield p
+    p.stop()

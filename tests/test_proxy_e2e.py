@@ -34,14 +34,6 @@ def tls_web(server_cert: trustme.LeafCert) -> Iterator[LocalOrigin]:
     o.close()
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, ca_file: str) -> Iterator[Proxy]:
-    tmp = tmp_path_factory.mktemp("proxy")
-    p = Proxy(base_config(tmp, proxy={"upstream_ca_file": ca_file}), tmp)
-    yield p
-    p.stop()
-
-
 def test_allowed_request_reaches_origin_without_proxy_credentials(proxy: Proxy, web: LocalOrigin):
     r = proxy.get(web.url("/page?x=1"))
     assert r.status_code == 200

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import trustme
-from harness import LocalOrigin, Proxy, Route, base_config
+from harness import LocalOrigin, Proxy, Route
 
 ROBOTS = (
     b"User-agent: AcmeBot\nDisallow: /private\nAllow: /private/ok\n\nUser-agent: *\nDisallow: /\n"
 )
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, ca_file: str) -> Iterator[Proxy]:
-    tmp = tmp_path_factory.mktemp("robots-proxy")
-    p = Proxy(base_config(tmp, proxy={"upstream_ca_file": ca_file}), tmp)
-    yield p
-    p.stop()
 
 
 def robots_fetches(origin: LocalOrigin) -> int:
