@@ -23,7 +23,7 @@ from crawlguard.service import Guard, RequestInfo, TenantRuntime
 log = logging.getLogger("crawlguard")
 
 REALM = 'Basic realm="crawlguard"'
-META = "crawlguard"
+META = "crawlguard"  # (TenantRuntime, Decision, RequestInfo) of the flow, set once per request
 REFUSED = "crawlguard_refused"
 
 
@@ -132,7 +132,7 @@ class CrawlGuardAddon:
             return
         denied = guard.check_destination(flow.request.host, flow.request.port)
         if denied is not None:
-            flow.metadata[META] = (tenant, denied)
+            flow.metadata[META] = (tenant, denied, request_info(flow))
             flow.metadata[REFUSED] = True
             flow.response = refusal(denied)
             return
@@ -141,10 +141,10 @@ class CrawlGuardAddon:
     async def http_connect_error(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
         if meta and self.guard:
-            tenant, decision = meta
+            tenant, decision, req = meta
             self.guard.count(tenant, decision.kind)
             if tenant.cfg.mode != "off":
-                await self.guard.record(tenant, decision, Action.BLOCKED, request_info(flow))
+                await self.guard.record(tenant, decision, Action.BLOCKED, req)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         guard = self.guard
@@ -171,12 +171,12 @@ class CrawlGuardAddon:
             decision, outcome = await guard.pace(tenant, req, decision)
             if outcome.held:
                 guard.count(tenant, decision.kind)
-                flow.metadata[META] = (tenant, decision)
+                flow.metadata[META] = (tenant, decision, req)
                 await guard.record(tenant, decision, Action.DELAYED, req)
                 await self._hold(flow, outcome)
                 return
         guard.count(tenant, decision.kind)
-        flow.metadata[META] = (tenant, decision)
+        flow.metadata[META] = (tenant, decision, req)
         if decision.allowed:
             return
         if tenant.cfg.mode == "off" and decision.kind is not Kind.DESTINATION_FORBIDDEN:
@@ -211,12 +211,12 @@ class CrawlGuardAddon:
         meta = flow.metadata.get(META)
         if meta is None or self.guard is None or flow.response is None:
             return
-        tenant, _ = meta
+        tenant, _, req = meta
         if flow.metadata.get(REFUSED) or tenant.cfg.mode == "off":
             return  # our own refusal is not the origin's answer
         await self.guard.pacer.observe_response(
             tenant.id,
-            request_info(flow).origin,
+            req.origin,
             flow.response.status_code,
             flow.response.headers.get("Retry-After"),
         )
@@ -225,7 +225,7 @@ class CrawlGuardAddon:
         meta = flow.metadata.get(META)
         if meta is None or flow.response is None or flow.metadata.get(REFUSED):
             return
-        _, decision = meta
+        decision = meta[1]
         headers = flow.response.headers
         headers[DECISION_HEADER] = Kind.ALLOWED.value
         if decision.delay_seconds is not None:  # held by delay pacing, then forwarded
