@@ -367,16 +367,15 @@ class RobotsRules:
     """A parsed robots.txt. Never raises on any body; bodies over MAX_BYTES are truncated."""
 
     def __init__(
-        self,
-        body: bytes,
-        sha256: str,
-        parser: Protego,
-        selections: dict[str, _Selection] | None = None,
+        self, body: bytes, sha256: str, selections: dict[str, _Selection] | None = None
     ) -> None:
-        """Use `parse`; `selections` maps lower-case product tokens ("*" included) to rules."""
+        """Use `parse`; `selections` maps lower-case product tokens ("*" included) to rules.
+
+        Only the selections are kept: Protego's parse tree is not needed once they are built,
+        and a cache holds one of these per origin.
+        """
         self.body = body
         self.sha256 = sha256
-        self._parser = parser
         self._selections = selections or {}
         self._default = self._selections.get(_STAR, _EMPTY)
 
@@ -394,10 +393,10 @@ class RobotsRules:
                 if g.agents
             ]
             parser = Protego.parse("".join(canonical))
-            return cls(body, sha256, parser, _select_all(groups, table, parser))
+            return cls(body, sha256, _select_all(groups, table, parser))
         except Exception:  # a bug here must not take the proxy down: no restrictions
             log.exception("robots.txt could not be parsed")
-            return cls(body, sha256, Protego.parse(""))
+            return cls(body, sha256)
 
     def decide(self, product_token: str, url: str) -> RobotsVerdict:
         """Verdict for `url` (absolute URL or path+query) for the crawler's product token."""
