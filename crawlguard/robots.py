@@ -200,6 +200,9 @@ def _compile_rule(allow: bool, value: str, text: str) -> list[_Rule]:
 
 
 _GRAM = 3
+_PLAIN_ENTRY_BYTES = 200
+_WILD_ENTRY_BYTES = 400
+_RULES_BASE_BYTES = 1024
 _Hit = tuple[int, bool, str]  # (priority, allow, rule text): the larger tuple[:2] wins
 
 
@@ -210,7 +213,7 @@ class _Matcher:
     literals in a dict probed once; only patterns with "*" are tried one by one, best first.
     """
 
-    __slots__ = ("_exact", "_lengths", "_prefix", "_wild")
+    __slots__ = ("_exact", "_lengths", "_prefix", "_wild", "weight")
 
     def __init__(self, rules: list[_Rule]) -> None:
         prefix: dict[str, tuple[bool, str]] = {}
@@ -242,6 +245,13 @@ class _Matcher:
             )
             for r in sorted(wild.values(), key=lambda r: (r.priority, r.allow), reverse=True)
         ]
+        # Approximate bytes held (CPython objects, measured with tracemalloc): what a cache
+        # bounded in bytes must count, the parsed form being ~10-25x the body.
+        self.weight = sum(
+            _PLAIN_ENTRY_BYTES + 2 * len(key) + len(text)
+            for table in (prefix, exact)
+            for key, (_, text) in table.items()
+        ) + sum(_WILD_ENTRY_BYTES + 2 * len(w[2]) for w in self._wild)
 
     def best(self, path: str) -> _Hit | None:
         best: _Hit | None = None
@@ -378,6 +388,11 @@ class RobotsRules:
         self.sha256 = sha256
         self._selections = selections or {}
         self._default = self._selections.get(_STAR, _EMPTY)
+        distinct = {id(sel): sel for sel in self._selections.values()}.values()
+        self.footprint = (
+            _RULES_BASE_BYTES + len(body) + sum(sel.matcher.weight for sel in distinct)
+        )
+        """Approximate bytes this object keeps alive, for caches bounded in bytes."""
 
     @classmethod
     def parse(cls, body: bytes) -> RobotsRules:

@@ -86,7 +86,7 @@ class _Slot:
     good_at: float = 0.0
     failures: int = 0
     task: asyncio.Task[RobotsEntry] | None = None
-    size: int = 0  # bytes of body held, for the memory bound
+    size: int = 0  # approximate bytes the good copy keeps alive (body and parsed rules)
 
 
 class RobotsCache:
@@ -278,7 +278,7 @@ class RobotsCache:
                     ALLOW_ALL, True, None, None, result, now, now + lifetime, fetched.detail
                 )
         slot.entry = entry
-        size = len(slot.good.body) if slot.good is not None else 0
+        size = slot.good.footprint if slot.good is not None else 0
         if self._slots.get(origin) is slot:  # not evicted while fetching
             self._bytes += size - slot.size
             slot.size = size

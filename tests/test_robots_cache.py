@@ -489,6 +489,17 @@ async def test_memory_bound_in_bytes(make_cache) -> None:
         assert len(cache) == 2 and cache.peek(a.origin) is None
 
 
+async def test_memory_bound_counts_parsed_rules_not_just_bodies(make_cache) -> None:
+    # ~110 KB of rules each, but ~1.3 MB each once parsed: two fit in 3 MB, not three.
+    rules = b"User-agent: *\n" + b"".join(b"Disallow: /path/%d/x\n" % i for i in range(5000))
+    cache = make_cache(max_bytes=3_000_000)
+    servers = [robots_origin(body=rules) for _ in range(3)]
+    async with servers[0] as a, servers[1] as b, servers[2] as c:
+        for o in (a, b, c):
+            await cache.get(o.origin)
+        assert len(cache) == 2 and cache.peek(a.origin) is None
+
+
 async def test_https_origin_with_trusted_ca(make_cache) -> None:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -373,3 +373,32 @@ def test_sha256_is_of_the_parsed_body() -> None:
 
     rules = RobotsRules.parse(b"User-agent: *\nDisallow: /\n")
     assert rules.sha256 == hashlib.sha256(rules.body).hexdigest()
+
+
+FOOTPRINT_CASES = {
+    "typical": b"User-agent: *\nDisallow: /private\nCrawl-delay: 2\n",
+    "prefix rules": b"User-agent: *\n" + b"".join(b"Disallow: /%d\n" % i for i in range(60_000)),
+    "long rules": b"User-agent: *\n"
+    + b"".join(b"Disallow: /%s%d\n" % (b"a" * 200, i) for i in range(2000)),
+    "100k wildcard lines": HOSTILE["100k wildcard lines"],
+    "many groups": HOSTILE["many groups"],
+    "one huge line": HOSTILE["one huge line"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(FOOTPRINT_CASES))
+def test_footprint_covers_what_a_parsed_copy_keeps_alive(name: str) -> None:
+    """The robots cache bounds memory with `footprint`: it must not undercount (the parsed
+    rules are many times the body), nor overcount so much that the bound means little."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        rules = RobotsRules.parse(FOOTPRINT_CASES[name])
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held <= rules.footprint <= 3 * held + 4096
