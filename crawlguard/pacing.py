@@ -18,21 +18,18 @@ Numbers:
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 
 from crawlguard.decisions import Kind
+from crawlguard.http_dates import parse_retry_after
 from crawlguard.state import PacingState, backoff_window
 
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 3600.0
 MAX_RETRY_AFTER = 86400.0  # an origin's Retry-After beyond this is treated as this
 THROTTLE_STATUSES = frozenset({429, 503})
-_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 Clock = Callable[[], float]
 
@@ -58,27 +55,6 @@ def retry_after_seconds(wait: float) -> int:
     """Whole seconds for a Retry-After header: rounded up, at least 1."""
     # The epsilon keeps float noise (2.0000000001) from adding a whole second.
     return max(1, math.ceil(wait - 1e-9))
-
-
-def parse_retry_after(value: str | None, now_wallclock: float) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); garbage → None.
-
-    Fractional seconds are tolerated (some servers send them); a date in the past is 0.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if value[0].isdigit():
-        return float(value) if _DELTA_SECONDS.fullmatch(value) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:  # asctime and "-0000" forms come back naive; HTTP dates are GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now_wallclock)
 
 
 def pacing_key(tenant: str, origin: str) -> str:

@@ -389,9 +389,7 @@ class RobotsRules:
         self._selections = selections or {}
         self._default = self._selections.get(_STAR, _EMPTY)
         distinct = {id(sel): sel for sel in self._selections.values()}.values()
-        self.footprint = (
-            _RULES_BASE_BYTES + len(body) + sum(sel.matcher.weight for sel in distinct)
-        )
+        self.footprint = _RULES_BASE_BYTES + len(body) + sum(sel.matcher.weight for sel in distinct)
         """Approximate bytes this object keeps alive, for caches bounded in bytes."""
 
     @classmethod

@@ -28,12 +28,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from crawlguard.http_dates import parse_http_date, parse_retry_after
 from crawlguard.robots import ALLOW_ALL, MAX_BYTES, RobotsRules
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,9 @@ class RobotsCache:
                     if status == 429 or status >= 500:
                         return _Fetched(
                             "429" if status == 429 else "5xx",
-                            retry_hint=_retry_after(resp.headers),
+                            retry_hint=parse_retry_after(
+                                resp.headers.get("Retry-After"), time.time()
+                            ),
                             detail=f"HTTP {status}",
                         )
                     if 400 <= status < 500:
@@ -378,8 +380,8 @@ def _lifetime(headers: CIMultiDictProxy[str]) -> float | None:
     else:
         expires = headers.get("Expires")
         if expires is not None:
-            exp_ts = _http_date(expires)
-            date_ts = _http_date(headers.get("Date", "")) or time.time()
+            exp_ts = parse_http_date(expires)
+            date_ts = parse_http_date(headers.get("Date")) or time.time()
             lifetime = 0.0 if exp_ts is None else exp_ts - date_ts
     if lifetime is None:
         return None
@@ -388,22 +390,3 @@ def _lifetime(headers: CIMultiDictProxy[str]) -> float | None:
     except ValueError:
         age = 0.0
     return max(0.0, lifetime - max(0.0, age))
-
-
-def _http_date(value: str) -> float | None:
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    """An origin's Retry-After (seconds or HTTP date) as seconds from now."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    ts = _http_date(value)
-    return None if ts is None else max(0.0, ts - time.time())

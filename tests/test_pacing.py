@@ -15,7 +15,6 @@ from crawlguard.pacing import (
     PacingOutcome,
     interval,
     pacing_key,
-    parse_retry_after,
     retry_after_seconds,
 )
 from crawlguard.state import MemoryState
@@ -23,6 +22,10 @@ from crawlguard.state import MemoryState
 ORIGIN = "https://example.com:443"
 OTHER_ORIGIN = "https://example.org:443"
 WALL0 = 1_700_000_000.0
+
+
+def http_date(ts: float) -> str:
+    return format_datetime(datetime.fromtimestamp(ts, UTC), usegmt=True)
 
 
 class FakeClock:
@@ -110,42 +113,6 @@ def test_interval_is_the_strictest(
 )
 def test_retry_after_rounds_up_at_least_one(wait: float, expected: int) -> None:
     assert retry_after_seconds(wait) == expected
-
-
-# -- Retry-After parsing -----------------------------------------------------------------
-
-
-def http_date(ts: float) -> str:
-    return format_datetime(datetime.fromtimestamp(ts, UTC), usegmt=True)
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("120", 120.0),
-        (" 7 ", 7.0),
-        ("0", 0.0),
-        ("1.5", 1.5),
-        (http_date(WALL0 + 90), 90.0),
-        (http_date(WALL0 - 90), 0.0),  # in the past: retry now
-        (None, None),
-        ("", None),
-        ("soon", None),
-        ("-5", None),
-        ("12abc", None),
-        ("1_000", None),
-        ("Wed, 99 Oct 2015 07:28:00 GMT", None),
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, WALL0) == expected
-
-
-def test_parse_retry_after_other_date_forms() -> None:
-    # RFC 850 and asctime forms are obsolete but still valid; both are GMT.
-    base = datetime(2015, 10, 21, 7, 28, tzinfo=UTC).timestamp()
-    assert parse_retry_after("Wednesday, 21-Oct-15 07:28:30 GMT", base) == 30.0
-    assert parse_retry_after("Wed Oct 21 07:28:30 2015", base) == 30.0
 
 
 # -- reject pacing -------------------------------------------------------------------------

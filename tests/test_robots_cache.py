@@ -116,6 +116,15 @@ async def test_origin_retry_after_lengthens_back_off_up_to_the_cap(make_cache, c
         assert (await cache.get(origin.origin)).retry_after(clock.now) == 900
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "soon", "Wed, 99 Oct 2015 07:28:00 GMT", "-1"])
+async def test_garbage_retry_after_is_ignored(make_cache, clock, value: str) -> None:
+    cache = make_cache()
+    async with robots_origin(503, headers={"Retry-After": value}) as origin:
+        entry = await cache.get(origin.origin)
+    assert (entry.result, entry.detail) == ("5xx", "HTTP 503")
+    assert entry.retry_after(clock.now) == 30
+
+
 async def test_timeout_is_a_complete_disallow(make_cache) -> None:
     cache = make_cache(fetch_timeout=0.3)
     async with robots_origin(body=ROBOTS, delay=3) as origin:
