@@ -208,7 +208,7 @@ class RobotsCache:
             fetched = _Fetched("error", detail=f"{type(exc).__name__}: {exc}"[:200])
         rules: RobotsRules | BaseException | None = None
         if fetched.result == "ok":
-            # Parsing a hostile 500 KiB file takes up to ~0.25 s: keep it off the event loop.
+            # Parsing a hostile 500 KiB file takes up to ~0.8 s: keep it off the event loop.
             try:
                 rules = await asyncio.to_thread(RobotsRules.parse, fetched.body or b"")
             except asyncio.CancelledError:
