@@ -124,7 +124,9 @@ def ca_path(confdir: str) -> Path:
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
-    confdir = "var/mitmproxy"
+    from crawlguard.config import ProxySection
+
+    confdir = ProxySection().confdir
     if args.config:
         try:
             confdir = load_config(args.config).proxy.confdir
@@ -138,9 +140,10 @@ def cmd_ca(args: argparse.Namespace) -> int:
         Path(confdir).expanduser().mkdir(parents=True, exist_ok=True)
         certs.CertStore.from_store(str(Path(confdir).expanduser()), "mitmproxy", 2048)
     from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
 
     cert = x509.load_pem_x509_certificate(path.read_bytes())
-    fingerprint = hashlib.sha256(cert.public_bytes(encoding=_pem())).hexdigest()
+    fingerprint = hashlib.sha256(cert.public_bytes(encoding=Encoding.DER)).hexdigest()
     print(f"CA certificate: {path.resolve()}")
     print(f"SHA-256 fingerprint: {':'.join(fingerprint[i : i + 2] for i in range(0, 64, 2))}")
     if args.export:
@@ -148,8 +151,3 @@ def cmd_ca(args: argparse.Namespace) -> int:
         print(f"exported to {args.export}")
     return 0
 
-
-def _pem() -> Any:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
