@@ -67,3 +67,19 @@ def test_ca_command_shows_and_exports(tmp_path: Path):
     pem = (tmp_path / "ca.pem").read_text()
     assert pem.startswith("-----BEGIN CERTIFICATE-----")
     assert (tmp_path / "ca" / "mitmproxy-ca-cert.pem").read_text() == pem
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    expected = x509.load_pem_x509_certificate(pem.encode()).fingerprint(hashes.SHA256()).hex()
+    assert f"SHA-256 fingerprint: {':'.join(expected[i : i + 2] for i in range(0, 64, 2))}" in (
+        out.stdout
+    )
+
+
+def test_ca_command_defaults_to_var_mitmproxy(tmp_path: Path):
+    out = subprocess.run(
+        [sys.executable, "-m", "crawlguard", "ca"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    ca = tmp_path / "var" / "mitmproxy" / "mitmproxy-ca-cert.pem"
+    assert f"CA certificate: {ca}" in out.stdout and ca.is_file()
