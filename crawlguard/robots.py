@@ -11,20 +11,31 @@ decided a verdict. So the body is first rewritten into a canonical form:
   under one synthetic agent name per group, so Protego keeps groups apart and we can merge
   the groups naming a product token ourselves (§2.2.1), with exact, case-insensitive names;
 - each allow/disallow value replaced by a reference into our rule table, which keeps the
-  line as written (for violation records) and the pattern percent-normalised (§2.2.2).
+  line as written (for violation records) and the pattern percent-normalised (§2.2.2);
+- Crawl-delay and Request-rate values validated and kept on the group.
 
-Protego parses that text (grouping, Crawl-delay and Request-rate values); selection and
-longest-match are ours, pre-computed per product token because `decide` runs per request.
+Protego parses that text (grouping of the rules); selection, longest-match and the delay
+that applies (the largest Crawl-delay, the slowest Request-rate of the merged groups) are
+ours, pre-computed per product token because `decide` runs per request.
+
+Percent-encoding, where safety wins: a URL is allowed only if both readings allow it, the
+RFC 9309 §2.2.2 one (escapes of unreserved characters decoded on both sides, so
+`Disallow: /private` catches `/%70rivate`) and the as-written one of Google's matcher
+(`Allow: /%62az` does not allow `/baz`). The second is only evaluated when a pattern or the
+URL holds such an escape.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
 from protego import Protego
+
+from crawlguard.identity import normalize_escapes
 
 log = logging.getLogger("crawlguard")
 
@@ -41,6 +52,8 @@ _COMMENT = re.compile(r"\([^()]*\)")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # Strict numbers: Python's float()/int() also take "1_000", "nan" and non-ASCII digits.
 _DELAY = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+# An escape of an RFC 3986 unreserved character: the two readings of a URL differ only then.
+_UNRESERVED_ESCAPE = re.compile(r"%(?:2[DEde]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|5[Ff]|7[Ee])")
 _RATE = re.compile(r"[0-9]+/[0-9]+[smhd]?(?:\s+[0-9]{3,4}-[0-9]{3,4})?", re.ASCII | re.IGNORECASE)
 
 # Field names (lower case, inner whitespace as one space) as Protego and Google read them,
@@ -63,49 +76,26 @@ _FIELDS: dict[str, str] = {
     "request rate": "request-rate",
 }
 
-# RFC 3986 characters a normalised path or pattern keeps verbatim: unreserved and reserved,
-# minus "*" and "$", which robots.txt patterns use as operators (§2.2.3: a literal one is
-# written %2A / %24, so the URL side spells them that way too).
-_KEEP = r"A-Za-z0-9\-._~:/?#\[\]@!&'()+,;="
-_CLEAN = re.compile(f"[{_KEEP}]*").fullmatch
-_TO_FIX = re.compile(f"%([0-9A-Fa-f]{{2}})|[^{_KEEP}]".encode())
 
-
-def _fixer(encode_non_ascii: bool):  # type: ignore[no-untyped-def]
-    def fix(m: re.Match[bytes]) -> bytes:
-        hexpair = m.group(1)
-        if hexpair is not None:
-            return b"%" + hexpair.upper()
-        octet = m.group()[0]
-        if octet >= 0x80 and not encode_non_ascii:
-            return m.group()
-        return b"%%%02X" % octet
-
-    return fix
-
-
-_FIX_ALL = _fixer(True)
-_FIX_ASCII = _fixer(False)
-
-
-def normalize_path(value: str, *, encode_non_ascii: bool = True) -> str:
+def normalize_path(
+    value: str, *, encode_non_ascii: bool = True, decode_unreserved: bool = True
+) -> str:
     """One spelling per octet sequence, so pattern and URL compare as octets (RFC 9309 §2.2.2).
 
-    Escapes are upper-cased and kept as written (Google's reference parser and its test suite
-    compare `%62%61%7A` and `baz` as different paths); anything outside RFC 3986 (spaces, a
-    stray "%", raw invalid octets) is encoded, and so is non-ASCII text unless
-    `encode_non_ascii` is false. Rules always encode it; a URL given to `decide` is taken as
-    already encoded by its sender (the proxy encodes raw request targets with
-    `request_target` first), so a raw non-ASCII URL matches no encoded rule, as in Google's.
+    The escape handling of `identity.canonical_path` (escapes of unreserved characters
+    decoded unless `decode_unreserved` is false, other escapes upper-cased, anything outside
+    RFC 3986 encoded, non-ASCII text too unless `encode_non_ascii` is false), plus "*" and
+    "$" written %2A / %24: patterns use them as operators (§2.2.3), so a literal one is
+    spelled encoded on both sides. Rules always encode non-ASCII; a URL given to `decide` is
+    taken as already encoded by its sender (the proxy canonicalises request targets first),
+    so a raw non-ASCII URL matches no encoded rule, as in Google's.
     """
-    if _CLEAN(value):
-        return value
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = value.encode("utf-8", "surrogatepass")
-    fixed = _TO_FIX.sub(_FIX_ALL if encode_non_ascii else _FIX_ASCII, raw)
-    return fixed.decode("utf-8", "surrogateescape")
+    value = normalize_escapes(
+        value, decode_unreserved=decode_unreserved, encode_non_ascii=encode_non_ascii
+    )
+    if "*" in value or "$" in value:
+        value = value.replace("*", "%2A").replace("$", "%24")
+    return value
 
 
 def request_target(path: str) -> str:
@@ -130,50 +120,22 @@ def _target(url: str) -> str:
 
 
 def product_token_of(user_agent: str) -> str:
-    """The RFC 9309 product token a crawler with this User-Agent matches robots.txt groups with.
+    """Re-export of `crawlguard.ua_policy.product_token_of`, the one derivation of the product
+    token robots.txt is matched with (shared by the proxy and `crawlguard check`)."""
+    from crawlguard.ua_policy import product_token_of as derive  # ua_policy is the owner
 
-    First that applies: the name right after "compatible;" ("Mozilla/5.0 (compatible;
-    AcmeBot/1.2; +https://…)" → AcmeBot); the first name/version product outside comments
-    that is not part of a browser's usual string ("AcmeBot/1.2 (+https://…)" → AcmeBot);
-    the first name/version product at all; else the leading run of [A-Za-z_-] ("AcmeBot
-    (+https://…)" → AcmeBot). A name is [A-Za-z_-]+, the RFC 9309 identifier; "" if none.
-    """
-    ua = user_agent.strip()
-    m = _COMPATIBLE.search(ua)
-    if m:
-        return m.group(1)
-    outside = ua
-    for _ in range(8):  # nested comments, bounded
-        stripped = _COMMENT.sub(" ", outside)
-        if stripped == outside:
-            break
-        outside = stripped
-    names = [p.group(1) for p in _PRODUCT.finditer(outside)]
-    for name in names:
-        if name.lower() not in _BROWSER_PRODUCTS:
-            return name
-    if names:
-        return names[0]
-    m = _IDENTIFIER.match(ua)
-    return m.group() if m else ""
-
-
-_BROWSER_PRODUCTS = frozenset(
-    {
-        "mozilla", "applewebkit", "chrome", "chromium", "safari", "gecko", "firefox",
-        "version", "mobile", "edg", "edge", "edga", "edgios", "opr", "opera", "trident",
-        "presto", "crios", "fxios", "samsungbrowser", "yabrowser", "vivaldi", "brave",
-        "ucbrowser", "mobile-safari", "headlesschrome",
-    }
-)  # fmt: skip
+    return derive(user_agent)
 
 
 @dataclass(frozen=True, slots=True)
 class RobotsVerdict:
     allowed: bool
     rule: str | None  # deciding line as written, e.g. "Disallow: /private"; None if none matched
-    crawl_delay: float | None  # seconds, for the group that applies to the product token
-    request_rate: tuple[int, float] | None  # (requests, seconds) for that group
+    crawl_delay: float | None  # seconds: the largest in the groups that apply to the token
+    request_rate: tuple[int, float] | None  # (requests, seconds): the slowest in those groups
+    # Lower-case user-agent names of every group merged into the selection that applied,
+    # file order: ("examplebot", "*"), ("*",) for a token that fell back to "*", () for none.
+    agents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +147,16 @@ class _Rule:
     anchored: bool  # pattern ended in "$"
 
 
-def _compile_rule(allow: bool, value: str, text: str) -> list[_Rule]:
+def _compile_rule(allow: bool, value: str, text: str, decode: bool = True) -> list[_Rule]:
+    """The rule(s) of one allow/disallow line; `decode`: the RFC 9309 §2.2.2 reading, where
+    escapes of unreserved characters are the characters (else the as-written reading)."""
     anchored = value.endswith("$")
     if anchored:
         value = value[:-1]
-    parts = tuple(normalize_path(p) for p in re.sub(r"\*+", _STAR, value).split(_STAR))
+    parts = tuple(
+        normalize_path(p, decode_unreserved=decode)
+        for p in re.sub(r"\*+", _STAR, value).split(_STAR)
+    )
     priority = sum(map(len, parts)) + len(parts) - 1 + anchored
     rules = [_Rule(allow, text, priority, parts, anchored)]
     # Google and Protego read "Allow: /dir/index.html" as allowing "/dir/" too.
@@ -203,6 +170,8 @@ _GRAM = 3
 _PLAIN_ENTRY_BYTES = 200
 _WILD_ENTRY_BYTES = 400
 _RULES_BASE_BYTES = 1024
+_SELECTION_BYTES = 200  # a _Selection and its agents tuple, beyond the matchers
+_NAME_ENTRY_BYTES = 120  # a product token's entry in the selections dict, beyond its text
 _Hit = tuple[int, bool, str]  # (priority, allow, rule text): the larger tuple[:2] wins
 
 
@@ -292,15 +261,30 @@ class _Matcher:
 
 @dataclass(frozen=True, slots=True)
 class _Selection:
-    matcher: _Matcher
+    matcher: _Matcher  # RFC 9309 §2.2.2 reading: unreserved escapes decoded
+    literal: _Matcher | None  # as-written reading; None when no pattern differs in it
     crawl_delay: float | None
     request_rate: tuple[int, float] | None
+    agents: tuple[str, ...]
+
+    @property
+    def weight(self) -> int:
+        literal = self.literal.weight if self.literal is not None else 0
+        return self.matcher.weight + literal + _SELECTION_BYTES + 8 * len(self.agents)
 
 
 @dataclass(slots=True)
 class _Group:
     agents: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # canonical records for Protego
+    delays: list[float] = field(default_factory=list)  # valid Crawl-delay values, seconds
+    rates: list[tuple[int, float]] = field(default_factory=list)  # valid Request-rates
+
+
+# One allow/disallow line: its rules in the decoded reading, and in the as-written reading
+# when that differs (only a pattern with an escape of an unreserved character).
+_Entry = tuple[list[_Rule], list[_Rule] | None]
+_RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _agent_name(value: str) -> str:
@@ -337,10 +321,28 @@ def _readable(text: str) -> str:
     return text if len(text) <= MAX_RULE_TEXT else text[: MAX_RULE_TEXT - 1] + "…"
 
 
-def _canonicalize(text: str) -> tuple[list[_Group], list[list[_Rule]]]:
+def _request_rate(value: str) -> tuple[int, float] | None:
+    """(requests, seconds) of a Request-rate value `_RATE` accepted, as Protego reads it
+    (units s/m/h/d); None when either is zero or absurdly large. A visit-time window after
+    the rate is ignored: the rate then applies at all hours, the careful reading."""
+    requests_text, _, per = value.split()[0].partition("/")
+    unit = _RATE_UNITS.get(per[-1].lower())
+    if unit is not None:
+        per = per[:-1]
+    try:
+        requests = int(requests_text)
+        seconds = float(int(per) * (unit or 1))
+    except (ValueError, OverflowError):  # over 4300 digits, or beyond float
+        return None
+    if requests <= 0 or not 0 < seconds < math.inf:
+        return None
+    return requests, seconds
+
+
+def _canonicalize(text: str) -> tuple[list[_Group], list[_Entry]]:
     """Groups (RFC 9309 §2.1) with canonical records, and the rule table they refer to."""
     groups: list[_Group] = []
-    table: list[list[_Rule]] = []
+    table: list[_Entry] = []
     group: _Group | None = None
     in_rules = False  # an allow/disallow line was seen: the next user-agent line starts a group
     for raw in _LINE_BREAK.split(text):
@@ -365,11 +367,18 @@ def _canonicalize(text: str) -> tuple[list[_Group], list[list[_Rule]]]:
             in_rules = True
             if value:
                 group.lines.append(f"{kind}: /{len(table)}")
-                table.append(_compile_rule(kind == "allow", value, _readable(line)))
-        elif (kind == "crawl-delay" and _DELAY.fullmatch(value)) or (
-            kind == "request-rate" and _RATE.fullmatch(value)
-        ):
-            group.lines.append(f"{kind}: {value}")
+                allow, readable = kind == "allow", _readable(line)
+                decoded = _compile_rule(allow, value, readable)
+                literal = _compile_rule(allow, value, readable, False) if "%" in value else None
+                table.append((decoded, None if literal == decoded else literal))
+        elif kind == "crawl-delay" and _DELAY.fullmatch(value):
+            delay = float(value)
+            if math.isfinite(delay):
+                group.delays.append(delay)
+        elif kind == "request-rate" and _RATE.fullmatch(value):
+            rate = _request_rate(value)
+            if rate is not None:
+                group.rates.append(rate)
     return groups, table
 
 
@@ -389,7 +398,8 @@ class RobotsRules:
         self._selections = selections or {}
         self._default = self._selections.get(_STAR, _EMPTY)
         distinct = {id(sel): sel for sel in self._selections.values()}.values()
-        self.footprint = _RULES_BASE_BYTES + len(body) + sum(sel.matcher.weight for sel in distinct)
+        names = sum(_NAME_ENTRY_BYTES + len(name) for name in self._selections)
+        self.footprint = _RULES_BASE_BYTES + len(body) + names + sum(sel.weight for sel in distinct)
         """Approximate bytes this object keeps alive, for caches bounded in bytes."""
 
     @classmethod
@@ -414,22 +424,38 @@ class RobotsRules:
     def decide(self, product_token: str, url: str) -> RobotsVerdict:
         """Verdict for `url` (absolute URL or path+query) for the crawler's product token."""
         sel = self._selections.get(product_token.strip().lower(), self._default)
-        path = normalize_path(_target(url), encode_non_ascii=False)
+        target = _target(url)
+        path = normalize_path(target, encode_non_ascii=False)
         hit = None
         if path != "/robots.txt" and not path.startswith("/robots.txt?"):
             hit = sel.matcher.best(path)
+            # Safety wins: what the decoded reading allows, the as-written one may still
+            # disallow (e.g. "Allow: /%62az" + "Disallow: /" for "/baz"). Only evaluated
+            # when the two readings can differ.
+            if (hit is None or hit[1]) and (
+                sel.literal is not None or _UNRESERVED_ESCAPE.search(target)
+            ):
+                literal = normalize_path(target, encode_non_ascii=False, decode_unreserved=False)
+                other = (sel.literal or sel.matcher).best(literal)
+                if other is not None and not other[1]:
+                    hit = other
         return RobotsVerdict(
             allowed=hit is None or hit[1],
             rule=None if hit is None else hit[2],
             crawl_delay=sel.crawl_delay,
             request_rate=sel.request_rate,
+            agents=sel.agents,
         )
 
 
 def _select_all(
-    groups: list[_Group], table: list[list[_Rule]], parser: Protego
+    groups: list[_Group], table: list[_Entry], parser: Protego
 ) -> dict[str, _Selection]:
-    """Per product token named in the file (and "*"): its groups merged, from Protego's parse."""
+    """Per product token named in the file (and "*"): its groups merged, from Protego's parse.
+
+    The merged groups' largest Crawl-delay and slowest Request-rate (most seconds per
+    request) apply: a site that names a crawler twice with two delays gets the gentler one.
+    """
     members: dict[str, list[int]] = {}
     for i, group in enumerate(groups):
         for name in group.agents:
@@ -441,26 +467,38 @@ def _select_all(
         key = tuple(ids)
         if key not in built:
             rules: list[_Rule] = []
-            delay: float | None = None
-            rate: tuple[int, float] | None = None
-            for i in ids:  # file order: a later Crawl-delay/Request-rate wins, as in Protego
+            literal: list[_Rule] = []
+            differs = False
+            delays: list[float] = []
+            rates: list[tuple[int, float]] = []
+            agents: dict[str, None] = {}
+            for i in ids:
+                group = groups[i]
+                agents.update(dict.fromkeys(group.agents))
+                delays.extend(group.delays)
+                rates.extend(group.rates)
                 rule_set = rule_sets.get(f"g{i}")
                 if rule_set is None:
                     continue
                 # Protego sorts its rules; file order keeps "the first such line" stable.
                 refs = sorted(int(rule.value._pattern[1:]) for rule in rule_set._rules)
                 for ref in refs:
-                    rules.extend(table[ref])
-                if rule_set.crawl_delay is not None:
-                    delay = float(rule_set.crawl_delay)
-                if rule_set.request_rate is not None:
-                    rate = (rule_set.request_rate.requests, float(rule_set.request_rate.seconds))
-            built[key] = _Selection(_Matcher(rules), delay, rate)
+                    decoded, as_written = table[ref]
+                    rules.extend(decoded)
+                    literal.extend(decoded if as_written is None else as_written)
+                    differs |= as_written is not None
+            built[key] = _Selection(
+                _Matcher(rules),
+                _Matcher(literal) if differs else None,
+                max(delays, default=None),
+                max(rates, key=lambda r: (r[1] / r[0], -r[0]), default=None),
+                tuple(agents),
+            )
         selections[name] = built[key]
     return selections
 
 
-_EMPTY = _Selection(_Matcher([]), None, None)
+_EMPTY = _Selection(_Matcher([]), None, None, None, ())
 
 ALLOW_ALL = RobotsRules.parse(b"")
 DISALLOW_ALL = RobotsRules.parse(b"User-agent: *\nDisallow: /\n")

@@ -1,10 +1,11 @@
 """Google's robotstxt verdict suite, run through the real `crawlguard check --cases` CLI.
 
-All 72 RFC cases pass. Three of them (ID_Encoding/03, /05, /06) follow Google's matcher
-rather than the example table of RFC 9309 §2.2.2: escapes are compared as written, and a URL
-handed to the checker is taken as already encoded. The proxy encodes raw request targets
-(`robots.request_target`) before matching, so on the wire a raw UTF-8 path cannot dodge a
-rule; see tests/test_robots_rules.py.
+All 72 RFC cases pass. ID_Encoding/03 and /05 follow Google's matcher: a URL handed to the
+checker is taken as already encoded, so a raw UTF-8 URL matches no encoded rule. The proxy
+canonicalises request targets (`identity.canonical_path`) before matching, so on the wire a
+raw UTF-8 path cannot dodge a rule. ID_Encoding/06 passes because a URL is allowed only if
+both the RFC 9309 §2.2.2 reading (escapes of unreserved characters decoded) and the
+as-written one allow it; see tests/test_robots_rules.py.
 """
 
 from __future__ import annotations

@@ -155,8 +155,12 @@ def test_url_forms(url: str, path: str) -> None:
 @pytest.mark.parametrize(
     ("value", "normal"),
     [
-        ("/foo/bar/%62%61%7A", "/foo/bar/%62%61%7A"),  # escapes kept as written
+        ("/foo/bar/%62%61%7A", "/foo/bar/baz"),  # unreserved escapes decoded (RFC 3986 §6.2.2)
+        ("/%7e%2D%2e%5f", "/~-._"),
         ("/a%2fb", "/a%2Fb"),  # reserved escapes kept, hex upper-cased
+        ("/a*b$c", "/a%2Ab%24c"),  # the operators' literal spelling
+        ("/a%2a%24", "/a%2A%24"),
+        ("/a[b]", "/a%5Bb%5D"),  # not allowed in a path: encoded, as identity.canonical_path
         ("/foo/bar/ツ", "/foo/bar/%E3%83%84"),  # non-ASCII encoded as UTF-8
         ("/foo/bar/%e3%83%84", "/foo/bar/%E3%83%84"),
         ("/a b", "/a%20b"),
@@ -200,12 +204,57 @@ def test_raw_request_targets_are_encoded_by_the_proxy_before_matching(
     assert decide(f"User-agent: *\nDisallow: {pattern}\n", "AcmeBot", target)[0] is False
 
 
-def test_escapes_compare_as_written_like_googles_matcher() -> None:
-    """RFC 9309's §2.2.2 table decodes %62%61%7A to baz; Google's suite (ID_Encoding/06) and
-    crawlguard compare them as written. RFC 3986 says producers should not encode these."""
+def test_escaped_allow_does_not_allow_the_plain_spelling() -> None:
+    """RFC 9309's §2.2.2 table decodes %62%61%7A to baz; Google's suite (ID_Encoding/06)
+    compares them as written. Safety wins: allowed only if both readings allow."""
     body = "User-agent: *\nDisallow: /\nAllow: /foo/bar/%62%61%7A\n"
-    assert decide(body, "AcmeBot", "/foo/bar/%62%61%7A")[0] is True
-    assert decide(body, "AcmeBot", "/foo/bar/baz")[0] is False
+    assert decide(body, "AcmeBot", "/foo/bar/%62%61%7A") == (True, "Allow: /foo/bar/%62%61%7A")
+    assert decide(body, "AcmeBot", "/foo/bar/baz") == (False, "Disallow: /")
+    assert decide(body, "AcmeBot", "/foo/bar/%62az") == (False, "Disallow: /")
+
+
+def test_an_escaped_url_must_be_allowed_in_both_readings() -> None:
+    """Decoded, /some/p%61th is /some/path (allowed); as written, only "Disallow: /some/p"
+    matches it. Safety wins. (The proxy hands `decide` canonical, decoded paths.)"""
+    body = "User-agent: *\nAllow: /some/path\nDisallow: /some/p\n"
+    assert decide(body, "AcmeBot", "/some/path/x") == (True, "Allow: /some/path")
+    assert decide(body, "AcmeBot", "/some/p%61th/x") == (False, "Disallow: /some/p")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "url"),
+    [
+        ("/private", "/%70rivate/"),
+        ("/private", "/priv%61te/"),
+        ("/*.pdf$", "/docs/a.p%64f"),
+        ("/*.pdf$", "/docs/a%2Ep%64%66"),
+        ("/%70rivate", "/private"),  # an escaped pattern catches the plain spelling too
+        ("/%70rivate", "/%70rivate"),
+        ("/a~b", "/a%7eb"),
+        ("/*/secret$", "/x/%73ecret"),
+    ],
+)
+def test_unreserved_escapes_cannot_dodge_a_disallow(pattern: str, url: str) -> None:
+    body = f"User-agent: *\nDisallow: {pattern}\n"
+    assert decide(body, "AcmeBot", url) == (False, f"Disallow: {pattern}")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "url", "disallowed"),
+    [
+        ("/a%2Ab", "/a%2Ab", True),  # an escaped "*" is a literal "*", never the operator
+        ("/a%2Ab", "/a*b", True),
+        ("/a%2Ab", "/axb", False),
+        ("/a%24", "/a$", True),
+        ("/a%24", "/a", False),
+        ("/a$", "/a%24", False),  # a "$" operator is not a literal "$"
+        ("/a*c", "/a%2Ac", True),
+        ("/a%2Fb", "/a/b", False),  # an escaped "/" stays distinct from "/"
+    ],
+)
+def test_operator_escapes_stay_literal(pattern: str, url: str, disallowed: bool) -> None:
+    body = f"User-agent: *\nDisallow: {pattern}\n"
+    assert decide(body, "AcmeBot", url)[0] is not disallowed
 
 
 def test_encoded_slash_is_not_a_slash() -> None:
@@ -256,7 +305,9 @@ def test_line_endings(eol: str) -> None:
         ("Crawl-delay: soon", None, None),
         ("Crawl-delay:", None, None),
         ("Crawl-delay: 2\nCrawl-delay: 7", 7.0, None),
+        ("Crawl-delay: 7\nCrawl-delay: 2", 7.0, None),  # the largest, not the last
         ("Crawl-delay: 2\nCrawl-delay: bad", 2.0, None),
+        ("Crawl-delay: " + "9" * 400, None, None),  # beyond float: ignored
         ("Request-rate: 1/5", None, (1, 5.0)),
         ("Request-rate: 3/1m", None, (3, 60.0)),
         ("Request-rate: 1/10s 0900-1700", None, (1, 10.0)),
@@ -264,6 +315,12 @@ def test_line_endings(eol: str) -> None:
         ("Request-rate: 1/0", None, None),
         ("Request-rate: -1/5", None, None),
         ("Request-rate: fast", None, None),
+        ("Request-rate: 1/5\nRequest-rate: 1/1", None, (1, 5.0)),  # the slowest, not the last
+        ("Request-rate: 1/1\nRequest-rate: 1/5s", None, (1, 5.0)),
+        ("Request-rate: 10/1m\nRequest-rate: 1/5", None, (10, 60.0)),  # 6 s beats 5 s
+        ("Request-rate: 1/1d\nRequest-rate: 1/1h", None, (1, 86400.0)),
+        ("Request-rate: 1/" + "9" * 5000, None, None),  # too many digits: ignored
+        ("Request-rate: 1/5 2500-9999", None, (1, 5.0)),  # window ignored, rate kept
         ("Crawl-delay: 2\nRequest-rate: 1/4", 2.0, (1, 4.0)),
     ],
 )
@@ -273,6 +330,68 @@ def test_crawl_delay_and_request_rate(
     body = f"User-agent: AcmeBot\nUser-agent: other\n{lines}\nDisallow: /x\n"
     verdict = RobotsRules.parse(body.encode()).decide("AcmeBot", "/")
     assert (verdict.crawl_delay, verdict.request_rate) == (delay, rate)
+
+
+def test_crawl_delay_in_a_merged_group_is_the_largest() -> None:
+    """A Crawl-delay line does not end a group (as Google reads it), so the examplebot and *
+    lines below are one group; of its two delays the larger applies, to both names."""
+    body = "User-agent: examplebot\nCrawl-delay: 5\n\nUser-agent: *\nCrawl-delay: 1\n"
+    rules = RobotsRules.parse(body.encode())
+    for token in ("examplebot", "ExampleBot", "OtherBot"):
+        verdict = rules.decide(token, "/")
+        assert verdict.crawl_delay == 5.0
+        assert verdict.agents == ("examplebot", "*")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "User-agent: a\nCrawl-delay: 12\nUser-agent: b\nCrawl-delay: 1\nDisallow: /x\n",
+        "User-agent: a\nCrawl-delay: 1\nUser-agent: b\nCrawl-delay: 12\nDisallow: /x\n",
+        "User-agent: a\nUser-agent: b\nCrawl-delay: 1\nDisallow: /x\nCrawl-delay: 12\n",
+        "User-agent: a\nCrawl-delay: 12\nDisallow: /x\n\nUser-agent: a\nCrawl-delay: 1\n",
+        "User-agent: a\nCrawl-delay: 1\nDisallow: /x\n\nUser-agent: a\nCrawl-delay: 12\n",
+        "User-agent: a\nCrawl-delay: 1\nDisallow: /\nUser-agent: b\nUser-agent: A\n"
+        "Crawl-delay: 12\n",
+    ],
+)
+def test_largest_crawl_delay_wins_in_any_shape(body: str) -> None:
+    assert RobotsRules.parse(body.encode()).decide("a", "/").crawl_delay == 12.0
+
+
+def test_several_merged_groups_take_the_largest_delay_and_slowest_rate() -> None:
+    body = (
+        "User-agent: AcmeBot\nCrawl-delay: 3\nRequest-rate: 1/1\nDisallow: /one\n\n"
+        "User-agent: Other\nCrawl-delay: 60\nRequest-rate: 1/60\nDisallow: /\n\n"
+        "User-agent: acmebot\nCrawl-delay: 8\nRequest-rate: 1/5s\nDisallow: /two\n\n"
+        "User-agent: ACMEBOT\nCrawl-delay: 2\nRequest-rate: 2/4\nDisallow: /three\n"
+    )
+    verdict = RobotsRules.parse(body.encode()).decide("AcmeBot", "/three/x")
+    assert not verdict.allowed
+    assert (verdict.crawl_delay, verdict.request_rate) == (8.0, (1, 5.0))
+    assert verdict.agents == ("acmebot",)
+
+
+@pytest.mark.parametrize(
+    ("body", "token", "agents"),
+    [
+        ("User-agent: examplebot\nCrawl-delay: 5\n\nUser-agent: *\n", "x", ("examplebot", "*")),
+        ("User-agent: FooBot\nDisallow: /\n\nUser-agent: *\nDisallow: /x\n", "Other", ("*",)),
+        ("User-agent: FooBot\nDisallow: /\n\nUser-agent: *\nDisallow: /x\n", "FOOBOT", ("foobot",)),
+        ("User-agent: FooBot\nDisallow: /\n", "Other", ()),
+        ("", "Other", ()),
+        (
+            "User-agent: FooBot\nUser-agent: Bar\nDisallow: /a\n\n"
+            "User-agent: Baz\nUser-agent: foobot\nDisallow: /b\n",
+            "foobot",
+            ("foobot", "bar", "baz"),
+        ),
+    ],
+)  # fmt: skip
+def test_verdict_names_the_agents_of_the_groups_that_applied(
+    body: str, token: str, agents: tuple[str, ...]
+) -> None:
+    assert RobotsRules.parse(body.encode()).decide(token, "/").agents == agents
 
 
 def test_crawl_delay_falls_back_to_star_group_and_ignores_preamble() -> None:
@@ -383,6 +502,9 @@ FOOTPRINT_CASES = {
     "100k wildcard lines": HOSTILE["100k wildcard lines"],
     "many groups": HOSTILE["many groups"],
     "one huge line": HOSTILE["one huge line"],
+    "many agents": HOSTILE["many agents"],
+    "escaped rules (two readings)": b"User-agent: *\n"
+    + b"".join(b"Disallow: /%%61%d\n" % i for i in range(20_000)),
 }  # fmt: skip
 
 
