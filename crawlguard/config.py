@@ -95,6 +95,49 @@ PortSpec = int | str
 class DestinationsSection(_Strict):
     allow_private: bool = False
     allowed_ports: list[PortSpec] = Field(default_factory=lambda: [80, 443, "8000-8999"])
+    hosts: dict[str, list[str]] = Field(default_factory=dict)
+    """Static name -> addresses map consulted before DNS (like /etc/hosts). The addresses are
+    still checked like resolved ones."""
+    dns_cache_ttl: Annotated[float, Field(gt=0, le=3600)] = 60
+    """Seconds a resolved name is trusted (failures: 5 s)."""
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        import ipaddress
+
+        out: dict[str, list[str]] = {}
+        for name, addresses in v.items():
+            key = name.strip().lower().rstrip(".")
+            if not key.isascii():
+                try:
+                    key = key.encode("idna").decode("ascii")
+                except UnicodeError:
+                    raise ValueError(f"{name!r} is not a host name") from None
+            if not key or any(c.isspace() or c in "/[]@:%" for c in key):
+                raise ValueError(f"{name!r} is not a host name")
+            try:
+                ipaddress.ip_address(key)
+            except ValueError:
+                pass
+            else:
+                raise ValueError(f"{name!r} is an IP address, not a name")
+            if key in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback") or (
+                key.endswith(".localhost")
+            ):
+                raise ValueError(f"{name!r} is a loopback name; it cannot be remapped")
+            if key in out:
+                raise ValueError(f"{name!r} is listed twice (names are case-insensitive)")
+            if not addresses:
+                raise ValueError(f"{name!r}: needs at least one address")
+            canonical: list[str] = []
+            for address in addresses:
+                try:
+                    canonical.append(ipaddress.ip_address(address.strip()).compressed)
+                except ValueError:
+                    raise ValueError(f"{name!r}: {address!r} is not an IP address") from None
+            out[key] = canonical
+        return out
 
     @field_validator("allowed_ports")
     @classmethod

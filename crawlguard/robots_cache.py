@@ -16,6 +16,11 @@ Choices where RFC 9309 leaves room (documented for operators in the README):
   than 30 days exists ("stale"). Retried after 30 s, doubling per consecutive failure, capped
   at 15 min; an origin's larger `Retry-After` on 429/503 is honoured up to that cap.
 * A body cut at 500 KiB loses its last partial line, so a half rule never decides.
+* Egress (with an `EgressPolicy`): every hop, the first and each redirect's Location, is
+  admitted (port in `allowed_ports`, every resolved address allowed) BEFORE it is requested,
+  and names connect only to the address that was checked. A forbidden hop ends the fetch as
+  "error" (complete disallow, fail closed) without any connection attempt to it, so a
+  robots.txt redirect can neither reach internal services nor probe which ports are open.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from crawlguard.egress import EgressPolicy
 from crawlguard.http_dates import parse_http_date, parse_retry_after
 from crawlguard.robots import ALLOW_ALL, MAX_BYTES, RobotsRules
 
@@ -106,7 +112,9 @@ class RobotsCache:
         backoff_base: float = BACKOFF_BASE,
         backoff_max: float = BACKOFF_MAX,
         max_bytes: int = MAX_CACHED_BYTES,
+        egress: EgressPolicy | None = None,
     ) -> None:
+        self._egress = egress  # None: no destination checks (unit tests of caching only)
         self._user_agent = user_agent
         self._max_age = min(float(max_age), MAX_AGE_CAP)
         self._min_age = min(float(min_age), self._max_age)
@@ -287,8 +295,20 @@ class RobotsCache:
 
     def _session_for_fetch(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            if self._egress is not None:
+                # Names connect only to the address the egress resolver checked and pinned;
+                # its own cache (destinations.dns_cache_ttl) replaces aiohttp's.
+                connector = aiohttp.TCPConnector(
+                    ssl=self._ssl,
+                    limit=100,
+                    limit_per_host=2,
+                    resolver=self._egress.aiohttp_resolver(),
+                    use_dns_cache=False,
+                )
+            else:
+                connector = aiohttp.TCPConnector(ssl=self._ssl, limit=100, limit_per_host=2)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=100, limit_per_host=2),
+                connector=connector,
                 headers={"User-Agent": self._user_agent, "Accept": "text/plain, */*;q=0.5"},
                 timeout=aiohttp.ClientTimeout(total=None),  # the whole fetch is bounded below
                 cookie_jar=aiohttp.DummyCookieJar(),  # no state leaks between origins
@@ -305,6 +325,11 @@ class RobotsCache:
         session = self._session_for_fetch()
         async with asyncio.timeout(self._fetch_timeout):
             for hop in range(MAX_REDIRECTS + 1):
+                # aiohttp asks no resolver about IP-literal URLs: admit every hop ourselves.
+                reason = await self._forbidden(url)
+                if reason is not None:
+                    what = "redirect to forbidden destination" if hop else "forbidden destination"
+                    return _Fetched("error", detail=f"{what}: {reason}"[:300])
                 async with session.get(url, allow_redirects=False) as resp:
                     status = resp.status
                     if 300 <= status < 400:
@@ -338,6 +363,16 @@ class RobotsCache:
                         )
                     return _Fetched("error", detail=f"unexpected HTTP {status}")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _forbidden(self, url: URL) -> str | None:
+        """Why the egress policy refuses this URL's host and port, or None (no policy: None)."""
+        if self._egress is None:
+            return None
+        host, port = url.raw_host, url.port
+        if not host or port is None:
+            return f"no host or port in {url.scheme}://{host}"
+        resolution = await self._egress.admit(host, port)
+        return resolution.reason
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:

@@ -115,3 +115,61 @@ def test_shipped_configs_load(monkeypatch: pytest.MonkeyPatch):
     for name in ("crawlguard.yaml", "example.yaml"):
         cfg = load_config(root / "config" / name)
         assert cfg.tenants
+
+
+# -- destinations.hosts / dns_cache_ttl (egress) ----------------------------------------------
+
+DEST_CASES = [
+    ({"hosts": {"intranet.test": ["10.0.0.300"]}}, ["destinations.hosts", "'intranet.test'",
+                                                    "'10.0.0.300'", "not an IP address"]),
+    ({"hosts": {"a.test": ["example.com"]}}, ["destinations.hosts", "'a.test'", "'example.com'"]),
+    ({"hosts": {"a.test": []}}, ["destinations.hosts", "'a.test'", "at least one address"]),
+    ({"hosts": {"a.test": "10.0.0.1"}}, ["destinations.hosts"]),
+    ({"hosts": {"10.0.0.1": ["10.0.0.2"]}}, ["destinations.hosts", "IP address, not a name"]),
+    ({"hosts": {"localhost": ["10.0.0.2"]}}, ["destinations.hosts", "loopback name"]),
+    ({"hosts": {"bad host": ["10.0.0.2"]}}, ["destinations.hosts", "not a host name"]),
+    ({"hosts": {"A.test": ["10.0.0.1"], "a.test.": ["10.0.0.2"]}},
+     ["destinations.hosts", "listed twice"]),
+    ({"dns_cache_ttl": 0}, ["destinations.dns_cache_ttl", "greater than 0"]),
+    ({"dns_cache_ttl": -5}, ["destinations.dns_cache_ttl"]),
+    ({"dns_cache_ttl": 3601}, ["destinations.dns_cache_ttl", "3600"]),
+    ({"dns_cache_ttl": "soon"}, ["destinations.dns_cache_ttl"]),
+    ({"resolver": "8.8.8.8"}, ["destinations.resolver", "unknown key"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "needles"), DEST_CASES, ids=[str(c[0]) for c in DEST_CASES])
+def test_bad_destinations_name_the_key(change: dict[str, Any], needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"destinations": change})
+    for needle in needles:
+        assert needle in str(exc.value), (needle, str(exc.value))
+
+
+def test_destinations_hosts_are_canonicalised_and_used() -> None:
+    import asyncio
+
+    from crawlguard.egress import EgressPolicy
+
+    cfg = parse_config(
+        {
+            "destinations": {
+                "hosts": {
+                    "Intranet.Test.": ["10.0.0.1", "::FFFF:10.0.0.2"],
+                    "büro.test": ["1.2.3.4"],
+                },
+                "dns_cache_ttl": 5,
+            }
+        }
+    ).destinations
+    assert cfg.hosts == {
+        "intranet.test": ["10.0.0.1", "::ffff:a00:2"],
+        "xn--bro-hoa.test": ["1.2.3.4"],
+    }
+    assert cfg.dns_cache_ttl == 5
+    assert parse_config({}).destinations.hosts == {}
+    assert parse_config({}).destinations.dns_cache_ttl == 60
+    policy = EgressPolicy.from_config(cfg)
+    assert policy.resolver.ttl == 5
+    res = asyncio.run(policy.admit("intranet.test", 80))  # static map: no lookup, refused
+    assert res.reason == "intranet.test resolves to 10.0.0.1, a private address"

@@ -15,12 +15,16 @@ from typing import Any
 import pytest
 import trustme
 from aiohttp import web
+from netguard import netguard  # noqa: F401  (fixture)
 from origins import RecordingOrigin, closed_port, redirect, respond, routes
 
+from crawlguard.config import DestinationsSection
+from crawlguard.egress import EgressPolicy, SafeResolver
 from crawlguard.robots import MAX_BYTES
 from crawlguard.robots_cache import RobotsCache, RobotsEntry
 
-pytestmark = pytest.mark.timeout(10)
+# Every test runs under the network guard: anything but loopback fails it before connecting.
+pytestmark = [pytest.mark.timeout(10), pytest.mark.usefixtures("netguard")]
 
 UA = "crawlguard-test/1.0 (+https://ops.example/crawlguard)"
 ROBOTS = b"User-agent: *\nDisallow: /private\nCrawl-delay: 2\n"
@@ -141,7 +145,12 @@ async def test_connection_refused_is_an_error_entry(make_cache) -> None:
 
 
 async def test_unresolvable_or_invalid_origins_do_not_raise(make_cache) -> None:
-    cache = make_cache()
+    async def nxdomain(host: str, port: int) -> list[str]:  # no real DNS query in tests
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    resolver = SafeResolver(allow_private=True, lookup=nxdomain)
+    cfg = DestinationsSection(allow_private=True, allowed_ports=[80, 21])
+    cache = make_cache(egress=EgressPolicy(cfg, resolver))
     for origin in [
         ("http", "no-such-host.invalid", 80),
         ("http", "bad host", 80),
@@ -149,6 +158,9 @@ async def test_unresolvable_or_invalid_origins_do_not_raise(make_cache) -> None:
     ]:
         entry = await cache.get(origin)
         assert entry.result == "error" and not entry.available
+    assert (await cache.get(("http", "no-such-host.invalid", 80))).detail == (
+        "forbidden destination: cannot resolve no-such-host.invalid: Name or service not known"
+    )
 
 
 # -- redirects --------------------------------------------------------------------------------
@@ -207,6 +219,115 @@ async def test_redirect_loop_and_bad_locations_do_not_raise(make_cache) -> None:
     table = {"/robots.txt": redirect("mailto:x@example.com")}
     async with RecordingOrigin(routes(table)) as origin:
         assert (await cache.get(origin.origin)).result == "error"
+
+
+# -- egress: every hop is admitted before it is requested -------------------------------------
+
+
+def loopback_policy(*ports: int) -> EgressPolicy:
+    """allow_private (local origins live on 127.0.0.1), only the given ports."""
+    return EgressPolicy(DestinationsSection(allow_private=True, allowed_ports=list(ports)))
+
+
+def strict_policy(*ports: int) -> EgressPolicy:
+    """allow_private off; only the local test origin (127.0.0.1) exempted, by explicit range.
+    Names resolve from a static map only: no DNS."""
+    resolver = SafeResolver(
+        {"internal.test": ["10.0.0.1"], "metadata.test": ["169.254.169.254"]},
+        allow_ranges=["127.0.0.1/32"],
+    )
+    return EgressPolicy(DestinationsSection(allowed_ports=list(ports)), resolver)
+
+
+async def test_redirect_to_a_port_outside_allowed_ports_is_never_requested(make_cache) -> None:
+    """Issue repro: robots.txt 302 -> an internal admin URL on another local port."""
+    async with RecordingOrigin(respond(body=b"deleted!")) as admin:
+        target = f"http://127.0.0.1:{admin.port}/internal-admin?action=delete"
+        async with robots_origin(302, headers={"Location": target}) as origin:
+            cache = make_cache(egress=loopback_policy(origin.port))
+            entry = await cache.get(origin.origin)
+            assert len(origin.hits) == 1
+        assert admin.hits == []  # never connected, let alone requested
+    assert entry.result == "error" and not entry.available
+    assert entry.detail == (
+        f"redirect to forbidden destination: port {admin.port} is not in destinations.allowed_ports"
+    )
+
+
+async def test_redirect_within_policy_is_followed(make_cache) -> None:
+    async with robots_origin(body=ROBOTS) as other:
+        target = other.url("/robots.txt")
+        async with robots_origin(302, headers={"Location": target}) as origin:
+            cache = make_cache(egress=loopback_policy(origin.port, other.port))
+            entry = await cache.get(origin.origin)
+        assert len(other.hits) == 1
+    assert entry.result == "ok" and not allowed(entry, "/private")
+
+
+async def test_open_and_closed_ports_look_the_same(make_cache) -> None:
+    """No port scan through robots.txt redirects: forbidden ports are refused unconnected."""
+    details = []
+    async with RecordingOrigin(respond(body=b"open")) as listening:
+        for port in (listening.port, closed_port()):
+            location = f"http://127.0.0.1:{port}/"
+            async with robots_origin(301, headers={"Location": location}) as origin:
+                entry = await make_cache(egress=loopback_policy(origin.port)).get(origin.origin)
+            details.append((entry.result, entry.detail.replace(str(port), "N")))
+        assert listening.hits == []
+    assert details[0] == details[1] and details[0][0] == "error"
+
+
+@pytest.mark.parametrize(
+    ("location", "needle"),
+    [
+        ("http://internal.test/admin", "internal.test resolves to 10.0.0.1, a private address"),
+        ("http://metadata.test/latest/meta-data/", "169.254.169.254, a link-local address"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://10.0.0.1:8080/", "10.0.0.1 is a private address"),
+        ("http://[::ffff:10.0.0.1]/", "IPv4-mapped form of 10.0.0.1, a private address"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "NAT64 form of 169.254.169.254"),
+        ("http://0.0.0.0/", "0.0.0.0 is an unspecified address"),
+        ("http://127.0.0.2/", "127.0.0.2 is a loopback address"),
+        ("http://localhost/", "localhost resolves to ::1, a loopback address"),
+    ],
+)
+async def test_redirect_to_a_forbidden_address_never_connects(
+    make_cache, location: str, needle: str
+) -> None:
+    async with robots_origin(302, headers={"Location": location}) as origin:
+        cache = make_cache(egress=strict_policy(origin.port, 80, 8080))
+        entry = await cache.get(origin.origin)
+        assert len(origin.hits) == 1
+    assert entry.result == "error" and not entry.available
+    assert entry.detail.startswith("redirect to forbidden destination: ")
+    assert needle in entry.detail
+    # and no connect or lookup was even attempted: the netguard fixture fails the test if so
+
+
+async def test_first_hop_is_admitted_too(make_cache) -> None:
+    async with robots_origin(body=ROBOTS) as origin:
+        cache = make_cache(egress=loopback_policy(origin.port + 1 if origin.port < 65535 else 1))
+        entry = await cache.get(origin.origin)
+        assert origin.hits == []
+        strict = await make_cache(egress=strict_policy(80)).get(("http", "10.0.0.1", 80))
+    assert entry.result == "error" and entry.detail.startswith("forbidden destination: port ")
+    assert strict.result == "error"
+    assert strict.detail == "forbidden destination: 10.0.0.1 is a private address"
+
+
+async def test_names_connect_to_the_checked_address(make_cache) -> None:
+    async with robots_origin(body=ROBOTS) as origin:
+        cfg = DestinationsSection(
+            allow_private=True,
+            allowed_ports=[origin.port],
+            hosts={"robots.test": ["127.0.0.1"], "moved.test": ["127.0.0.1"]},
+        )
+        egress = EgressPolicy.from_config(cfg)
+        cache = make_cache(egress=egress)
+        entry = await cache.get(("http", "robots.test", origin.port))
+        assert entry.result == "ok" and not allowed(entry, "/private")
+        [hit] = origin.hits
+        assert hit.headers["Host"] == f"robots.test:{origin.port}"
 
 
 # -- bodies -----------------------------------------------------------------------------------
