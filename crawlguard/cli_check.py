@@ -5,7 +5,10 @@ Two modes. Per URL: `--robots-file F --user-agent UA URL...` prints one line (or
 Batch: `--cases FILE|-` reads JSON lines {"robots", "user_agent", "url"} and writes one
 {"allowed", "crawl_delay", "rule"} line per input line, same order; blank lines are skipped.
 The input is validated as a whole first, so bad input (exit 2) never yields partial output.
-In both modes the product token is `product_token_of(user_agent)`.
+In both modes the product token is `ua_policy.product_token_of(user_agent)`: the derivation the
+proxy uses too (`UAVerdict.token`), so check and proxy match the same robots.txt group. The
+per-URL output names the agents of the merged group that applied (`group: acmebot, *`); the
+batch output format is fixed by the SPEC and has no such key.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crawlguard.robots import MAX_BYTES, RobotsRules, RobotsVerdict, product_token_of
+from crawlguard.robots import MAX_BYTES, RobotsRules, RobotsVerdict
+from crawlguard.ua_policy import product_token_of
 
 EXIT_ALLOWED, EXIT_DISALLOWED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -102,6 +106,7 @@ def _url_object(
         "url": url,
         "allowed": verdict.allowed,
         "rule": verdict.rule,
+        "group": list(verdict.agents),
         "crawl_delay": verdict.crawl_delay,
         "request_rate": list(verdict.request_rate) if verdict.request_rate else None,
         "product_token": token,
@@ -114,6 +119,7 @@ def _url_line(url: str, verdict: RobotsVerdict) -> str:
         "allowed" if verdict.allowed else "disallowed",
         url,
         f"rule: {verdict.rule}" if verdict.rule is not None else "rule: (none matched)",
+        f"group: {', '.join(verdict.agents) or '(none)'}",
         f"crawl-delay: {_seconds(verdict.crawl_delay)}",
     ]
     if verdict.request_rate is not None:

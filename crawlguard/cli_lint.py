@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             "reason": verdict.reason,
             "advice": advice or None,
             "product_tokens": tokens,
+            "robots_token": verdict.token,
         }
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {verdict.reason}")
         if advice:
             print(f"  How to comply: {advice}")
+        if verdict.allowed and verdict.token:
+            print(f"  robots.txt groups are matched with the product token {verdict.token}.")
         if verdict.allowed and not tokens:
             print("  Note: without --product-token, the tenant-token check was skipped.")
     return 0 if verdict.allowed else 1

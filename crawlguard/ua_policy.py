@@ -1,19 +1,44 @@
 """User-agent policy (SPEC: "Decisions and responses", order of user-agent checks).
 
-Pure functions over the User-Agent string: no I/O, so the proxy, `crawlguard lint-ua` and
-config validation give the same answer. Known crawlers, HTTP libraries and automation tools
-come from the `crawler-user-agents` dataset rather than a hand-kept list; the few additions
-and exclusions below are dataset quirks, each with its reason.
+Pure functions over the User-Agent string: no I/O, so the proxy, `crawlguard lint-ua`,
+`crawlguard check` and config validation give the same answer. Known crawlers, HTTP libraries
+and automation tools come from the `crawler-user-agents` dataset rather than a hand-kept list;
+the few additions and exclusions below are dataset quirks, each with its reason.
 
 Vocabulary: a *word* is a run of characters between separators (space ; , ( ) + …), read as
 ``name[/version]``. A *contact* is an http(s) URL or an e-mail address. Contacts are removed
 before any name is looked at, so a URL such as ``https://speedy.example`` claims nothing.
+
+Order of checks (the first that fits decides):
+
+1. ``ua-missing``: no or blank User-Agent.
+2. ``ua-impersonation``: a well-known crawler is claimed that is not this tenant's own token.
+   The dataset's patterns are tried as written, and every well-known crawler's token is also
+   looked for as a whole word (or the part of a word before ``-``/``_``) in any case spelling,
+   so ``googlebot/2.1``, ``GOOGLEBOT`` and ``BingBot`` are claims too.
+3. ``ua-mismatch`` (rule ``mismatch:another-tenant:<Token>``): the UA carries a product token
+   registered by *another* tenant (``foreign_tokens``), whole product name, any case. This
+   step is not in the SPEC's list; it sits here, before the tenant's own token can make the
+   UA pass, so that a UA carrying both its own and another tenant's token never passes, and a
+   tenant cannot be matched against robots.txt groups written for another tenant's crawler.
+   The message names the token, never the other tenant.
+4. ``ua-undescriptive`` (``too-long``): longer than ``MAX_LENGTH``.
+5. The UA carries one of the tenant's tokens: ``ua-undescriptive`` if that token has no
+   version or the UA has no contact, else it passes (a library name beside it is fine).
+6. ``ua-generic``, 7. ``ua-undescriptive``, 8. ``ua-mismatch`` (rule ``mismatch``) as in the
+   SPEC; without tenant tokens (lint, check) a descriptive UA passes instead of step 8.
+
+Product token for robots.txt: `UAVerdict.token` and `product_token_of` derive it from the same
+parse as the verdict. A passing tenant UA is matched with the registered token as registered;
+without tenant tokens, the token is the crawler's identity word (the first versioned word that
+is not a library's or browser's), so ``Scrapy/2.11 (+https://scrapy.org) AcmeBot/1.0 (…)`` is
+AcmeBot for `crawlguard check` exactly as for the proxy with AcmeBot registered.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,6 +51,7 @@ __all__ = [
     "UAVerdict",
     "UserAgentPolicy",
     "lint",
+    "product_token_of",
     "product_token_problem",
     "well_known_crawler",
 ]
@@ -151,6 +177,18 @@ _CLAIM_TOKEN_NAMES: tuple[tuple[str, str], ...] = (
     ("yandex", _YANDEX[0]),
 )
 
+# For words of a user agent: each well-known crawler's token in any case spelling (the dataset's
+# patterns are case-sensitive, so `googlebot/2.1` or `BingBot` would slip through them). A word
+# claims a crawler when its name, or the part before its first `-`/`_`, is such a token:
+# `GOOGLEBOT/2.1`, `googlebot-clone/1.0`; never a token inside another name (`MyGooglebotX`).
+_CLAIM_WORDS: dict[str, str] = {}
+for _needle, _name in _CLAIM_TOKEN_NAMES:
+    if _needle != "yandex":  # Yandex: any word starting with it, see _claim_word
+        _CLAIM_WORDS.setdefault(_needle.strip("-_"), _name)
+del _needle, _name
+_WORD_HEAD_RE = re.compile(r"[^-_]*")
+_LEADING_TOKEN_RE = re.compile(r"[A-Za-z_-]+")
+
 # --- dataset: HTTP libraries and automation tools (generic) -----------------------------------
 
 
@@ -184,6 +222,10 @@ class UAVerdict:
     kind: Kind  # Kind.ALLOWED when it passes
     rule: str  # short id of the deciding rule, e.g. "generic:python-requests"
     reason: str  # one sentence: what is wrong (or why it passes)
+    # The product token robots.txt groups are matched with. With tenant tokens: the registered
+    # token (as registered) when the UA passes, else None. Without (lint, check): what
+    # `product_token_of` derives (None only for a missing UA or one without any name).
+    token: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -228,6 +270,22 @@ def _said(m: re.Match[str]) -> str:
     return said.group().rstrip("/") if said else m.group().strip()
 
 
+def _claim_word(text: str) -> tuple[int, str] | None:
+    """Position and name of the first word that is a well-known crawler's token, any case."""
+    for m in _WORD_RE.finditer(text):
+        lowered = m.group().partition("/")[0].lower()
+        name = _CLAIM_WORDS.get(lowered)
+        if name is None:
+            head = _WORD_HEAD_RE.match(lowered)
+            name = _CLAIM_WORDS.get(head.group()) if head else None
+        if name is None and lowered.startswith("yandex"):
+            said = _LEADING_TOKEN_RE.match(m.group())
+            name = said.group().rstrip("-_") if said else _YANDEX[0]
+        if name is not None:
+            return m.start(), name
+    return None
+
+
 def _claim(text: str) -> str | None:
     """Name of the first well-known crawler the (contact-free) text claims to be."""
     found: tuple[int, tuple[_Claim, ...]] | None = None
@@ -235,6 +293,9 @@ def _claim(text: str) -> str | None:
         found = m.start(), _CLAIMS_ANYWHERE
     if (n := _ANY_CLAIM_AT_NAME.search(text)) and (found is None or n.start() < found[0]):
         found = n.start(), _CLAIMS_AT_NAME
+    word = _claim_word(text)
+    if word is not None and (found is None or word[0] < found[0]):
+        return word[1]  # a spelling the dataset's patterns miss: report the canonical name
     if found is None:
         return None
     pos, claims = found
@@ -309,11 +370,55 @@ class _Tenant:
         return ", ".join(self.names.values())
 
 
-def _evaluate(user_agent: str | None, tenant: _Tenant | None) -> UAVerdict:
+def _foreign(foreign_tokens: Collection[str], tenant: _Tenant | None) -> dict[str, str]:
+    """Other tenants' tokens, lower-case -> as registered; the tenant's own are never foreign."""
+    own = tenant.names if tenant is not None else {}
+    return {t.lower(): t for t in foreign_tokens if t and t.lower() not in own}
+
+
+def _identity(candidates: Sequence[_Word]) -> _Word | None:
+    """The crawler's own product: the first versioned candidate, RFC 9309-shaped first."""
+    versioned = [w for w in candidates if w.version is not None]
+    return next(
+        (w for w in versioned if _TOKEN_RE.fullmatch(w.name)),
+        versioned[0] if versioned else None,
+    )
+
+
+def _robots_token(parsed: _Parsed, candidates: Sequence[_Word], identity: _Word | None) -> str:
+    """The product token to match robots.txt groups with, from the policy's own parse.
+
+    First that applies: the identity word (what a passing UA is matched with, and exactly the
+    registered token when that token is registered); unless the UA is a library's or browser's
+    default, the first bare name that is not a platform word (`FooBot`, `Foo Bar` -> Foo); the
+    first word at all (`python-requests/2.31`, `Mozilla/5.0 (X11…)` -> Mozilla). Of the chosen
+    word, the leading `[A-Za-z_-]` run, as RFC 9309 reads product tokens; "" if there is none.
+    """
+    order: list[_Word] = [identity] if identity is not None else []
+    if identity is None and _generic(parsed, None) is None:
+        order += [
+            w
+            for w in candidates
+            if _TOKEN_RE.fullmatch(w.name) and w.name.lower() not in _PLATFORM_WORDS
+        ]
+    order += parsed.words
+    for word in order:
+        if m := _LEADING_TOKEN_RE.match(word.name):
+            return m.group()
+    return ""
+
+
+def _evaluate(
+    user_agent: str | None, tenant: _Tenant | None, foreign: Mapping[str, str]
+) -> UAVerdict:
     if user_agent is None or not user_agent.strip():
         return UAVerdict(Kind.UA_MISSING, "missing", "No User-Agent header was sent.")
     too_long = len(user_agent) > MAX_LENGTH
     parsed = _parse(user_agent[:MAX_LENGTH].strip())
+    candidates = _candidates(parsed)
+    identity = _identity(candidates)
+    # Without tenant tokens every verdict says what robots.txt would be matched with.
+    token = None if tenant is not None else _robots_token(parsed, candidates, identity) or None
 
     claimed = _claim(tenant.mask.sub(" ", parsed.text) if tenant else parsed.text)
     if claimed is not None:
@@ -322,13 +427,26 @@ def _evaluate(user_agent: str | None, tenant: _Tenant | None) -> UAVerdict:
             Kind.UA_IMPERSONATION,
             f"impersonation:{claimed}",
             f"The user agent claims to be {claimed}, a well-known crawler that is not {whose}.",
+            token,
         )
+    if foreign:
+        other = next((foreign[k] for w in parsed.words if (k := w.name.lower()) in foreign), None)
+        if other is not None:
+            own = f"; send only this tenant's own ({tenant.describe()})" if tenant else ""
+            return UAVerdict(
+                Kind.UA_MISMATCH,
+                f"mismatch:another-tenant:{other}",
+                f"The user agent carries a product token registered by another tenant: "
+                f"{other}{own}.",
+                token,
+            )
     if too_long:
         return UAVerdict(
             Kind.UA_UNDESCRIPTIVE,
             "undescriptive:too-long",
             f"The user agent is {len(user_agent)} characters long; a description of a client "
             f"fits in {MAX_LENGTH}.",
+            token,
         )
 
     if tenant is not None:
@@ -336,12 +454,6 @@ def _evaluate(user_agent: str | None, tenant: _Tenant | None) -> UAVerdict:
         if carried:
             return _tenant_verdict(tenant, carried, parsed.has_contact)
 
-    candidates = _candidates(parsed)
-    versioned = [w for w in candidates if w.version is not None]
-    identity = next(
-        (w for w in versioned if _TOKEN_RE.fullmatch(w.name)),
-        versioned[0] if versioned else None,
-    )
     library = _generic(parsed, identity if parsed.has_contact else None)
     if library is not None:
         what = (
@@ -354,11 +466,12 @@ def _evaluate(user_agent: str | None, tenant: _Tenant | None) -> UAVerdict:
             f"generic:{library}",
             f"{what}; it does not name your crawler (own product token with a version, "
             "and a contact).",
+            token,
         )
 
     problem = _undescriptive(candidates, identity, parsed.has_contact)
     if problem is not None:
-        return problem
+        return UAVerdict(problem.kind, problem.rule, problem.reason, token)
     assert identity is not None  # _undescriptive returns a verdict otherwise
     if tenant is not None:
         return UAVerdict(
@@ -371,6 +484,7 @@ def _evaluate(user_agent: str | None, tenant: _Tenant | None) -> UAVerdict:
         Kind.ALLOWED,
         f"ok:{identity.name}",
         f"Descriptive: product token {identity.text} and a contact.",
+        identity.name,
     )
 
 
@@ -392,7 +506,9 @@ def _tenant_verdict(tenant: _Tenant, carried: Sequence[_Word], has_contact: bool
             "e-mail address.",
         )
     registered = tenant.names[best.name.lower()]
-    return UAVerdict(Kind.ALLOWED, f"ok:{registered}", f"Carries {best.text} and a contact.")
+    return UAVerdict(
+        Kind.ALLOWED, f"ok:{registered}", f"Carries {best.text} and a contact.", registered
+    )
 
 
 def _undescriptive(
@@ -435,15 +551,21 @@ def _undescriptive(
 
 
 class UserAgentPolicy:
-    """One tenant's user-agent check; memoised because crawlers repeat their UA."""
+    """One tenant's user-agent check; memoised because crawlers repeat their UA.
 
-    def __init__(self, product_tokens: Sequence[str]) -> None:
+    `foreign_tokens`: every product token registered by the *other* tenants (any case); a UA
+    carrying one is `ua-mismatch` even if it also carries this tenant's own token.
+    """
+
+    def __init__(self, product_tokens: Sequence[str], foreign_tokens: Collection[str] = ()) -> None:
         self.product_tokens: tuple[str, ...] = tuple(product_tokens)
         self._tenant = _Tenant.of(self.product_tokens)
+        self._foreign = _foreign(foreign_tokens, self._tenant)
+        self.foreign_tokens: frozenset[str] = frozenset(self._foreign.values())
         self._cached = lru_cache(maxsize=CACHE_SIZE)(self._uncached)
 
     def _uncached(self, user_agent: str | None) -> UAVerdict:
-        return _evaluate(user_agent, self._tenant)
+        return _evaluate(user_agent, self._tenant, self._foreign)
 
     def evaluate(self, user_agent: str | None) -> UAVerdict:
         if user_agent is not None and len(user_agent) > MAX_LENGTH:
@@ -451,12 +573,35 @@ class UserAgentPolicy:
         return self._cached(user_agent)
 
     def __repr__(self) -> str:
-        return f"UserAgentPolicy({list(self.product_tokens)!r})"
+        return (
+            f"UserAgentPolicy({list(self.product_tokens)!r}, "
+            f"foreign_tokens={sorted(self.foreign_tokens)!r})"
+        )
 
 
-def lint(user_agent: str | None, product_tokens: Sequence[str] = ()) -> UAVerdict:
+def lint(
+    user_agent: str | None,
+    product_tokens: Sequence[str] = (),
+    foreign_tokens: Collection[str] = (),
+) -> UAVerdict:
     """Tenant-less check (`crawlguard lint-ua`); with tokens it is exactly the proxy's check."""
-    return _evaluate(user_agent, _Tenant.of(tuple(product_tokens)))
+    tenant = _Tenant.of(tuple(product_tokens))
+    return _evaluate(user_agent, tenant, _foreign(foreign_tokens, tenant))
+
+
+def product_token_of(user_agent: str) -> str:
+    """The product token robots.txt groups are matched with for this User-Agent ("" if none).
+
+    The one derivation shared by the proxy and `crawlguard check`: the policy's own parse,
+    picking the crawler's identity word, as `lint(user_agent).token` does. For a UA that
+    passes for a tenant with this token registered, it is that token (up to case):
+    "Scrapy/2.11 (+https://scrapy.org) AcmeBot/1.0 (+https://acme.example)" -> AcmeBot,
+    "Mozilla/5.0 (compatible; bingbot/2.0; +http://…)" -> bingbot. Bare product tokens (as
+    in robots.txt test suites) are themselves: "FooBot" -> FooBot, "Foo Bar" -> Foo.
+    """
+    parsed = _parse(user_agent[:MAX_LENGTH].strip())
+    candidates = _candidates(parsed)
+    return _robots_token(parsed, candidates, _identity(candidates))
 
 
 def well_known_crawler(user_agent_or_token: str) -> str | None:

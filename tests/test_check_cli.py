@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from crawlguard.cli import main
+from crawlguard.robots import RobotsRules
+from crawlguard.ua_policy import UserAgentPolicy, product_token_of
 
 REPO = Path(__file__).resolve().parents[1]
 ROBOTS = """\
@@ -37,8 +39,9 @@ def test_all_allowed_exits_0(robots: Path, capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out == [
-        "allowed\t/a\trule: (none matched)\tcrawl-delay: 2.5s\trequest-rate: 1/5s",
-        "allowed\t/private/ok\trule: Allow: /private/ok\tcrawl-delay: 2.5s\trequest-rate: 1/5s",
+        "allowed\t/a\trule: (none matched)\tgroup: acmebot\tcrawl-delay: 2.5s\trequest-rate: 1/5s",
+        "allowed\t/private/ok\trule: Allow: /private/ok\tgroup: acmebot\tcrawl-delay: 2.5s"
+        "\trequest-rate: 1/5s",
     ]
 
 
@@ -59,6 +62,7 @@ def test_json_output(robots: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert obj["url"] == "/x"
     assert obj["allowed"] is False
     assert obj["rule"] == "Disallow: /"
+    assert obj["group"] == ["*"]  # fallback
     assert obj["crawl_delay"] is None
     assert obj["request_rate"] is None
     assert obj["product_token"] == "Other"
@@ -68,11 +72,98 @@ def test_json_output(robots: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_json_output_with_delay(robots: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["check", "--json", "--robots-file", str(robots), "--user-agent", UA, "/a"])
     obj = json.loads(capsys.readouterr().out)
-    assert (obj["crawl_delay"], obj["request_rate"], obj["product_token"]) == (
+    assert (obj["crawl_delay"], obj["request_rate"], obj["product_token"], obj["group"]) == (
         2.5,
         [1, 5.0],
         "AcmeBot",
+        ["acmebot"],
     )
+
+
+MERGED = """\
+User-agent: ExampleBot
+Disallow: /a
+
+User-agent: *
+Disallow: /b
+
+user-agent: examplebot
+Disallow: /c
+"""
+
+
+@pytest.mark.parametrize(
+    ("robots_txt", "user_agent", "group"),
+    [
+        (ROBOTS, UA, "acmebot"),
+        (ROBOTS, "Other/1.0 (+https://other.example)", "*"),
+        ("", UA, "(none)"),
+        ("Disallow: /x\n", UA, "(none)"),  # rules outside any group
+    ],
+)
+def test_text_output_names_the_group(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    robots_txt: str,
+    user_agent: str,
+    group: str,
+) -> None:
+    path = tmp_path / "robots.txt"
+    path.write_text(robots_txt)
+    main(["check", "--robots-file", str(path), "--user-agent", user_agent, "/z"])
+    (line,) = capsys.readouterr().out.splitlines()
+    assert f"\tgroup: {group}\t" in line
+
+
+def test_group_is_the_verdicts_merged_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Output shows exactly the agents robots.py reports for the applied (merged) selection."""
+    path = tmp_path / "robots.txt"
+    path.write_text(MERGED)
+    ua = "ExampleBot/1.0 (+https://example.org/bot)"
+    main(["check", "--json", "--robots-file", str(path), "--user-agent", ua, "/a", "/b", "/c"])
+    objs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    verdict = RobotsRules.parse(MERGED.encode()).decide("ExampleBot", "/c")
+    assert verdict.agents and "examplebot" in verdict.agents
+    assert [o["group"] for o in objs] == [list(verdict.agents)] * 3
+    assert [o["allowed"] for o in objs] == [False, True, False]  # both ExampleBot groups merged
+    main(["check", "--robots-file", str(path), "--user-agent", ua, "/a"])
+    assert f"\tgroup: {', '.join(verdict.agents)}\t" in capsys.readouterr().out
+
+
+SCRAPY_UA = "Scrapy/2.11 (+https://scrapy.org) AcmeBot/1.0 (+https://acme.example/bot)"
+
+
+def test_check_matches_with_the_proxys_token(
+    robots: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A library name beside the crawler's token: check and proxy both match AcmeBot's group."""
+    proxy = UserAgentPolicy(["AcmeBot"]).evaluate(SCRAPY_UA)
+    assert proxy.allowed and proxy.token == "AcmeBot" == product_token_of(SCRAPY_UA)
+    code = main(["check", "--json", "--robots-file", str(robots), "--user-agent", SCRAPY_UA, "/a"])
+    obj = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (obj["product_token"], obj["group"], obj["crawl_delay"]) == (
+        "AcmeBot",
+        ["acmebot"],
+        2.5,
+    )
+
+
+def test_cases_match_with_the_proxys_token() -> None:
+    lines = [
+        {"robots": ROBOTS, "user_agent": SCRAPY_UA, "url": "/private/x"},
+        {"robots": ROBOTS, "user_agent": SCRAPY_UA, "url": "/a"},
+        {"robots": ROBOTS, "user_agent": "Scrapy/2.11 (+https://scrapy.org)", "url": "/a"},
+    ]
+    proc = _run(["--cases", "-"], "".join(json.dumps(x) + "\n" for x in lines))
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(x) for x in proc.stdout.splitlines()] == [
+        {"allowed": False, "crawl_delay": 2.5, "rule": "Disallow: /private/"},
+        {"allowed": True, "crawl_delay": 2.5, "rule": None},
+        {"allowed": False, "crawl_delay": None, "rule": "Disallow: /"},  # Scrapy alone: `*`
+    ]
 
 
 @pytest.mark.parametrize(

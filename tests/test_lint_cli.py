@@ -78,3 +78,24 @@ def test_in_process(
 def test_bad_product_token_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lint-ua", "Googlebot/2.1", "--product-token", "Googlebot"]) == 2
     assert "Googlebot" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "token"),
+    [
+        (["Scrapy/2.11 (+https://scrapy.org) AcmeBot/1.0 (+https://acme.example/bot)"], "AcmeBot"),
+        (["acmebot/1.0 (+https://acme.example/bot)", "--product-token", "AcmeBot"], "AcmeBot"),
+        (["AcmeBot/1.0", "--product-token", "AcmeBot"], None),  # refused: no robots.txt match
+    ],
+)
+def test_json_names_the_robots_token(
+    argv: list[str], token: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["lint-ua", *argv, "--json"])
+    assert json.loads(capsys.readouterr().out)["robots_token"] == token
+
+
+def test_lowercase_googlebot_is_impersonation(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint-ua", "googlebot/2.1 (+http://www.google.com/bot.html)", "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["kind"], result["rule"]) == ("ua-impersonation", "impersonation:Googlebot")

@@ -12,6 +12,7 @@ from crawlguard.ua_policy import (
     UAVerdict,
     UserAgentPolicy,
     lint,
+    product_token_of,
     product_token_problem,
     well_known_crawler,
 )
@@ -191,6 +192,27 @@ CASES: list[tuple[str | None, Kind, str]] = [
         "impersonation:Googlebot",
     ),
     ("python-requests/2.31.0 Googlebot/2.1", IMPERSONATION, "impersonation:Googlebot"),
+    # any case spelling of a well-known crawler's token is a claim (the dataset is case-sensitive)
+    ("googlebot/2.1 (+https://acme.example/bot)", IMPERSONATION, "impersonation:Googlebot"),
+    ("GOOGLEBOT", IMPERSONATION, "impersonation:Googlebot"),
+    ("GoogleBot/2.1 AcmeBot/1.0", IMPERSONATION, "impersonation:Googlebot"),
+    (
+        "AcmeBot/1.0 (+https://acme.example/bot) googlebot/2.1",
+        IMPERSONATION,
+        "impersonation:Googlebot",
+    ),
+    (
+        "Mozilla/5.0 (compatible; googlebot/2.1; +http://www.google.com/bot.html)",
+        IMPERSONATION,
+        "impersonation:Googlebot",
+    ),
+    ("googlebot-image/1.0", IMPERSONATION, "impersonation:Googlebot-Image"),
+    ("googlebot-clone/1.0 (+https://clone.example)", IMPERSONATION, "impersonation:Googlebot"),
+    ("BingBot/2.0 (+https://acme.example/bot)", IMPERSONATION, "impersonation:BingBot"),
+    ("BINGBOT/2.0 (+https://acme.example/bot)", IMPERSONATION, "impersonation:BINGBOT"),
+    ("applebot/0.1 (+https://acme.example/bot)", IMPERSONATION, "impersonation:Applebot"),
+    ("duckduckbot/1.1 (+https://acme.example/bot)", IMPERSONATION, "impersonation:DuckDuckBot"),
+    ("YANDEXBOT/3.0 (+https://acme.example/bot)", IMPERSONATION, "impersonation:YandexBot"),
     # another token, not descriptive
     ("MyCrawler", UNDESCRIPTIVE, "undescriptive:no-version"),
     ("MyCrawler (+https://example.org/crawler)", UNDESCRIPTIVE, "undescriptive:no-version"),
@@ -293,6 +315,198 @@ def test_memoised_and_bounded(policy: UserAgentPolicy) -> None:
     assert policy._cached.cache_info().currsize == info.currsize  # huge UAs are not kept
 
 
+# --- other tenants' tokens ----------------------------------------------------------------------
+
+# Tenant acme registered AcmeBot; tenant beta registered BetaBot (and BetaNews).
+ACME_FOREIGN = ("BetaBot", "BetaNews")
+
+
+@pytest.fixture(scope="module")
+def acme() -> UserAgentPolicy:
+    return UserAgentPolicy(("AcmeBot",), foreign_tokens=ACME_FOREIGN)
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "kind", "rule"),
+    [
+        # another tenant's token beside (before or after) our own: never passes
+        (
+            "BetaBot/1.0 AcmeBot/1.0 (+https://beta.example/bot)",
+            MISMATCH,
+            "mismatch:another-tenant:BetaBot",
+        ),
+        (
+            "AcmeBot/1.0 (+https://acme.example/bot) BetaBot/1.0",
+            MISMATCH,
+            "mismatch:another-tenant:BetaBot",
+        ),
+        (
+            "Mozilla/5.0 (compatible; AcmeBot/1.0; betanews/2.0; +https://acme.example)",
+            MISMATCH,
+            "mismatch:another-tenant:BetaNews",
+        ),
+        ("BETABOT/1.0 (+https://beta.example)", MISMATCH, "mismatch:another-tenant:BetaBot"),
+        ("BetaBot", MISMATCH, "mismatch:another-tenant:BetaBot"),  # before undescriptive
+        # impersonation comes first
+        (
+            "GoogleBot/2.1 BetaBot/1.0 AcmeBot/1.0 (+https://acme.example)",
+            IMPERSONATION,
+            "impersonation:Googlebot",
+        ),
+        # whole product names only; a contact naming it claims nothing
+        ("AcmeBot/1.0 (+https://acme.example) BetaBotNet/1.0", ALLOWED, "ok:AcmeBot"),
+        (
+            "AcmeBot/1.0 (+https://acme.example/betabot; betabot@acme.example)",
+            ALLOWED,
+            "ok:AcmeBot",
+        ),
+        # our own token, any case, still passes
+        ("acmebot/1.0 (+https://acme.example)", ALLOWED, "ok:AcmeBot"),
+        ("ACMEBOT/1.0 (+https://acme.example)", ALLOWED, "ok:AcmeBot"),
+        ("Mozilla/5.0 (compatible; AcmeBot/2.1; +https://acme.example/bot)", ALLOWED, "ok:AcmeBot"),
+    ],
+)
+def test_other_tenants_tokens(
+    acme: UserAgentPolicy, user_agent: str, kind: Kind, rule: str
+) -> None:
+    verdict = acme.evaluate(user_agent)
+    assert (verdict.kind, verdict.rule) == (kind, rule), verdict.reason
+    if kind is ALLOWED:
+        assert verdict.token == "AcmeBot"
+    else:
+        assert verdict.token is None
+
+
+def test_other_tenants_token_reason_names_the_token_not_the_tenant(acme: UserAgentPolicy) -> None:
+    verdict = acme.evaluate("BetaBot/1.0 AcmeBot/1.0 (+https://beta.example/bot)")
+    assert "carries a product token registered by another tenant: BetaBot" in verdict.reason
+    assert "beta" not in verdict.reason.replace("BetaBot", "")  # no tenant id
+    assert "AcmeBot" in verdict.reason  # says what to send instead
+
+
+def test_both_tenants_see_each_other() -> None:
+    """The reproduction: acme registers AcmeBot, beta registers BetaBot."""
+    acme = UserAgentPolicy(("AcmeBot",), foreign_tokens=("BetaBot",))
+    beta = UserAgentPolicy(("BetaBot",), foreign_tokens=("AcmeBot",))
+    both = "BetaBot/1.0 AcmeBot/1.0 (+https://beta.example/bot)"
+    assert acme.evaluate(both).kind is MISMATCH
+    assert beta.evaluate(both).kind is MISMATCH
+    assert beta.evaluate(both).rule == "mismatch:another-tenant:AcmeBot"
+    assert acme.evaluate("AcmeBot/1.0 (+https://acme.example)").token == "AcmeBot"
+    assert beta.evaluate("BetaBot/1.0 (+https://beta.example)").token == "BetaBot"
+    assert acme.evaluate("BetaBot/1.0 (+https://beta.example)").kind is MISMATCH
+
+
+def test_own_token_is_never_foreign() -> None:
+    policy = UserAgentPolicy(["AcmeBot"], foreign_tokens=["acmebot", "BetaBot"])
+    assert policy.foreign_tokens == {"BetaBot"}
+    assert policy.evaluate("AcmeBot/1.0 (+https://acme.example)").allowed
+
+
+def test_lint_with_foreign_tokens_is_the_proxy_check(acme: UserAgentPolicy) -> None:
+    for user_agent in [
+        "BetaBot/1.0 AcmeBot/1.0 (+https://beta.example/bot)",
+        "AcmeBot/1.0 (+https://acme.example)",
+        "GoogleBot/2.1 AcmeBot/1.0",
+        *(ua for ua, _, _ in CASES),
+    ]:
+        assert lint(user_agent, ["AcmeBot"], ACME_FOREIGN) == acme.evaluate(user_agent)
+    # without own tokens, another tenant's token is still refused
+    assert lint("BetaBot/1.0 (+https://b.example)", (), ["BetaBot"]).kind is MISMATCH
+
+
+# --- the product token robots.txt is matched with ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "token"),
+    [
+        ("AcmeBot/1.0 (+https://acme.example/bot)", "AcmeBot"),
+        ("acmebot/3 (+https://acme.example)", "AcmeBot"),  # as registered, not as sent
+        ("Mozilla/5.0 (compatible; AcmeBot/2.1; +https://acme.example/bot)", "AcmeBot"),
+        ("Scrapy/2.11.2 (+https://scrapy.org) AcmeBot/1.0 (+https://acme.example)", "AcmeBot"),
+        ("AcmeBot/1.0 (+https://acme.example/bot) python-requests/2.31.0", "AcmeBot"),
+        (f"{CHROME} (compatible; AcmeBot/1.0; +https://acme.example/bot)", "AcmeBot"),
+        ("AcmeNews/0.9 (+https://acme.example) AcmeBot/1.0", "AcmeNews"),  # first versioned
+        ("AcmeNews (+https://acme.example) AcmeBot/1.0", "AcmeBot"),
+        # refused: the proxy never consults robots.txt
+        ("AcmeBot/1.0", None),
+        ("OtherBot/1.0 (+https://other.example)", None),
+        ("Googlebot/2.1", None),
+        (None, None),
+    ],
+)
+def test_verdict_token_for_a_tenant(user_agent: str | None, token: str | None) -> None:
+    assert UserAgentPolicy(["AcmeBot", "AcmeNews"]).evaluate(user_agent).token == token
+
+
+# (user agent, product token): `crawlguard check` derives it with product_token_of; the proxy,
+# with that token registered, takes UAVerdict.token. Both come from the same parse.
+AGREEMENT: list[tuple[str, str]] = [
+    ("AcmeBot/1.0 (+https://acme.example/bot)", "AcmeBot"),
+    ("Scrapy/2.11 (+https://scrapy.org) AcmeBot/1.0 (+https://acme.example/bot)", "AcmeBot"),
+    ("Scrapy/2.11.2 (+https://scrapy.org) acmebot/1.0 (+https://acme.example)", "acmebot"),
+    ("Mozilla/5.0 (compatible; AcmeBot/1.2; +https://acme.example/bot)", "AcmeBot"),
+    (f"{CHROME} AcmeBot/1.0 (+https://acme.example)", "AcmeBot"),
+    ("python-requests/2.31.0 AcmeBot/1.0 (+https://acme.example)", "AcmeBot"),
+    ("Go-http-client/1.1 Acme_Crawler/2 (crawler@acme.example)", "Acme_Crawler"),
+    ("AppEngine-Google; (+http://code.google.com/appengine) PriceSpider/1.0 (+https://p.example)",
+     "PriceSpider"),
+    ("linkdexbot/Nutch-1.0-dev (http://www.linkdex.com/) NewsCrawler/3.1 (+https://n.example)",
+     "NewsCrawler"),
+    ("Mozilla/5.0 (X11) AppleWebKit/537.36 (KHTML) Chrome/120 Safari/537 AcmeBot/1.0 "
+     "(+https://acme.example)", "AcmeBot"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("user_agent", "token"), AGREEMENT, ids=lambda v: repr(v)[:50])
+def test_check_and_proxy_agree(user_agent: str, token: str) -> None:
+    checked = product_token_of(user_agent)
+    assert checked == token
+    proxied = UserAgentPolicy([token.lower().capitalize()]).evaluate(user_agent)
+    assert proxied.allowed, proxied.reason
+    assert proxied.token is not None and proxied.token.lower() == checked.lower()
+    assert lint(user_agent).token == checked  # lint and explain say the same
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "token"),
+    [
+        # bare product tokens and simple UAs, as robots.txt test suites pass them (RFC 9309)
+        ("FooBot", "FooBot"),
+        ("foobot", "foobot"),
+        ("Foo Bar", "Foo"),
+        ("  FooBot  ", "FooBot"),
+        ("Acme_Crawler-X", "Acme_Crawler-X"),
+        ("AcmeBot (+https://acme.example)", "AcmeBot"),
+        ("Googlebot/2.1", "Googlebot"),
+        ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", "bingbot"),
+        (GOOGLEBOT_SMARTPHONE, "Googlebot"),
+        # no crawler identity: the software's own name
+        ("python-requests/2.31.0", "python-requests"),
+        ("Scrapy/2.11.0 (+https://scrapy.org)", "Scrapy"),
+        (CHROME, "Mozilla"),
+        ("Dalvik/2.1.0 (Linux; U; Android 11; Pixel 5 Build/RQ3A.210805.001.A1)", "Dalvik"),
+        ("got (https://github.com/sindresorhus/got)", "got"),
+        # a name that is no RFC 9309 token is read up to its first other character
+        ("Mozilla/5.0 (compatible; MJ12bot/v1.4.8; http://mj12bot.com/)", "MJ"),
+        ("123", ""),
+        ("", ""),
+        ("🤖🤖🤖", ""),
+    ],
+)
+def test_product_token_of(user_agent: str, token: str) -> None:
+    assert product_token_of(user_agent) == token
+    assert lint(user_agent).token == (token or None)
+
+
+def test_robots_module_reexports_the_one_derivation() -> None:
+    from crawlguard import robots
+
+    for user_agent, _ in AGREEMENT:
+        assert robots.product_token_of(user_agent) == product_token_of(user_agent)
+
+
 # --- lint (no tenant) -------------------------------------------------------------------------
 
 
@@ -384,8 +598,11 @@ def test_bad_product_tokens(token: str, mentions: str) -> None:
         ("googlebot", "Googlebot"),
         ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot"),
         ("Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)", "YandexBot"),
+        ("Mozilla/5.0 (compatible; googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot"),
+        ("GOOGLEBOT/2.1", "Googlebot"),
         ("AcmeBot", None),
         ("AcmeBot/1.0 (+https://speedy.example; googlebot@acme.example)", None),
+        ("MyGooglebotlessCrawler/1.0 (+https://acme.example)", None),
         ("linkdexbot/Nutch-1.0-dev (http://www.linkdex.com/)", None),  # Nutch: a framework
         (CHROME, None),
     ],
