@@ -1,7 +1,12 @@
-"""The mitmproxy adapter: turns flows into Guard calls and decisions into responses.
+"""The mitmproxy adapter: turns flows into Guard calls and plans into effects.
 
 Options are declared in `load` and validated in `configure`, as mitmproxy's own addons do.
 Tenants authenticate on each plain-HTTP request, or once on CONNECT for the whole tunnel.
+
+What is decided is what is sent: every request is reduced to its canonical identity
+(crawlguard.identity) before any check, and after the decision the flow is rewritten to exactly
+that identity — path, Host header, and the checked address to dial. `server_connect` is the last
+gate: mitmproxy may only connect to an address a decision pinned for that client.
 """
 
 from __future__ import annotations
@@ -10,21 +15,30 @@ import asyncio
 import logging
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layers.http import HTTPMode
 
+from crawlguard import mitm_patches
 from crawlguard.admin import AdminServer
 from crawlguard.config import Config, ConfigError, load_config
-from crawlguard.decisions import DECISION_HEADER, Action, Decision, Kind
+from crawlguard.decisions import DECISION_HEADER, Decision, Kind
+from crawlguard.headers import strip_request, strip_response
+from crawlguard.identity import IdentityError, Target, canonical_host, request_identity
 from crawlguard.pacing import PacingOutcome
+from crawlguard.plan import Plan, plan
 from crawlguard.service import Guard, RequestInfo, TenantRuntime
+from crawlguard.sniff import FirstBytes, classify, leading_empty_lines
 
 log = logging.getLogger("crawlguard")
 
 REALM = 'Basic realm="crawlguard"'
 META = "crawlguard"  # (TenantRuntime, Decision, RequestInfo) of the flow, set once per request
 REFUSED = "crawlguard_refused"
+AUTH_REQUIRED = "auth-required"  # X-Crawlguard-Decision of a 407: no tenant, so no decision kind
 
 
 def refusal(decision: Decision) -> http.Response:
@@ -40,34 +54,46 @@ def auth_required() -> http.Response:
         "crawlguard: proxy authentication required.\n"
         "Send Proxy-Authorization: Basic base64(tenant_id:token) "
         "(e.g. http://tenant:token@proxy:port as the proxy URL).\n",
-        {"Proxy-Authenticate": REALM, "Content-Type": "text/plain; charset=utf-8"},
+        {
+            "Proxy-Authenticate": REALM,
+            DECISION_HEADER: AUTH_REQUIRED,
+            "Content-Type": "text/plain; charset=utf-8",
+        },
     )
 
 
-def request_info(flow: http.HTTPFlow) -> RequestInfo:
-    req = flow.request
-    return RequestInfo(
-        method=req.method,
-        url=req.pretty_url if req.method != "CONNECT" else f"{req.host}:{req.port}",
-        scheme=req.scheme,
-        host=req.pretty_host if req.method != "CONNECT" else req.host,
-        port=req.port,
-        path=req.path,
-        user_agent=req.headers.get("User-Agent"),
-    )
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """An accepted CONNECT: whose it is, the authority it names (canonical) and where it goes."""
+
+    tenant: TenantRuntime
+    host: str
+    port: int
+    pinned: str  # the checked address every request in the tunnel is sent to
+
+
+class _Close(layer.Layer):
+    """A tunnel whose bytes are neither TLS nor HTTP: close it, relay nothing."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
 
 
 class CrawlGuardAddon:
     def __init__(self, guard: Guard | None = None) -> None:
         self.guard = guard
         self._own_guard = guard is None
-        self._tunnels: weakref.WeakKeyDictionary[connection.Client, TenantRuntime] = (
+        self._tunnels: weakref.WeakKeyDictionary[connection.Client, Tunnel] = (
             weakref.WeakKeyDictionary()
         )
+        # client id -> {(address, port): canonical host}: the only places mitmproxy may dial.
+        self._pins: dict[str, dict[tuple[str, int], str]] = {}
         self.admin: AdminServer | None = None
         # client id -> set when that client leaves; mitmproxy delivers client_disconnected
         # even while a hook for that connection (a pacing hold) is pending.
         self._gone: dict[str, asyncio.Event] = {}
+        mitm_patches.install()
 
     # -- mitmproxy lifecycle -----------------------------------------------------------------
 
@@ -87,6 +113,13 @@ class CrawlGuardAddon:
                 raise exceptions.OptionsError(str(exc)) from None
             self.guard = Guard(cfg)
             apply_mitmproxy_options(ctx.options, cfg, listen=False)
+        if self.guard is None:
+            return
+        for name, wanted in SAFE_OPTIONS.items():
+            if name in updated and getattr(ctx.options, name) != wanted:
+                raise exceptions.OptionsError(
+                    f"crawlguard needs {name}={wanted!r}: {SAFE_OPTIONS_WHY[name]}"
+                )
 
     async def running(self) -> None:
         if self.guard is None:
@@ -115,108 +148,212 @@ class CrawlGuardAddon:
         self._gone[client.id] = asyncio.Event()
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self._pins.pop(client.id, None)
         if (gone := self._gone.pop(client.id, None)) is not None:
             gone.set()
 
-    # -- the request path --------------------------------------------------------------------
+    # -- CONNECT and what a tunnel may carry -------------------------------------------------
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         guard = self.guard
-        if guard is None:
-            flow.response = auth_required()
-            return
-        tenant = guard.authenticate(flow.request.headers.get("Proxy-Authorization"))
+        tenant = (
+            guard.authenticate(flow.request.headers.get("Proxy-Authorization")) if guard else None
+        )
         flow.request.headers.pop("Proxy-Authorization", None)
-        if tenant is None:
+        if guard is None or tenant is None:
             flow.response = auth_required()
             return
-        denied = guard.check_destination(flow.request.host, flow.request.port)
-        if denied is not None:
-            flow.metadata[META] = (tenant, denied, request_info(flow))
-            flow.metadata[REFUSED] = True
-            flow.response = refusal(denied)
+        raw = f"{flow.request.host}:{flow.request.port}"
+        try:
+            host = canonical_host(flow.request.host)
+        except IdentityError as exc:
+            info = RequestInfo("CONNECT", None, flow.request.headers.get("User-Agent"), raw)
+            self._refuse(flow, tenant, info, invalid(str(exc)))
             return
-        self._tunnels[flow.client_conn] = tenant
+        target = Target("https", host, flow.request.port, "")
+        info = RequestInfo("CONNECT", target, flow.request.headers.get("User-Agent"), raw)
+        admitted = await guard.admit(target)
+        if isinstance(admitted, Decision):
+            self._refuse(flow, tenant, info, admitted)
+            return
+        self._tunnels[flow.client_conn] = Tunnel(tenant, host, target.port, admitted.pinned)
+        self._pin(flow.client_conn, admitted.pinned, target.port, host)
+        # mitmproxy dials flow.request.host after this hook; the upstream TLS name is ours too.
+        flow.request.data.host = admitted.pinned
+        flow.server_conn.sni = host
+
+    def _refuse(
+        self, flow: http.HTTPFlow, tenant: TenantRuntime, info: RequestInfo, decision: Decision
+    ) -> None:
+        """A refused CONNECT; recorded in `http_connect_error`, once mitmproxy has answered."""
+        flow.metadata[META] = (tenant, decision, info)
+        flow.metadata[REFUSED] = True
+        flow.response = refusal(decision)
 
     async def http_connect_error(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
         if meta and self.guard:
-            tenant, decision, req = meta
-            self.guard.count(tenant, decision.kind)
-            if tenant.cfg.mode != "off":
-                await self.guard.record(tenant, decision, Action.BLOCKED, req)
+            tenant, decision, info = meta
+            await self._effect(plan(tenant.cfg.mode, decision), tenant, info)
+
+    async def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Inside a tunnel, only TLS or HTTP/1 requests: never mitmproxy's raw TCP relay.
+
+        Runs after mitmproxy's NextLayer addon. An incomplete request line defers the choice
+        (mitmproxy asks again with more bytes), so a request split over segments is parsed as
+        HTTP; leading empty lines are dropped as RFC 9112 §2.2 allows.
+        """
+        tunnel = self._tunnels.get(nextlayer.context.client)
+        if tunnel is None or nextlayer.layer is None:
+            return
+        data = nextlayer.data_client()
+        kind = classify(data)
+        if kind is FirstBytes.TLS and isinstance(nextlayer.layer, layers.ServerTLSLayer):
+            return
+        if kind is FirstBytes.MORE:
+            nextlayer.layer = None
+            return
+        if kind is FirstBytes.HTTP:
+            _drop_leading_empty_lines(nextlayer)
+            if not isinstance(nextlayer.layer, layers.HttpLayer):
+                nextlayer.layer = layers.HttpLayer(nextlayer.context, HTTPMode.transparent)
+            return
+        nextlayer.layer = _Close(nextlayer.context)
+        info = RequestInfo(
+            "TUNNEL",
+            Target("https", tunnel.host, tunnel.port, ""),
+            None,
+            f"{tunnel.host}:{tunnel.port}",
+        )
+        decision = invalid(
+            f"the tunnel carried {len(data)} byte(s) that are neither TLS nor an HTTP request; "
+            "crawlguard relays no raw bytes and closed it"
+        )
+        if self.guard is not None:
+            await self._effect(plan(tunnel.tenant.cfg.mode, decision), tunnel.tenant, info)
+
+    # -- the request path --------------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         guard = self.guard
         if flow.response is not None or flow.request.method == "CONNECT":
             return
-        if guard is None:
+        tunnel = self._tunnels.get(flow.client_conn)
+        if tunnel is not None:
+            tenant: TenantRuntime | None = tunnel.tenant
+        elif guard is not None:
+            tenant = guard.authenticate(flow.request.headers.get("Proxy-Authorization"))
+        else:
+            tenant = None
+        if guard is None or tenant is None:
             flow.response = auth_required()
             return
-        tenant = self._tunnels.get(flow.client_conn)
-        if tenant is None:
-            tenant = guard.authenticate(flow.request.headers.get("Proxy-Authorization"))
-            if tenant is None:
-                flow.response = auth_required()
-                return
-        flow.request.headers.pop("Proxy-Authorization", None)
-        req = request_info(flow)
+        strip_request(flow.request.headers)
         started = time.perf_counter()
-        if tenant.cfg.mode == "off":
-            decision = guard.check_destination(req.host, req.port) or Decision(Kind.ALLOWED)
-        else:
-            decision = await guard.decide(tenant, req)
+        info, pinned, step, outcome = await self._decide(flow, guard, tenant, tunnel)
         guard.metrics.decision_seconds.observe(time.perf_counter() - started)
-        if decision.allowed and tenant.cfg.mode != "off" and not req.is_robots_txt:
-            decision, outcome = await guard.pace(tenant, req, decision)
-            if outcome.held:
-                guard.count(tenant, decision.kind)
-                flow.metadata[META] = (tenant, decision, req)
-                await guard.record(tenant, decision, Action.DELAYED, req)
-                await self._hold(flow, outcome)
-                return
-        guard.count(tenant, decision.kind)
-        flow.metadata[META] = (tenant, decision, req)
-        if decision.allowed:
-            return
-        if tenant.cfg.mode == "off" and decision.kind is not Kind.DESTINATION_FORBIDDEN:
-            return
-        enforce = tenant.enforce or decision.kind is Kind.DESTINATION_FORBIDDEN
-        if tenant.cfg.mode != "off":
-            await guard.record(tenant, decision, Action.BLOCKED if enforce else Action.LOGGED, req)
-        if enforce:
+        guard.count(tenant, step.decision.kind)
+        flow.metadata[META] = (tenant, step.decision, info)
+        await self._effect(step, tenant, info)
+        if step.refuse:
             flow.metadata[REFUSED] = True
-            flow.response = refusal(decision)
+            flow.response = refusal(step.decision)
+            return
+        if step.hold:
+            assert outcome is not None
+            if not await self._hold(flow, outcome):
+                return
+        assert info.target is not None and pinned is not None
+        self._forward_as_decided(flow, info.target, pinned)
 
-    async def _hold(self, flow: http.HTTPFlow, outcome: PacingOutcome) -> None:
-        """Hold a delay-paced request until its slot (no CPU); free it if the client leaves."""
+    async def _decide(
+        self, flow: http.HTTPFlow, guard: Guard, tenant: TenantRuntime, tunnel: Tunnel | None
+    ) -> tuple[RequestInfo, str | None, Plan, PacingOutcome | None]:
+        """Identity → destination → user agent → robots.txt → pacing; the first refusal decides."""
+        req = flow.request
+        ua = req.headers.get("User-Agent")
+        mode = tenant.cfg.mode
+        host, port = (tunnel.host, tunnel.port) if tunnel else (req.host, req.port)
+        try:
+            target = request_identity(req.scheme, host, port, req.path)
+        except IdentityError as exc:
+            raw = RequestInfo(req.method, None, ua, f"{req.scheme}://{host}:{port}{req.path}")
+            return raw, None, plan(mode, invalid(str(exc))), None
+        info = RequestInfo(req.method, target, ua)
+        if tunnel is not None:
+            pinned: str | None = tunnel.pinned
+        else:
+            admitted = await guard.admit(target)
+            if isinstance(admitted, Decision):
+                return info, None, plan(mode, admitted), None
+            pinned = admitted.pinned
+        if mode == "off":
+            return info, pinned, plan(mode, Decision(Kind.ALLOWED)), None
+        decision = await guard.decide(tenant, info)
+        if not decision.allowed or info.is_robots_txt:
+            return info, pinned, plan(mode, decision), None
+        decision, outcome = await guard.pace(tenant, info, decision)
+        return info, pinned, plan(mode, decision, held=outcome.held), outcome
+
+    async def _effect(self, step: Plan, tenant: TenantRuntime, info: RequestInfo) -> None:
+        if step.record is not None and self.guard is not None:
+            await self.guard.record(tenant, step.decision, step.record, info)
+
+    def _forward_as_decided(self, flow: http.HTTPFlow, target: Target, pinned: str) -> None:
+        """Send exactly what was decided: canonical path and Host, to the checked address."""
+        req = flow.request
+        req.path = target.path
+        req.host_header = target.authority
+        req.data.host = pinned
+        req.data.port = target.port
+        self._pin(flow.client_conn, pinned, target.port, target.host)
+
+    def _pin(self, client: connection.Client, address: str, port: int, host: str) -> None:
+        self._pins.setdefault(client.id, {})[(address, port)] = host
+
+    def server_connect(self, data: Any) -> None:
+        """The last gate: connect only to an address a decision pinned for this client."""
+        server = data.server
+        host = self._pins.get(data.client.id, {}).get(tuple(server.address or ()))
+        if host is None:
+            server.error = (
+                f"crawlguard: {server.address} was not decided for this client; refusing to connect"
+            )
+            return
+        server.sni = host  # TLS upstream is verified for the decided name, not the client's SNI
+
+    async def _hold(self, flow: http.HTTPFlow, outcome: PacingOutcome) -> bool:
+        """Hold a delay-paced request until its slot (no CPU); False if the client left."""
         assert self.guard is not None
         gone = self._gone.get(flow.client_conn.id)
         if gone is None or not flow.client_conn.connected:
             await self.guard.pacer.cancel(outcome)
-            return
+            if flow.killable:
+                flow.kill()
+            return False
         self.guard.metrics.delayed.inc()
         try:
             await asyncio.wait_for(gone.wait(), timeout=outcome.wait)
         except TimeoutError:
-            return  # the slot has come: forward
+            return True  # the slot has come: forward
         finally:
             self.guard.metrics.delayed.dec()
         await self.guard.pacer.cancel(outcome)
         if flow.killable:
             flow.kill()
+        return False
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Origin push-back (429/503) starts a back-off for this tenant and origin."""
         meta = flow.metadata.get(META)
         if meta is None or self.guard is None or flow.response is None:
             return
-        tenant, _, req = meta
-        if flow.metadata.get(REFUSED) or tenant.cfg.mode == "off":
+        tenant, _, info = meta
+        if flow.metadata.get(REFUSED) or tenant.cfg.mode == "off" or info.target is None:
             return  # our own refusal is not the origin's answer
         await self.guard.pacer.observe_response(
             tenant.id,
-            req.origin,
+            info.origin,
             flow.response.status_code,
             flow.response.headers.get("Retry-After"),
         )
@@ -227,6 +364,7 @@ class CrawlGuardAddon:
             return
         decision = meta[1]
         headers = flow.response.headers
+        strip_response(headers)
         headers[DECISION_HEADER] = Kind.ALLOWED.value
         if decision.delay_seconds is not None:  # held by delay pacing, then forwarded
             headers["X-Crawlguard-Delayed"] = f"{decision.delay_seconds:.3f}"
@@ -234,13 +372,34 @@ class CrawlGuardAddon:
             headers["X-Crawlguard-Monitor"] = decision.kind.value
 
 
+def invalid(reason: str) -> Decision:
+    return Decision(Kind.REQUEST_INVALID, rule="canonical request", reason=reason)
+
+
+def _drop_leading_empty_lines(nextlayer: layer.NextLayer) -> None:
+    """mitmproxy's HTTP/1 reader stalls on a leading CRLF; RFC 9112 §2.2 says ignore it."""
+    for i, event in enumerate(nextlayer.events):
+        if isinstance(event, events.DataReceived) and event.connection is nextlayer.context.client:
+            cut = leading_empty_lines(event.data)
+            if cut == 0:
+                return
+            nextlayer.events[i] = events.DataReceived(event.connection, event.data[cut:])
+            if cut < len(event.data):
+                return
+
+
+# mitmproxy options crawlguard's guarantees rest on, and why (checked in `configure`).
+SAFE_OPTIONS: dict[str, Any] = {"rawtcp": False, "http2": False, "connection_strategy": "lazy"}
+SAFE_OPTIONS_WHY = {
+    "rawtcp": "a raw TCP relay would carry bytes no check has seen",
+    "http2": "HTTP/2 is not offered to clients; every request is HTTP/1.1 and decided as such",
+    "connection_strategy": "a blocked request must never open a connection to its origin",
+}
+
+
 def apply_mitmproxy_options(options: Any, cfg: Config, *, listen: bool) -> None:
     """mitmproxy settings crawlguard relies on; listen/confdir only when we own the process."""
-    updates: dict[str, Any] = {
-        # Connect upstream only when a request is forwarded: a blocked request never
-        # opens a connection to the origin.
-        "connection_strategy": "lazy",
-    }
+    updates: dict[str, Any] = dict(SAFE_OPTIONS)
     if cfg.proxy.upstream_ca_file:
         updates["ssl_verify_upstream_trusted_ca"] = cfg.proxy.upstream_ca_file
     if listen:

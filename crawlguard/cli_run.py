@@ -102,10 +102,12 @@ def lean_master(cfg: Config) -> Any:
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(),
-        CrawlGuardAddon(guard),
     )
+    # Before our addon (added last, so its next_layer runs after mitmproxy's): its configure
+    # refuses options crawlguard's guarantees rest on.
     Path(cfg.proxy.confdir).mkdir(parents=True, exist_ok=True)
     apply_mitmproxy_options(opts, cfg, listen=True)
+    master.addons.add(CrawlGuardAddon(guard))
     return master
 
 
@@ -150,4 +152,3 @@ def cmd_ca(args: argparse.Namespace) -> int:
         shutil.copyfile(path, args.export)
         print(f"exported to {args.export}")
     return 0
-

@@ -25,6 +25,7 @@ class Kind(StrEnum):
     TENANT_LIMIT = "tenant-limit"
     STATE_UNAVAILABLE = "state-unavailable"
     DESTINATION_FORBIDDEN = "destination-forbidden"
+    REQUEST_INVALID = "request-invalid"
 
 
 class Action(StrEnum):
@@ -46,6 +47,7 @@ STATUS: dict[Kind, int] = {
     Kind.TENANT_LIMIT: 429,
     Kind.STATE_UNAVAILABLE: 503,
     Kind.DESTINATION_FORBIDDEN: 403,
+    Kind.REQUEST_INVALID: 400,
 }
 
 # How to comply, per kind: the second half of every body the proxy writes.
@@ -71,6 +73,8 @@ ADVICE: dict[Kind, str] = {
     Kind.STATE_UNAVAILABLE: "The proxy's shared state is unavailable; retry later.",
     Kind.DESTINATION_FORBIDDEN: "This destination (address or port) may not be crawled "
     "through the proxy.",
+    Kind.REQUEST_INVALID: "Send one plain HTTP/1.1 request (or TLS carrying one) per request "
+    "line, with a request target crawlguard can read in one canonical form.",
 }
 
 

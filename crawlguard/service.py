@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from crawlguard.auth import Authenticator
 from crawlguard.config import Config, Tenant
 from crawlguard.decisions import Action, Decision, Kind
-from crawlguard.destinations import check_destination
+from crawlguard.egress import EgressPolicy, Resolution
+from crawlguard.identity import Target
 from crawlguard.metrics import Metrics
 from crawlguard.pacing import Pacer, PacingOutcome
 from crawlguard.records import ViolationRecord, utc_now_iso
-from crawlguard.robots import request_target
 from crawlguard.robots_cache import RobotsCache
 from crawlguard.state import MemoryState, PacingState
 from crawlguard.store import ViolationStore, open_store
@@ -50,21 +50,38 @@ class TenantRuntime:
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
+    """One request as decided: its canonical target (what is dialled and forwarded), not the
+    client's spelling of it. `target` is None only for a request that has no canonical form;
+    `raw` is then its spelling, kept for the record."""
+
     method: str
-    url: str
-    scheme: str
-    host: str
-    port: int
-    path: str
+    target: Target | None
     user_agent: str | None
+    raw: str = ""
+
+    @property
+    def url(self) -> str:
+        if self.target is None:
+            return self.raw
+        if self.method in ("CONNECT", "TUNNEL"):  # authority-form, as a CONNECT line says it
+            t = self.target
+            return f"[{t.host}]:{t.port}" if ":" in t.host else f"{t.host}:{t.port}"
+        return self.target.url
 
     @property
     def origin(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        assert self.target is not None
+        return self.target.origin
+
+    @property
+    def robots_origin(self) -> tuple[str, str, int]:
+        assert self.target is not None
+        return (self.target.scheme, self.target.host, self.target.port)
 
     @property
     def is_robots_txt(self) -> bool:
-        return self.path.split("?", 1)[0] == "/robots.txt"
+        """Exactly /robots.txt: exempt from robots rules and pacing (a query makes it a page)."""
+        return self.target is not None and self.target.path == "/robots.txt"
 
 
 def open_state(url: str) -> PacingState:
@@ -104,12 +121,21 @@ class Guard:
         self.tenants: dict[str, TenantRuntime] = {}
         creds: dict[str, tuple[bytes, TenantRuntime]] = {}
         for tenant in cfg.tenants:
-            runtime = TenantRuntime(tenant, UserAgentPolicy(tuple(tenant.product_tokens)))
+            foreign = [
+                token
+                for other in cfg.tenants
+                if other.id != tenant.id
+                for token in other.product_tokens
+            ]
+            policy = UserAgentPolicy(tuple(tenant.product_tokens), foreign_tokens=foreign)
+            runtime = TenantRuntime(tenant, policy)
             self.tenants[tenant.id] = runtime
             creds[tenant.id] = (tenant.token_digest(), runtime)
         self.auth = Authenticator(creds)
         self.store: ViolationStore = open_store(cfg.store.url)
+        self.egress = EgressPolicy.from_config(cfg.destinations)
         self.robots = RobotsCache(
+            egress=self.egress,
             user_agent=cfg.robots.user_agent,
             max_age=cfg.robots.max_age,
             fetch_timeout=cfg.robots.fetch_timeout,
@@ -169,32 +195,32 @@ class Guard:
             self.metrics.auth_failures.inc()
         return tenant
 
-    def check_destination(self, host: str, port: int) -> Decision | None:
-        reason = check_destination(self.cfg.destinations, host, port)
-        if reason is None:
-            return None
-        return Decision(Kind.DESTINATION_FORBIDDEN, rule="destinations", reason=reason)
+    async def admit(self, target: Target) -> Resolution | Decision:
+        """The checked address to dial for `target`, or the `destination-forbidden` decision."""
+        resolution = await self.egress.admit(target.host, target.port)
+        if resolution.reason is not None:
+            return Decision(
+                Kind.DESTINATION_FORBIDDEN, rule="destinations", reason=resolution.reason
+            )
+        return resolution
 
     async def decide(self, tenant: TenantRuntime, req: RequestInfo) -> Decision:
-        """One decision: destination, user agent, robots.txt (pacing comes after, in the pacer)."""
-        if (d := self.check_destination(req.host, req.port)) is not None:
-            return d
+        """User agent, then robots.txt (the destination came first, in `admit`; pacing after)."""
         verdict = tenant.ua.evaluate(req.user_agent)
         if verdict.kind is not Kind.ALLOWED:
             return Decision(verdict.kind, rule=verdict.rule, reason=verdict.reason)
         if req.is_robots_txt:
             return Decision(Kind.ALLOWED)
-        entry = await self.robots.get((req.scheme, req.host, req.port))
+        entry = await self.robots.get(req.robots_origin)
         if not entry.available:
             return Decision(
                 Kind.ROBOTS_UNREACHABLE,
                 rule=f"robots.txt unavailable ({entry.result})",
-                reason=f"{req.scheme}://{req.host}:{req.port}/robots.txt could not be fetched "
-                f"({entry.result}).",
+                reason=f"{req.origin}/robots.txt could not be fetched ({entry.result}).",
                 retry_after=entry.retry_after(time.monotonic()),
             )
-        token = verdict.rule.removeprefix("ok:")  # the registered token this UA carries
-        rv = entry.rules.decide(token, request_target(req.path))
+        token = verdict.token or ""  # the registered token this UA carries
+        rv = entry.rules.decide(token, req.target.path)
         if not rv.allowed:
             return Decision(
                 Kind.ROBOTS_DISALLOW,
@@ -263,8 +289,8 @@ class Guard:
         self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
         violation_log.info(json.dumps(rec.to_dict(), separators=(",", ":")))
         body = None
-        if decision.robots_sha256:
-            entry = self.robots.peek((req.scheme, req.host, req.port))
+        if decision.robots_sha256 and req.target is not None:
+            entry = self.robots.peek(req.robots_origin)
             if entry is not None and entry.sha256 == decision.robots_sha256:
                 body = entry.body
         loop = asyncio.get_running_loop()

@@ -53,7 +53,12 @@ class Route:
 class LocalOrigin:
     """A threaded HTTP(S) origin on 127.0.0.1 that logs every request with its arrival time."""
 
-    def __init__(self, robots: bytes | None = b"User-agent: *\nAllow: /\n", tls: Any = None):
+    def __init__(
+        self,
+        robots: bytes | None = b"User-agent: *\nAllow: /\n",
+        tls: Any = None,
+        host: str = "127.0.0.1",
+    ):
         self.routes: dict[str, Route] = {}
         self.robots = robots
         self.hits: list[Hit] = []
@@ -95,7 +100,8 @@ class LocalOrigin:
 
             do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _serve
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.scheme = "http"
         if tls is not None:
@@ -108,7 +114,7 @@ class LocalOrigin:
         self._thread.start()
 
     def url(self, path: str = "/") -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def paths(self, include_robots: bool = False) -> list[str]:
         with self._lock:
