@@ -46,9 +46,6 @@ _STAR = "*"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _WHITESPACE = re.compile(r"\s+")
 _IDENTIFIER = re.compile(r"[A-Za-z_-]+")
-_PRODUCT = re.compile(r"(?:^|(?<=[\s;(,]))([A-Za-z_-]+)/[A-Za-z0-9]")
-_COMPATIBLE = re.compile(r"compatible\s*;\s*([A-Za-z_-]+)(?![A-Za-z0-9_.-])", re.IGNORECASE)
-_COMMENT = re.compile(r"\([^()]*\)")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # Strict numbers: Python's float()/int() also take "1_000", "nan" and non-ASCII digits.
 _DELAY = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
@@ -96,12 +93,6 @@ def normalize_path(
     if "*" in value or "$" in value:
         value = value.replace("*", "%2A").replace("$", "%24")
     return value
-
-
-def request_target(path: str) -> str:
-    """The RFC 3986 spelling of a request target as it came off the wire: what a conforming
-    client sends. The proxy applies it before `decide`, so raw UTF-8 cannot dodge a rule."""
-    return normalize_path(path)
 
 
 def _target(url: str) -> str:

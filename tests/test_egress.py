@@ -28,7 +28,6 @@ from crawlguard.egress import (
     EgressPolicy,
     Resolution,
     SafeResolver,
-    check_destination,
     classify,
     forbidden_reason,
 )
@@ -438,19 +437,6 @@ async def test_policy_from_config_uses_hosts_and_ttl() -> None:
 def test_policy_refuses_a_resolver_disagreeing_on_allow_private() -> None:
     with pytest.raises(ValueError, match="allow_private"):
         EgressPolicy(dest(allow_private=False), SafeResolver(allow_private=True))
-
-
-def test_check_destination_compat() -> None:
-    strict, dev = dest(), dest(allow_private=True)
-    assert check_destination(strict, "127.0.0.1", 22) == (
-        "port 22 is not in destinations.allowed_ports"
-    )
-    assert check_destination(strict, "127.0.0.1", 80) == "127.0.0.1 is a loopback address"
-    assert check_destination(strict, "[::ffff:10.0.0.1]", 80) is not None
-    assert check_destination(strict, "localhost", 80) == "localhost is a loopback name"
-    assert check_destination(strict, "example.com", 80) is None  # names: not resolved here
-    assert check_destination(dev, "127.0.0.1", 80) is None
-    assert check_destination(dev, "0.0.0.0", 80) == "0.0.0.0 is an unspecified address"
 
 
 # -- aiohttp adapter --------------------------------------------------------------------------

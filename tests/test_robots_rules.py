@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from crawlguard import robots
+from crawlguard.identity import canonical_path
 from crawlguard.robots import (
     ALLOW_ALL,
     DISALLOW_ALL,
@@ -199,7 +199,7 @@ def test_raw_request_targets_are_encoded_by_the_proxy_before_matching(
     pattern: str, raw_path: str
 ) -> None:
     """What the proxy does with a raw (non-ASCII) request line: it cannot dodge a rule."""
-    target = robots.request_target(raw_path)
+    target = canonical_path(raw_path)
     assert target.isascii()
     assert decide(f"User-agent: *\nDisallow: {pattern}\n", "AcmeBot", target)[0] is False
 
