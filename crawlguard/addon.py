@@ -115,11 +115,15 @@ class CrawlGuardAddon:
             apply_mitmproxy_options(ctx.options, cfg, listen=False)
         if self.guard is None:
             return
-        for name, wanted in SAFE_OPTIONS.items():
-            if name in updated and getattr(ctx.options, name) != wanted:
-                raise exceptions.OptionsError(
-                    f"crawlguard needs {name}={wanted!r}: {SAFE_OPTIONS_WHY[name]}"
-                )
+        changed = {
+            name: wanted
+            for name, wanted in SAFE_OPTIONS.items()
+            if name in updated and getattr(ctx.options, name) != wanted
+        }
+        if changed:  # kept, not refused: mitmproxy sets every option at once when it adds us
+            for name, wanted in changed.items():
+                log.warning("crawlguard keeps %s=%r: %s", name, wanted, SAFE_OPTIONS_WHY[name])
+            ctx.options.update(**changed)
 
     async def running(self) -> None:
         if self.guard is None:
@@ -302,6 +306,7 @@ class CrawlGuardAddon:
     def _forward_as_decided(self, flow: http.HTTPFlow, target: Target, pinned: str) -> None:
         """Send exactly what was decided: canonical path and Host, to the checked address."""
         req = flow.request
+        req.authority = ""  # origin-form: an absolute-form line in a tunnel would name another host
         req.path = target.path
         req.host_header = target.authority
         req.data.host = pinned

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from mitmproxy import connection, http
 from mitmproxy.addons import proxyserver
+from mitmproxy.net.http.http1.assemble import assemble_request_head
 from mitmproxy.proxy import context, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
@@ -57,6 +58,7 @@ def make_flow(
     client: connection.Client | None = None,
     method: str = "GET",
     scheme: str = "http",
+    authority: str = "",
 ) -> http.HTTPFlow:
     """A flow as mitmproxy hands it to `requestheaders` (or `http_connect` for CONNECT)."""
     fields: list[tuple[str, str]] = []
@@ -69,7 +71,7 @@ def make_flow(
         path=b"" if method == "CONNECT" else path.encode(),
         method=method.encode(),
         scheme=scheme.encode(),
-        authority=f"{host}:{port}".encode() if method == "CONNECT" else b"",
+        authority=(f"{host}:{port}" if method == "CONNECT" else authority).encode(),
         headers=http.Headers([(k.encode(), v.encode()) for k, v in fields]),
         content=b"",
     )
@@ -252,7 +254,9 @@ async def test_default_port_omitted_from_host_header(env: Env) -> None:
 
 async def test_host_case_shares_robots_and_pacing(tmp_path: Path) -> None:
     async with robots_origin(SLOW_ROBOTS) as origin, running(tmp_path) as env:
-        flows = [make_flow(h, origin.port, "/page") for h in ("LOCALHOST", "localhost.", "LocalHost")]
+        flows = [
+            make_flow(h, origin.port, "/page") for h in ("LOCALHOST", "localhost.", "LocalHost")
+        ]
         for flow in flows:
             await env.addon.requestheaders(flow)
         assert flows[0].response is None
@@ -470,7 +474,11 @@ async def test_next_layer_closes_raw_bytes(
     assert type(nl.layer).__name__ == "_Close"
     assert not isinstance(nl.layer, layers.TCPLayer)
     (rec,) = records(env.guard)
-    assert (rec.kind, rec.method, rec.url) == ("request-invalid", "TUNNEL", f"localhost:{origin.port}")
+    assert (rec.kind, rec.method, rec.url) == (
+        "request-invalid",
+        "TUNNEL",
+        f"localhost:{origin.port}",
+    )
 
 
 async def test_next_layer_defers_partial_request_line(
@@ -506,6 +514,31 @@ async def test_next_layer_keeps_tls_and_ignores_clients_without_tunnel(
     await env.addon.next_layer(other)
     assert other.layer is chosen
     assert records(env.guard) == []
+
+
+async def test_absolute_form_request_in_tunnel_is_sent_as_decided(
+    env: Env, origin: RecordingOrigin, tunnel_client: connection.Client
+) -> None:
+    # `GET http://other.example/page HTTP/1.1` in the tunnel: mitmproxy's HTTP/1 reader puts
+    # "other.example" in request.authority; the transparent layer sets host/port to the
+    # tunnel's server address and leaves authority alone.
+    flow = make_flow(
+        "127.0.0.1",
+        origin.port,
+        "/page",
+        tenant=None,
+        client=tunnel_client,
+        headers=[("User-Agent", GOOD_UA), ("Host", "other.example")],
+        authority="other.example",
+    )
+    await env.addon.requestheaders(flow)
+    assert flow.response is None
+    assert flow.request.headers["Host"] == f"localhost:{origin.port}"
+    request_line = assemble_request_head(flow.request).split(b"\r\n", 1)[0]
+    assert request_line in (
+        b"GET /page HTTP/1.1",
+        f"GET http://localhost:{origin.port}/page HTTP/1.1".encode(),
+    )
 
 
 # -- 8. property: a disallowed URL is refused in any spelling --------------------------------------

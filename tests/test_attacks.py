@@ -182,6 +182,21 @@ def test_host_header_cannot_borrow_another_sites_robots(open_proxy: Proxy, site:
         other.close()
 
 
+def test_absolute_form_inside_a_tunnel_is_sent_in_origin_form(
+    open_proxy: Proxy, site: LocalOrigin
+):
+    """RFC 9112 §3.2.2: an origin obeys the request line's authority over Host, so the line
+    that leaves crawlguard must not name a host other than the one decided."""
+    authority = f"127.0.0.1:{site.port}"
+    sock, reply = connect(open_proxy.port, authority, proxy_auth=auth())
+    assert reply.status == 200
+    with sock:
+        sock.sendall(request_bytes("http://127.0.0.2:1/ok", "127.0.0.2:1"))
+        assert read_reply(sock).status == 200
+    [hit] = site.page_hits()
+    assert (hit.path, hit.headers["Host"]) == ("/ok", authority)
+
+
 def test_host_header_inside_intercepted_tls_is_rewritten(
     open_proxy: Proxy, server_cert: trustme.LeafCert
 ):

@@ -83,3 +83,23 @@ def test_ca_command_defaults_to_var_mitmproxy(tmp_path: Path):
     )  # fmt: skip
     ca = tmp_path / "var" / "mitmproxy" / "mitmproxy-ca-cert.pem"
     assert f"CA certificate: {ca}" in out.stdout and ca.is_file()
+
+
+def test_addon_keeps_the_options_its_checks_rest_on(tmp_path: Path):
+    """rawtcp would relay unchecked bytes, http2 bring :authority, eager connects reach
+    origins before a decision: with a guard loaded the addon sets them back, loudly."""
+    from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.test import taddons
+
+    from crawlguard.addon import SAFE_OPTIONS, CrawlGuardAddon
+    from crawlguard.config import parse_config
+    from crawlguard.service import Guard
+
+    guard = Guard(parse_config(base_config(tmp_path)))
+    addon = CrawlGuardAddon(guard)
+    try:
+        with taddons.context(Proxyserver(), addon) as tctx:
+            tctx.configure(addon, rawtcp=True, http2=True, connection_strategy="eager")
+            assert {n: getattr(tctx.options, n) for n in SAFE_OPTIONS} == SAFE_OPTIONS
+    finally:
+        guard.store.close()
