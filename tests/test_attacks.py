@@ -182,9 +182,7 @@ def test_host_header_cannot_borrow_another_sites_robots(open_proxy: Proxy, site:
         other.close()
 
 
-def test_absolute_form_inside_a_tunnel_is_sent_in_origin_form(
-    open_proxy: Proxy, site: LocalOrigin
-):
+def test_absolute_form_inside_a_tunnel_is_sent_in_origin_form(open_proxy: Proxy, site: LocalOrigin):
     """RFC 9112 §3.2.2: an origin obeys the request line's authority over Host, so the line
     that leaves crawlguard must not name a host other than the one decided."""
     authority = f"127.0.0.1:{site.port}"
@@ -531,3 +529,21 @@ def test_http2_is_not_offered_inside_tunnels(open_proxy: Proxy, server_cert: tru
             assert tls.selected_alpn_protocol() in (None, "http/1.1")
     finally:
         tls_site.close()
+
+
+def test_a_request_smuggled_in_a_body_is_refused(open_proxy: Proxy, site: LocalOrigin):
+    """Content-Length and Transfer-Encoding together: the origin could read a second request
+    out of the body that crawlguard never decided on. The engine refuses the message."""
+    authority = f"127.0.0.1:{site.port}"
+    hidden = f"GET /private HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
+    body = b"0\r\n\r\n" + hidden
+    head = request_bytes(
+        f"http://{authority}/ok",
+        authority,
+        method="POST",
+        proxy_auth=auth(),
+        extra={"Content-Length": str(len(body)), "Transfer-Encoding": "chunked"},
+    )
+    r = send(open_proxy.port, head + body)
+    assert (r.status, r.header("X-Crawlguard-Decision")) == (400, "request-invalid")
+    assert site.page_hits() == []  # robots.txt was fetched while deciding; no page
