@@ -40,6 +40,7 @@ from yarl import URL
 
 from crawlguard.egress import EgressPolicy
 from crawlguard.http_dates import parse_http_date, parse_retry_after
+from crawlguard.identity import IdentityError, canonical_host
 from crawlguard.robots import ALLOW_ALL, MAX_BYTES, RobotsRules
 
 log = logging.getLogger(__name__)
@@ -325,8 +326,9 @@ class RobotsCache:
         session = self._session_for_fetch()
         async with asyncio.timeout(self._fetch_timeout):
             for hop in range(MAX_REDIRECTS + 1):
-                # aiohttp asks no resolver about IP-literal URLs: admit every hop ourselves.
-                reason = await self._forbidden(url)
+                # aiohttp asks no resolver about IP-literal URLs: admit every hop ourselves,
+                # and request it by the canonical host that was admitted.
+                url, reason = await self._admit(url)
                 if reason is not None:
                     what = "redirect to forbidden destination" if hop else "forbidden destination"
                     return _Fetched("error", detail=f"{what}: {reason}"[:300])
@@ -364,15 +366,19 @@ class RobotsCache:
                     return _Fetched("error", detail=f"unexpected HTTP {status}")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _forbidden(self, url: URL) -> str | None:
-        """Why the egress policy refuses this URL's host and port, or None (no policy: None)."""
+    async def _admit(self, url: URL) -> tuple[URL, str | None]:
+        """The URL with its canonical host, and why the egress policy refuses it (or None)."""
         if self._egress is None:
-            return None
+            return url, None
         host, port = url.raw_host, url.port
         if not host or port is None:
-            return f"no host or port in {url.scheme}://{host}"
+            return url, f"no host or port in {url.scheme}://{host}"
+        try:
+            host = canonical_host(host)  # one spelling for 0x7f000001, LOCALHOST., …
+        except IdentityError as exc:
+            return url, str(exc)
         resolution = await self._egress.admit(host, port)
-        return resolution.reason
+        return url.with_host(host), resolution.reason
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:

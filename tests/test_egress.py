@@ -407,19 +407,15 @@ async def test_policy_port_first_without_lookup() -> None:
     policy = EgressPolicy(dest(allowed_ports=[443]), SafeResolver(lookup=no_lookup))
     res = await policy.admit("site.test", 22)
     assert res.reason == "port 22 is not in destinations.allowed_ports" and res.pinned == ""
-    assert policy.admit_literal("93.184.216.34", 22) == res.reason
 
 
-async def test_policy_admit_and_literal() -> None:
+async def test_policy_admits_names_and_literals() -> None:
     lookup = FakeLookup({"site.test": ["93.184.216.34"]})
     policy = EgressPolicy(dest(), SafeResolver(lookup=lookup))
     assert (await policy.admit("site.test", 443)).pinned == "93.184.216.34"
-    assert policy.admit_cached("site.test", 443) is not None
-    assert policy.admit_cached("other.test", 443) is None
-    assert policy.admit_literal("93.184.216.34", 80) is None
-    assert policy.admit_literal("[2606:4700::1]", 443) is None
-    assert policy.admit_literal("10.0.0.1", 80) == "10.0.0.1 is a private address"
-    assert policy.admit_literal("site.test", 80) == "site.test is not an IP address"
+    assert (await policy.admit("2606:4700::1", 443)).pinned == "2606:4700::1"
+    assert (await policy.admit("10.0.0.1", 80)).reason == "10.0.0.1 is a private address"
+    assert lookup.calls == [("site.test", 443)]  # literals are judged without a lookup
 
 
 async def test_policy_from_config_uses_hosts_and_ttl() -> None:

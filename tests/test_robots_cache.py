@@ -289,6 +289,10 @@ async def test_open_and_closed_ports_look_the_same(make_cache) -> None:
         ("http://0.0.0.0/", "0.0.0.0 is an unspecified address"),
         ("http://127.0.0.2/", "127.0.0.2 is a loopback address"),
         ("http://localhost/", "localhost resolves to ::1, a loopback address"),
+        ("http://0x7f000002/", "127.0.0.2 is a loopback address"),  # canonicalised, no lookup
+        ("http://2130706434:8080/", "127.0.0.2 is a loopback address"),
+        ("http://0xa9fea9fe/", "169.254.169.254 is a link-local address"),
+        ("http://LOCALHOST./", "localhost resolves to ::1, a loopback address"),
     ],
 )
 async def test_redirect_to_a_forbidden_address_never_connects(

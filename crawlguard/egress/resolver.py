@@ -250,25 +250,6 @@ class EgressPolicy:
             return _refused(normalize_host(host), reason)
         return await self.resolver.resolve(host, port)
 
-    def admit_cached(self, host: str, port: int) -> Resolution | None:
-        """`admit` without I/O: None when the name needs a lookup first."""
-        reason = self.port_reason(port)
-        if reason is not None:
-            return _refused(normalize_host(host), reason)
-        return self.resolver.resolve_cached(host)
-
-    def admit_literal(self, host: str, port: int) -> str | None:
-        """Last check at connect time on an IP literal: the reason it is refused, or None.
-
-        A host that is not an IP literal is refused: this check never looks names up."""
-        reason = self.port_reason(port)
-        if reason is not None:
-            return reason
-        h = normalize_host(host)
-        if parse_ip(h) is None:
-            return f"{host} is not an IP address"
-        return self.resolver.judge(h, (h,)).reason
-
     def aiohttp_resolver(self) -> EgressAiohttpResolver:
         return EgressAiohttpResolver(self.resolver)
 
