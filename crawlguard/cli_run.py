@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,12 @@ def register(sub: Any) -> None:
     run.add_argument("--admin-port", type=int, help="admin port (overrides admin.port)")
     run.add_argument("--workers", type=int, default=1, help="proxy processes (needs shared state)")
     run.set_defaults(func=cmd_run)
+
+    reload = sub.add_parser(
+        "reload", help="make a running proxy re-read its config (same as SIGHUP)"
+    )
+    reload.add_argument("--config", required=True, help="the YAML config the proxy runs with")
+    reload.set_defaults(func=cmd_reload)
 
     ca = sub.add_parser("ca", help="show (or export) the CA certificate crawlers must trust")
     ca.add_argument("--config", help="YAML config (for proxy.confdir); default var/mitmproxy")
@@ -76,14 +85,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_logging()
     try:
-        return asyncio.run(serve(cfg))
+        return asyncio.run(serve(cfg, lambda: load_with_flags(args)))
     except ConfigError as exc:
         print(f"crawlguard: {exc}", file=sys.stderr)
         return 2
 
 
-def lean_master(cfg: Config) -> Any:
-    """A master with only the addons the proxy needs (a DumpMaster walks ~35 on every hook)."""
+def lean_master(cfg: Config) -> tuple[Any, Any]:
+    """A master with only the addons the proxy needs (a DumpMaster walks ~35 on every hook),
+    and the Guard it runs."""
     from mitmproxy import options
     from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
@@ -104,20 +114,70 @@ def lean_master(cfg: Config) -> Any:
         errorcheck.ErrorCheck(),
     )
     # Before our addon (added last, so its next_layer runs after mitmproxy's): its configure
-    # refuses options crawlguard's guarantees rest on.
+    # keeps the options crawlguard's guarantees rest on.
     Path(cfg.proxy.confdir).mkdir(parents=True, exist_ok=True)
     apply_mitmproxy_options(opts, cfg, listen=True)
     master.addons.add(CrawlGuardAddon(guard))
-    return master
+    return master, guard
 
 
-async def serve(cfg: Config) -> int:
-    master = lean_master(cfg)
+def pid_path(cfg: Config) -> Path:
+    """Where a running proxy leaves its pid for `crawlguard reload` (beside its CA)."""
+    return Path(cfg.proxy.confdir).expanduser() / "crawlguard.pid"
+
+
+def reload_config(guard: Any, load: Callable[[], Config]) -> None:
+    """SIGHUP: apply a re-read config; a bad one is logged and the running one kept."""
+    try:
+        cfg = load()
+    except ConfigError as exc:
+        log.error("reload refused, running config kept: %s", exc)
+        return
+    kept = guard.reload(cfg)
+    log.info(
+        "config reloaded: %d tenant(s)%s",
+        len(guard.tenants),
+        f"; needs a restart, running values kept: {', '.join(kept)}" if kept else "",
+    )
+
+
+async def serve(cfg: Config, load: Callable[[], Config] | None = None) -> int:
+    master, guard = lean_master(cfg)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
-    await master.run()
+    if load is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_config, guard, load)
+    pid = pid_path(cfg)
+    pid.write_text(f"{os.getpid()}\n")
+    try:
+        await master.run()
+    finally:
+        with contextlib.suppress(OSError):
+            if pid.read_text().strip() == str(os.getpid()):
+                pid.unlink()
     log.info("crawlguard stopped")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"crawlguard: {exc}", file=sys.stderr)
+        return 2
+    path = pid_path(cfg)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(
+            f"crawlguard: no running proxy for this config ({path}: {exc}); "
+            "start it with `crawlguard run --config ...`",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"sent SIGHUP to crawlguard (pid {pid}); its log says whether the config was applied")
     return 0
 
 

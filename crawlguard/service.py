@@ -119,19 +119,8 @@ class Guard:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.tenants: dict[str, TenantRuntime] = {}
-        creds: dict[str, tuple[bytes, TenantRuntime]] = {}
-        for tenant in cfg.tenants:
-            foreign = [
-                token
-                for other in cfg.tenants
-                if other.id != tenant.id
-                for token in other.product_tokens
-            ]
-            policy = UserAgentPolicy(tuple(tenant.product_tokens), foreign_tokens=foreign)
-            runtime = TenantRuntime(tenant, policy)
-            self.tenants[tenant.id] = runtime
-            creds[tenant.id] = (tenant.token_digest(), runtime)
-        self.auth = Authenticator(creds)
+        self.auth: Authenticator[TenantRuntime] = Authenticator({})
+        self._load_tenants(cfg)
         self.store: ViolationStore = open_store(cfg.store.url)
         self.egress = EgressPolicy.from_config(cfg.destinations)
         self.robots = RobotsCache(
@@ -151,6 +140,44 @@ class Guard:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
         self._counts: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
+
+    def _load_tenants(self, cfg: Config) -> None:
+        """Tenants and credentials from `cfg`; swapped in whole, so a request sees one set."""
+        tenants: dict[str, TenantRuntime] = {}
+        creds: dict[str, tuple[bytes, TenantRuntime]] = {}
+        for tenant in cfg.tenants:
+            foreign = [
+                token
+                for other in cfg.tenants
+                if other.id != tenant.id
+                for token in other.product_tokens
+            ]
+            policy = UserAgentPolicy(tuple(tenant.product_tokens), foreign_tokens=foreign)
+            runtime = TenantRuntime(tenant, policy)
+            tenants[tenant.id] = runtime
+            creds[tenant.id] = (tenant.token_digest(), runtime)
+        self.tenants, self.auth = tenants, Authenticator(creds)
+
+    def reload(self, cfg: Config) -> list[str]:
+        """Apply a new config to the running proxy; returns what it could not apply.
+
+        Tenants (credentials, tokens, modes, pacing, limits), `pacing` and `destinations`
+        change in place; connections, pacing state and the robots.txt cache are kept. The
+        rest (listen addresses, store, state, robots fetching, admin) needs a restart: those
+        keys keep their running values and are named in the result.
+        """
+        kept = [
+            name
+            for name in ("proxy", "admin", "store", "state", "robots")
+            if getattr(cfg, name) != getattr(self.cfg, name)
+        ]
+        self._load_tenants(cfg)
+        self.pacer.default_min_interval = cfg.pacing.default_min_interval
+        self.pacer.max_hold = cfg.pacing.max_hold
+        if cfg.destinations != self.cfg.destinations:
+            self.egress.reconfigure(cfg.destinations)  # shared with the robots.txt fetcher
+        self.cfg = cfg.model_copy(update={name: getattr(self.cfg, name) for name in kept})
+        return kept
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -220,14 +220,16 @@ async def _getaddrinfo(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def _resolver_for(cfg: DestinationsSection) -> SafeResolver:
+    return SafeResolver(cfg.hosts, ttl=cfg.dns_cache_ttl, allow_private=cfg.allow_private)
+
+
 class EgressPolicy:
     """Port policy plus resolve-then-check: the one question the proxy asks per destination."""
 
     def __init__(self, cfg: DestinationsSection, resolver: SafeResolver | None = None) -> None:
         if resolver is None:
-            resolver = SafeResolver(
-                cfg.hosts, ttl=cfg.dns_cache_ttl, allow_private=cfg.allow_private
-            )
+            resolver = _resolver_for(cfg)
         elif resolver.allow_private != cfg.allow_private:
             raise ValueError("resolver.allow_private differs from destinations.allow_private")
         self.cfg = cfg
@@ -250,8 +252,13 @@ class EgressPolicy:
             return _refused(normalize_host(host), reason)
         return await self.resolver.resolve(host, port)
 
+    def reconfigure(self, cfg: DestinationsSection) -> None:
+        """A reloaded `destinations` section; the resolver (and its cache) starts afresh."""
+        self.cfg = cfg
+        self.resolver = _resolver_for(cfg)
+
     def aiohttp_resolver(self) -> EgressAiohttpResolver:
-        return EgressAiohttpResolver(self.resolver)
+        return EgressAiohttpResolver(self)
 
 
 class EgressAiohttpResolver(AbstractResolver):
@@ -260,13 +267,13 @@ class EgressAiohttpResolver(AbstractResolver):
     aiohttp never asks a resolver about IP-literal URLs, so callers must still check every
     (host, port) they request with `EgressPolicy.admit` (robots_cache does, per hop)."""
 
-    def __init__(self, resolver: SafeResolver) -> None:
-        self._resolver = resolver
+    def __init__(self, policy: EgressPolicy) -> None:
+        self._policy = policy  # its resolver may be replaced by a config reload
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        resolution = await self._resolver.resolve(host, port)
+        resolution = await self._policy.resolver.resolve(host, port)
         if resolution.reason is not None:
             raise OSError(resolution.reason)
         address = resolution.pinned
