@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,12 +84,44 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    for what, host, port, fix in (
+        (
+            "proxy",
+            cfg.proxy.listen_host,
+            cfg.proxy.listen_port,
+            "--listen-port / proxy.listen_port",
+        ),
+        ("admin", cfg.admin.listen_host, cfg.admin.port, "--admin-port / admin.port"),
+    ):
+        if (problem := bind_problem(host, port)) is not None:
+            print(f"crawlguard: cannot listen on {host}:{port} for the {what} server "
+                  f"({problem}); choose another with {fix}", file=sys.stderr)  # fmt: skip
+            return 2
     setup_logging()
     try:
         return asyncio.run(serve(cfg, lambda: load_with_flags(args)))
     except ConfigError as exc:
         print(f"crawlguard: {exc}", file=sys.stderr)
         return 2
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on (busy, bad address), checked before mitmproxy and
+    aiohttp try and answer in their own words; None when it can (or port 0: any free one)."""
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"bad listen address: {exc.strerror or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def lean_master(cfg: Config) -> tuple[Any, Any]:

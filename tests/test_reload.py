@@ -120,3 +120,23 @@ def test_reload_without_a_running_proxy_says_so(tmp_path: Path):
     )  # fmt: skip
     assert out.returncode == 1
     assert "no running proxy" in out.stderr
+
+
+@pytest.mark.parametrize("flag", ["--listen-port", "--admin-port"])
+def test_a_busy_port_is_reported_in_crawlguards_words(tmp_path: Path, flag: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        other = "--admin-port" if flag == "--listen-port" else "--listen-port"
+        out = subprocess.run(
+            [sys.executable, "-m", "crawlguard", "run", "--config", str(path),
+             flag, str(port), other, "0"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert flag in out.stderr
+    assert "Traceback" not in out.stderr
