@@ -111,7 +111,12 @@ class CrawlGuardAddon:
                 cfg = load_config(ctx.options.crawlguard_config)
             except ConfigError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
-            self.guard = Guard(cfg)
+            if self.guard is None:
+                self.guard = Guard(cfg)
+            else:  # a changed path is a reload: one Guard per process, nothing leaked
+                kept = self.guard.reload(cfg)
+                if kept:
+                    log.warning("crawlguard: needs a restart, running values kept: %s", kept)
             apply_mitmproxy_options(ctx.options, cfg, listen=False)
         if self.guard is None:
             return
@@ -130,6 +135,8 @@ class CrawlGuardAddon:
             log.error("crawlguard: no config; set crawlguard_config")
             return
         self.guard.start()
+        mitm_patches.HeadLimits.line = self.guard.cfg.proxy.max_request_line
+        mitm_patches.HeadLimits.head = self.guard.cfg.proxy.max_request_head
         self.admin = AdminServer(self.guard)
         await self.admin.start()
         proxy = ctx.master.addons.get("proxyserver")
@@ -176,7 +183,8 @@ class CrawlGuardAddon:
             return
         target = Target("https", host, flow.request.port, "")
         info = RequestInfo("CONNECT", target, flow.request.headers.get("User-Agent"), raw)
-        admitted = await guard.admit(target)
+        denied = guard.limits.destination(tenant.cfg, host)
+        admitted = denied if denied is not None else await guard.admit(target)
         if isinstance(admitted, Decision):
             self._refuse(flow, tenant, info, admitted)
             return
@@ -243,8 +251,9 @@ class CrawlGuardAddon:
         if flow.response is not None or flow.request.method == "CONNECT":
             return
         tunnel = self._tunnels.get(flow.client_conn)
-        if tunnel is not None:
-            tenant: TenantRuntime | None = tunnel.tenant
+        if tunnel is not None and guard is not None:
+            # by id: a reload may have changed the tenant's settings, or removed the tenant
+            tenant: TenantRuntime | None = guard.tenants.get(tunnel.tenant.id)
         elif guard is not None:
             tenant = guard.authenticate(flow.request.headers.get("Proxy-Authorization"))
         else:
@@ -260,12 +269,14 @@ class CrawlGuardAddon:
         flow.metadata[META] = (tenant, step.decision, info)
         await self._effect(step, tenant, info)
         if step.refuse:
+            guard.limits.release(flow.metadata)  # a refused request holds no concurrency slot
             flow.metadata[REFUSED] = True
             flow.response = refusal(step.decision)
             return
         if step.hold:
             assert outcome is not None
             if not await self._hold(flow, outcome):
+                guard.limits.release(flow.metadata)
                 return
         assert info.target is not None and pinned is not None
         self._forward_as_decided(flow, info.target, pinned)
@@ -273,7 +284,13 @@ class CrawlGuardAddon:
     async def _decide(
         self, flow: http.HTTPFlow, guard: Guard, tenant: TenantRuntime, tunnel: Tunnel | None
     ) -> tuple[RequestInfo, str | None, Plan, PacingOutcome | None]:
-        """Identity → destination → user agent → robots.txt → pacing; the first refusal decides."""
+        """Identity → destination (the tenant's host globs, then the address) → user agent →
+        tenant limits → robots.txt → pacing; the first refusal decides.
+
+        Tenant limits come before robots.txt and pacing, so a request over them fetches no
+        robots.txt and takes no pacing slot; a forwarded request keeps its concurrency slot in
+        the flow metadata until `response` or `error`.
+        """
         req = flow.request
         ua = req.headers.get("User-Agent")
         mode = tenant.cfg.mode
@@ -284,6 +301,9 @@ class CrawlGuardAddon:
             raw = RequestInfo(req.method, None, ua, f"{req.scheme}://{host}:{port}{req.path}")
             return raw, None, plan(mode, invalid(str(exc))), None
         info = RequestInfo(req.method, target, ua)
+        denied = guard.limits.destination(tenant.cfg, target.host)
+        if denied is not None:  # before DNS; refused in every mode, `off` included
+            return info, None, plan(mode, denied), None
         if tunnel is not None:
             pinned: str | None = tunnel.pinned
         else:
@@ -293,6 +313,13 @@ class CrawlGuardAddon:
             pinned = admitted.pinned
         if mode == "off":
             return info, pinned, plan(mode, Decision(Kind.ALLOWED)), None
+        if tenant.ua.evaluate(ua).kind is Kind.ALLOWED:  # else guard.decide says which UA rule
+            limited = guard.limits.check(tenant.cfg, flow.metadata)
+            if not limited.allowed:
+                step = plan(mode, limited)
+                if not step.refuse:  # monitor: forwarded over the limit, so in flight all the same
+                    guard.limits.hold_for(tenant.id, flow.metadata)
+                return info, pinned, step, None
         decision = await guard.decide(tenant, info)
         if not decision.allowed or info.is_robots_txt:
             return info, pinned, plan(mode, decision), None
@@ -350,6 +377,8 @@ class CrawlGuardAddon:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Origin push-back (429/503) starts a back-off for this tenant and origin."""
+        if self.guard is not None:
+            self.guard.limits.release(flow.metadata)  # the request is no longer in flight
         meta = flow.metadata.get(META)
         if meta is None or self.guard is None or flow.response is None:
             return
@@ -362,6 +391,11 @@ class CrawlGuardAddon:
             flow.response.status_code,
             flow.response.headers.get("Retry-After"),
         )
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """A flow that ends without a response (origin failure, client gone, killed)."""
+        if self.guard is not None:
+            self.guard.limits.release(flow.metadata)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)

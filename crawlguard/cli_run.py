@@ -132,6 +132,7 @@ def lean_master(cfg: Config) -> tuple[Any, Any]:
     from mitmproxy.master import Master
 
     from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
+    from crawlguard.client_limits import ClientLimitsAddon
     from crawlguard.service import Guard
 
     opts = options.Options()
@@ -150,7 +151,7 @@ def lean_master(cfg: Config) -> tuple[Any, Any]:
     # keeps the options crawlguard's guarantees rest on.
     Path(cfg.proxy.confdir).mkdir(parents=True, exist_ok=True)
     apply_mitmproxy_options(opts, cfg, listen=True)
-    master.addons.add(CrawlGuardAddon(guard))
+    master.addons.add(ClientLimitsAddon(lambda: guard.cfg.proxy), CrawlGuardAddon(guard))
     return master, guard
 
 

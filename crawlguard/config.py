@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,6 +48,15 @@ class ProxySection(_Strict):
     """mitmproxy's confdir: where its CA lives. Crawlers trust `mitmproxy-ca-cert.pem` from it."""
     upstream_ca_file: str | None = None
     """Extra CA bundle for verifying origins (tests use a local CA); system CAs otherwise."""
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    """Open client connections at most; more are closed at once (before any bytes are read)."""
+    header_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
+    """Seconds a client connection may spend without a request in flight (sending a request
+    head, or idle between requests) before it is closed: slow-header clients hold nothing."""
+    max_request_head: Annotated[int, Field(ge=4096, le=1024 * 1024)] = 64 * 1024
+    """Bytes of request line plus headers; beyond it, 431 and the connection is closed."""
+    max_request_line: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+    """Bytes of the request line; beyond it, 414 and the connection is closed."""
 
 
 class AdminSection(_Strict):
@@ -73,12 +83,24 @@ class StoreSection(_Strict):
 class StateSection(_Strict):
     url: str = "memory://"
     on_error: Literal["closed", "open"] = "closed"
+    """What to do when a shared state backend is down. memory:// state cannot be down, so
+    only the default (`closed`) is accepted with it: a key that would do nothing is an error."""
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
         if not (v == "memory://" or v.startswith(("redis://", "rediss://"))):
             raise ValueError("must be memory:// or redis://host:port/db")
+        return v
+
+    @field_validator("on_error")
+    @classmethod
+    def _on_error(cls, v: str, info: ValidationInfo) -> str:
+        if v != "closed" and info.data.get("url", "memory://") == "memory://":
+            raise ValueError(
+                f"{v!r} is only meaningful with a shared state.url (redis://), which this "
+                "version does not have; memory:// state cannot fail, remove the key"
+            )
         return v
 
 
@@ -182,9 +204,18 @@ class Tenant(_Strict):
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     max_rps: Annotated[float, Field(gt=0)] | None = None
     allow_hosts: list[str] = Field(default_factory=list)
+    """Host globs (crawlguard.limits): when non-empty, only matching hosts may be crawled."""
     deny_hosts: list[str] = Field(default_factory=list)
+    """Host globs this tenant may never crawl; deny wins over allow. Every mode, `off` too."""
 
     _v_token = field_validator("token_sha256")(classmethod(lambda cls, v: _check_sha256(v)))
+
+    @field_validator("allow_hosts", "deny_hosts")
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        from crawlguard.limits import normalise_glob
+
+        return [normalise_glob(glob) for glob in v]
 
     @field_validator("product_tokens")
     @classmethod

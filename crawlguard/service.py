@@ -140,6 +140,10 @@ class Guard:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
         self._counts: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
+        from crawlguard.limits import TenantLimits
+
+        # per tenant id, kept across reloads: in-flight counts and max_rps buckets
+        self.limits = TenantLimits()
 
     def _load_tenants(self, cfg: Config) -> None:
         """Tenants and credentials from `cfg`; swapped in whole, so a request sees one set."""

@@ -173,3 +173,50 @@ def test_destinations_hosts_are_canonicalised_and_used() -> None:
     assert policy.resolver.ttl == 5
     res = asyncio.run(policy.admit("intranet.test", 80))  # static map: no lookup, refused
     assert res.reason == "intranet.test resolves to 10.0.0.1, a private address"
+
+
+LIMIT_CASES = [
+    ("state.on_error without shared state",
+     lambda c: c["state"].update(on_error="open"),
+     ["state.on_error", "only meaningful with a shared state.url (redis://)",
+      "this version does not have"]),
+    ("deny_hosts glob with whitespace",
+     lambda c: c["tenants"][0].update(deny_hosts=["evil .test"]),
+     ["tenants[acme].deny_hosts", "whitespace"]),
+    ("empty allow_hosts glob", lambda c: c["tenants"][0].update(allow_hosts=[""]),
+     ["tenants[acme].allow_hosts", "non-empty"]),
+    ("overlong glob", lambda c: c["tenants"][0].update(allow_hosts=["*." + "a" * 260]),
+     ["tenants[acme].allow_hosts", "longer than 253"]),
+    ("max_rps zero", lambda c: c["tenants"][0].update(max_rps=0), ["tenants[acme].max_rps"]),
+    ("max_concurrency zero", lambda c: c["tenants"][0].update(max_concurrency=0),
+     ["tenants[acme].max_concurrency"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "needles"), LIMIT_CASES, ids=[c[0] for c in LIMIT_CASES]
+)
+def test_bad_limit_keys_exit_2(tmp_path: Path, name: str, change: Any, needles: Any) -> None:
+    text = mutate(tmp_path, change)
+    proc = run_with(tmp_path, text)
+    assert proc.returncode == 2, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+    assert "ready" not in proc.stderr
+
+
+def test_limit_keys_load() -> None:
+    cfg = parse_config(
+        {
+            "state": {"url": "memory://", "on_error": "closed"},
+            "tenants": [
+                tenant("acme", ["AcmeBot"], max_concurrency=4, max_rps=2.5,
+                       allow_hosts=["*.Example.COM", "example.com."], deny_hosts=["x.example.com"]),
+            ],
+        }
+    )  # fmt: skip
+    (t,) = cfg.tenants
+    assert (t.max_concurrency, t.max_rps) == (4, 2.5)
+    assert t.allow_hosts == ["*.example.com", "example.com"]
+    assert t.deny_hosts == ["x.example.com"]
+    assert cfg.state.on_error == "closed"

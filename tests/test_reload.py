@@ -140,3 +140,22 @@ def test_a_busy_port_is_reported_in_crawlguards_words(tmp_path: Path, flag: str)
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert flag in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_tunnel_opened_before_a_reload_follows_the_new_settings(proxy: Proxy, site: LocalOrigin):
+    from rawhttp import connect, request_bytes
+
+    authority = f"127.0.0.1:{site.port}"
+    sock, reply = connect(proxy.port, authority, proxy_auth=auth())
+    assert reply.status == 200
+    with sock:
+        sock.sendall(request_bytes("/private", authority).replace(b"Connection: close\r\n", b""))
+        assert read_reply(sock).status == 403
+        tenants = [
+            dict(t, mode="monitor") if t["id"] == "acme" else t for t in proxy.config["tenants"]
+        ]
+        rewrite(proxy, tenants=tenants)
+        proxy.proc.send_signal(signal.SIGHUP)
+        wait_for_log(proxy, "config reloaded")
+        sock.sendall(request_bytes("/private", authority))
+        assert read_reply(sock).status == 200  # monitor now

@@ -1,0 +1,169 @@
+"""What a client can make the proxy hold before any tenant is known: connection count, slow or
+idle connections, request-head size. Unit tests of ClientLimits, then the real proxy."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import LocalOrigin, Proxy, base_config
+
+from crawlguard.client_limits import ClientLimits
+from crawlguard.mitm_patches import HeadLimits, head_problem
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_connection_cap_and_sweep_of_clients_without_a_request_in_flight():
+    clock, closed = Clock(), []
+    limits = ClientLimits(2, 30, closed.append, clock)
+    assert limits.connected("a") is None and limits.connected("b") is None
+    assert "max_connections" in (limits.connected("c") or "")
+    limits.request_started("a")  # a request in flight (held, uploading) is never swept
+    clock.now += 31
+    assert limits.sweep() == 1 and closed == ["b"]
+    limits.request_done("a")
+    clock.now += 29
+    assert limits.sweep() == 0
+    clock.now += 2
+    assert limits.sweep() == 1 and closed == ["b", "a"]
+    assert len(limits) == 0 and limits.connected("d") is None
+
+
+def test_head_caps():
+    assert head_problem(b"GET / HTTP/1.1\r\nHost: x\r\n") is None
+    assert head_problem(b"GET /" + b"a" * HeadLimits.line)[0] == 414
+    big = b"GET / HTTP/1.1\r\n" + b"X-A: " + b"b" * HeadLimits.head
+    assert head_problem(big)[0] == 431
+    done = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"body" * HeadLimits.head
+    assert head_problem(done) is None  # a complete head followed by a body is not capped
+
+
+@pytest.fixture
+def strict_proxy(tmp_path: Path) -> Iterator[Proxy]:
+    cfg = base_config(tmp_path, proxy={"max_connections": 4, "header_timeout": 1})
+    p = Proxy(cfg, tmp_path)
+    yield p
+    p.stop()
+
+
+def closed_by_peer(sock: socket.socket, within: float = 20) -> bool:
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_connections_over_the_cap_are_closed(strict_proxy: Proxy):
+    held = [socket.create_connection(("127.0.0.1", strict_proxy.port)) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the proxy registers connections asynchronously: poll
+            extra = socket.create_connection(("127.0.0.1", strict_proxy.port))
+            if closed_by_peer(extra, within=0.5):
+                extra.close()
+                break
+            extra.close()
+            assert time.monotonic() < deadline
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_slow_request_head_is_closed(strict_proxy: Proxy):
+    with socket.create_connection(("127.0.0.1", strict_proxy.port)) as sock:
+        sock.sendall(b"GET http://127.0.0.1:1/ HTTP/1.1\r\n")
+        deadline = time.monotonic() + 20
+        closed = False
+        while not closed and time.monotonic() < deadline:
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")  # activity that an inactivity timeout counts
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            sock.settimeout(0.3)
+            try:
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                closed = True
+        assert closed
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "status"),
+    [(b"GET http://127.0.0.1:1/", 414), (b"GET http://127.0.0.1:1/ HTTP/1.1\r\nX-Big: ", 431)],
+)
+def test_an_oversized_request_head_is_refused_early(
+    tmp_path: Path, origin: LocalOrigin, prefix: bytes, status: int
+):
+    proxy = Proxy(base_config(tmp_path), tmp_path)
+    try:
+        before = rss_kib(proxy.proc.pid)
+        sent = 0
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            sock.sendall(prefix)
+            sock.settimeout(5)  # a proxy that stops reading blocks us: that is a refusal too
+            chunk = b"a" * 65536
+            try:
+                while sent < 50 * 1024 * 1024:  # a 50 MB header, unless refused first
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                pass
+            sock.settimeout(10)
+            try:
+                reply = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                reply = b""
+        assert sent < 8 * 1024 * 1024, "the proxy kept reading"
+        if reply:  # the 4xx may be lost to a reset once we kept writing; when it came, check it
+            assert reply.startswith(b"HTTP/1.1 %d" % status)
+            assert b"X-Crawlguard-Decision: request-invalid" in reply
+        assert rss_kib(proxy.proc.pid) - before < 40 * 1024  # KiB: far below the 50 MB sent
+        assert origin.hits == []
+    finally:
+        proxy.stop()
+
+
+def test_requests_in_flight_outlive_the_header_timeout(tmp_path: Path):
+    """A request held by delay pacing, or waiting on a slow origin, is not an idle client."""
+    from harness import Route, tenant
+
+    cfg = base_config(
+        tmp_path,
+        proxy={"header_timeout": 1},
+        tenants=[tenant("acme", ["AcmeBot"], pacing="delay")],
+    )
+    site = LocalOrigin(robots=b"User-agent: *\nCrawl-delay: 3\n")
+    site.routes["/slow"] = Route(delay=2.5)
+    proxy = Proxy(cfg, tmp_path)
+    try:
+        assert proxy.get(site.url("/slow")).status_code == 200  # 2.5 s at the origin
+        r = proxy.get(site.url("/held"))  # held ~3 s for its Crawl-delay slot
+        assert r.status_code == 200 and "X-Crawlguard-Delayed" in r.headers
+    finally:
+        proxy.stop()
+        site.close()
