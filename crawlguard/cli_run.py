@@ -196,7 +196,7 @@ async def serve(cfg: Config, load: Callable[[], Config] | None = None) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, secrets=False)
     except ConfigError as exc:
         print(f"crawlguard: {exc}", file=sys.stderr)
         return 2
@@ -225,7 +225,7 @@ def cmd_ca(args: argparse.Namespace) -> int:
     confdir = ProxySection().confdir
     if args.config:
         try:
-            confdir = load_config(args.config).proxy.confdir
+            confdir = load_config(args.config, secrets=False).proxy.confdir
         except ConfigError as exc:
             print(f"crawlguard: {exc}", file=sys.stderr)
             return 2

@@ -12,6 +12,7 @@ import csv
 import json
 import sys
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 from crawlguard.records import FIELDS, ViolationRecord
@@ -100,13 +101,25 @@ def _open(config_path: str) -> tuple[ViolationStore, list[str]]:
     from crawlguard.config import ConfigError, load_config
 
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, secrets=False)
     except ConfigError as exc:
         raise _Fail(str(exc)) from None
+    missing = _missing_sqlite_file(cfg.store.url)
+    if missing is not None:  # opening it would create a new, empty store and report nothing
+        raise _Fail(f"no violation store at {missing} (store.url {cfg.store.url}); "
+                    "run from the directory the proxy runs in, or fix store.url")  # fmt: skip
     try:
         return open_store(cfg.store.url), [t.id for t in cfg.tenants]
     except StoreError as exc:
         raise _Fail(str(exc)) from None
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not rest.startswith("/"):
+        return None  # other stores, and malformed URLs (open_store explains those)
+    path = Path(rest[1:])
+    return None if path.exists() else str(path)
 
 
 def _fail(command: str, message: str) -> int:

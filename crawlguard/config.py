@@ -322,7 +322,9 @@ def format_validation_error(exc: ValidationError, data: Any) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def parse_config(data: Any, source: str = "<config>") -> Config:
+def parse_config(data: Any, source: str = "<config>", *, secrets: bool = True) -> Config:
+    """Validate a config. `secrets=False` (operator commands: violations, report, reload, ca)
+    skips reading `token_env` variables: reading records needs no tenant's secret."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -331,13 +333,14 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {format_validation_error(exc, data)}") from None
-    for tenant in config.tenants:
-        tenant.token_digest()  # surfaces a missing token_env now, not at the first request
-    config.admin_token_digest()
+    if secrets:
+        for tenant in config.tenants:
+            tenant.token_digest()  # surfaces a missing token_env now, not at the first request
+        config.admin_token_digest()
     return config
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> Config:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -349,7 +352,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: YAML syntax error: {exc}") from None
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), secrets=secrets)
 
 
 def with_overrides(config: Config, **overrides: Any) -> Config:

@@ -166,14 +166,28 @@ def test_table_when_nothing_matches(tmp_path: Path, config: Path) -> None:
     assert "no violations" in proc.stdout
 
 
-def test_store_is_created_when_missing(tmp_path: Path) -> None:
+def test_a_missing_store_is_an_error_not_a_new_empty_one(tmp_path: Path) -> None:
     cfg = base_config(tmp_path, store={"url": "sqlite:///fresh/var/cg.db"})  # relative to cwd
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = violations(tmp_path, path, "--format", "json")
+    assert proc.returncode == 2
+    assert "no violation store at fresh/var/cg.db" in proc.stderr
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_operator_commands_need_no_tenant_secrets(tmp_path: Path) -> None:
+    """token_env names a variable only the proxy's environment has: reading records must not."""
+    tenants = [{"id": "acme", "token_env": "CG_TEST_UNSET_TOKEN", "product_tokens": ["AcmeBot"]}]
+    cfg = base_config(tmp_path, tenants=tenants)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    from crawlguard.store import open_store
+
+    open_store(cfg["store"]["url"]).close()  # the store the proxy would have made
+    proc = violations(tmp_path, path, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
-    assert (tmp_path / "fresh" / "var" / "cg.db").is_file()
 
 
 @pytest.mark.parametrize(
