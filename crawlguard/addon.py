@@ -427,6 +427,8 @@ def _drop_leading_empty_lines(nextlayer: layer.NextLayer) -> None:
                 return
 
 
+STREAM_LARGE_BODIES = "1m"
+
 # mitmproxy options crawlguard's guarantees rest on, and why (checked in `configure`).
 SAFE_OPTIONS: dict[str, Any] = {"rawtcp": False, "http2": False, "connection_strategy": "lazy"}
 SAFE_OPTIONS_WHY = {
@@ -439,6 +441,9 @@ SAFE_OPTIONS_WHY = {
 def apply_mitmproxy_options(options: Any, cfg: Config, *, listen: bool) -> None:
     """mitmproxy settings crawlguard relies on; listen/confdir only when we own the process."""
     updates: dict[str, Any] = dict(SAFE_OPTIONS)
+    # Bodies over 1 MiB (uploads and downloads) stream through instead of being held whole:
+    # every decision is taken on the request head, before any body byte is read.
+    updates["stream_large_bodies"] = STREAM_LARGE_BODIES
     if cfg.proxy.upstream_ca_file:
         updates["ssl_verify_upstream_trusted_ca"] = cfg.proxy.upstream_ca_file
     if listen:

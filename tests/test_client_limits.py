@@ -167,3 +167,35 @@ def test_requests_in_flight_outlive_the_header_timeout(tmp_path: Path):
     finally:
         proxy.stop()
         site.close()
+
+
+def test_large_bodies_stream_through_instead_of_being_held(tmp_path: Path):
+    """A 64 MiB upload and download cross the proxy without it holding either whole."""
+    import requests
+    from harness import GOOD_UA, Route
+
+    site = LocalOrigin()
+    site.routes["/big"] = Route(body=b"d" * (64 * 1024 * 1024))
+    proxy = Proxy(base_config(tmp_path), tmp_path)
+    try:
+        assert proxy.get(site.url("/warm")).status_code == 200
+        before = rss_kib(proxy.proc.pid)
+
+        r = requests.post(
+            site.url("/upload"),
+            data=b"u" * (64 * 1024 * 1024),  # with Content-Length: the test origin needs it
+            proxies=proxy.proxies(),
+            headers={"User-Agent": GOOD_UA},
+            timeout=60,
+        )
+        assert r.status_code == 200
+        with requests.get(
+            site.url("/big"), proxies=proxy.proxies(), headers={"User-Agent": GOOD_UA},
+            stream=True, timeout=60,
+        ) as r:  # fmt: skip
+            got = sum(len(c) for c in r.iter_content(1024 * 1024))
+        assert got == 64 * 1024 * 1024
+        assert rss_kib(proxy.proc.pid) - before < 32 * 1024  # KiB: well under one body
+    finally:
+        proxy.stop()
+        site.close()
