@@ -32,6 +32,7 @@ from crawlguard.pacing import PacingOutcome
 from crawlguard.plan import Plan, plan
 from crawlguard.service import Guard, RequestInfo, TenantRuntime
 from crawlguard.sniff import FirstBytes, classify, leading_empty_lines
+from crawlguard.store import StoreBacklogged
 
 log = logging.getLogger("crawlguard")
 
@@ -93,6 +94,7 @@ class CrawlGuardAddon:
         # client id -> set when that client leaves; mitmproxy delivers client_disconnected
         # even while a hook for that connection (a pacing hold) is pending.
         self._gone: dict[str, asyncio.Event] = {}
+        self._held = 0  # requests held by delay pacing now (bounded by pacing.max_held)
         mitm_patches.install()
 
     # -- mitmproxy lifecycle -----------------------------------------------------------------
@@ -206,7 +208,10 @@ class CrawlGuardAddon:
         meta = flow.metadata.get(META)
         if meta and self.guard:
             tenant, decision, info = meta
-            await self._effect(plan(tenant.cfg.mode, decision), tenant, info)
+            try:
+                await self._effect(plan(tenant.cfg.mode, decision), tenant, info)
+            except StoreBacklogged as exc:  # already refused; say so in the log at least
+                log.error("CONNECT refusal unrecorded (%s): tenant %s %s", exc, tenant.id, info.url)
 
     async def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Inside a tunnel, only TLS or HTTP/1 requests: never mitmproxy's raw TCP relay.
@@ -242,7 +247,10 @@ class CrawlGuardAddon:
             "crawlguard relays no raw bytes and closed it"
         )
         if self.guard is not None:
-            await self._effect(plan(tunnel.tenant.cfg.mode, decision), tunnel.tenant, info)
+            try:
+                await self._effect(plan(tunnel.tenant.cfg.mode, decision), tunnel.tenant, info)
+            except StoreBacklogged as exc:  # the tunnel is closed either way
+                log.error("tunnel close unrecorded (%s): tenant %s", exc, tunnel.tenant.id)
 
     # -- the request path --------------------------------------------------------------------
 
@@ -267,7 +275,18 @@ class CrawlGuardAddon:
         guard.metrics.decision_seconds.observe(time.perf_counter() - started)
         guard.count(tenant, step.decision.kind)
         flow.metadata[META] = (tenant, step.decision, info)
-        await self._effect(step, tenant, info)
+        try:
+            await self._effect(step, tenant, info)
+        except StoreBacklogged as exc:  # no answer without its record: refuse instead
+            guard.limits.release(flow.metadata)
+            if step.hold:
+                assert outcome is not None
+                self._held -= 1
+                await guard.pacer.cancel(outcome)
+            log.error("request refused unrecorded (%s): tenant %s %s", exc, tenant.id, info.url)
+            flow.metadata[REFUSED] = True
+            flow.response = refusal(BACKLOGGED)
+            return
         if step.refuse:
             guard.limits.release(flow.metadata)  # a refused request holds no concurrency slot
             flow.metadata[REFUSED] = True
@@ -323,10 +342,14 @@ class CrawlGuardAddon:
         decision = await guard.decide(tenant, info)
         if not decision.allowed or info.is_robots_txt:
             return info, pinned, plan(mode, decision), None
-        decision, outcome = await guard.pace(tenant, info, decision)
+        may_hold = self._held < guard.cfg.pacing.max_held
+        decision, outcome = await guard.pace(tenant, info, decision, may_hold=may_hold)
+        if outcome.held:
+            self._held += 1  # reserved now; `_hold` gives it back however the hold ends
         return info, pinned, plan(mode, decision, held=outcome.held), outcome
 
     async def _effect(self, step: Plan, tenant: TenantRuntime, info: RequestInfo) -> None:
+        """Record first (raises StoreBacklogged when the write queue is full)."""
         if step.record is not None and self.guard is not None:
             await self.guard.record(tenant, step.decision, step.record, info)
 
@@ -357,23 +380,26 @@ class CrawlGuardAddon:
     async def _hold(self, flow: http.HTTPFlow, outcome: PacingOutcome) -> bool:
         """Hold a delay-paced request until its slot (no CPU); False if the client left."""
         assert self.guard is not None
-        gone = self._gone.get(flow.client_conn.id)
-        if gone is None or not flow.client_conn.connected:
+        try:
+            gone = self._gone.get(flow.client_conn.id)
+            if gone is None or not flow.client_conn.connected:
+                await self.guard.pacer.cancel(outcome)
+                if flow.killable:
+                    flow.kill()
+                return False
+            self.guard.metrics.delayed.inc()
+            try:
+                await asyncio.wait_for(gone.wait(), timeout=outcome.wait)
+            except TimeoutError:
+                return True  # the slot has come: forward
+            finally:
+                self.guard.metrics.delayed.dec()
             await self.guard.pacer.cancel(outcome)
             if flow.killable:
                 flow.kill()
             return False
-        self.guard.metrics.delayed.inc()
-        try:
-            await asyncio.wait_for(gone.wait(), timeout=outcome.wait)
-        except TimeoutError:
-            return True  # the slot has come: forward
         finally:
-            self.guard.metrics.delayed.dec()
-        await self.guard.pacer.cancel(outcome)
-        if flow.killable:
-            flow.kill()
-        return False
+            self._held -= 1
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Origin push-back (429/503) starts a back-off for this tenant and origin."""
@@ -409,6 +435,14 @@ class CrawlGuardAddon:
             headers["X-Crawlguard-Delayed"] = f"{decision.delay_seconds:.3f}"
         elif not decision.allowed:  # monitor mode: say what would have happened
             headers["X-Crawlguard-Monitor"] = decision.kind.value
+
+
+BACKLOGGED = Decision(
+    Kind.STORE_BACKLOGGED,
+    rule="store write queue full",
+    reason="crawlguard cannot record violations fast enough right now.",
+    retry_after=1,
+)
 
 
 def invalid(reason: str) -> Decision:

@@ -70,7 +70,10 @@ class AdminSection(_Strict):
 
 class StoreSection(_Strict):
     url: str = "sqlite:///var/crawlguard.db"
-    retention_days: Annotated[int, Field(ge=1)] | None = None
+    retention_days: Annotated[int, Field(ge=1, le=36500)] | None = None
+    """Keep violation records (and request-count hours) this many days; older ones, and
+    robots.txt bodies no kept record references, are pruned hourly in the background (first
+    run a minute after start). None keeps everything. Needs a restart to change."""
 
     @field_validator("url")
     @classmethod
@@ -192,6 +195,8 @@ class DestinationsSection(_Strict):
 class PacingSection(_Strict):
     default_min_interval: Annotated[float, Field(ge=0, le=86400)] = 0
     max_hold: Annotated[float, Field(ge=0, le=3600)] = 30
+    max_held: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
+    """Requests held by `delay` pacing at once, all tenants together; beyond it, 429."""
 
 
 class Tenant(_Strict):

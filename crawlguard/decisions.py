@@ -26,6 +26,7 @@ class Kind(StrEnum):
     STATE_UNAVAILABLE = "state-unavailable"
     DESTINATION_FORBIDDEN = "destination-forbidden"
     REQUEST_INVALID = "request-invalid"
+    STORE_BACKLOGGED = "store-backlogged"
 
 
 class Action(StrEnum):
@@ -48,6 +49,7 @@ STATUS: dict[Kind, int] = {
     Kind.STATE_UNAVAILABLE: 503,
     Kind.DESTINATION_FORBIDDEN: 403,
     Kind.REQUEST_INVALID: 400,
+    Kind.STORE_BACKLOGGED: 503,
 }
 
 # How to comply, per kind: the second half of every body the proxy writes.
@@ -73,6 +75,7 @@ ADVICE: dict[Kind, str] = {
     Kind.STATE_UNAVAILABLE: "The proxy's shared state is unavailable; retry later.",
     Kind.DESTINATION_FORBIDDEN: "This destination (address or port) may not be crawled "
     "through the proxy.",
+    Kind.STORE_BACKLOGGED: "The proxy answers no request it cannot record; retry shortly.",
     Kind.REQUEST_INVALID: "Send one plain HTTP/1.1 request (or TLS carrying one) per request "
     "line, with a request target crawlguard can read in one canonical form.",
 }

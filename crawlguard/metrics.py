@@ -59,5 +59,28 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.store_queue_depth = Gauge(
+            "crawlguard_store_queue_depth",
+            "Violation records accepted and waiting for their store commit.",
+            registry=self.registry,
+        )
+        self.store_write_seconds = Histogram(
+            "crawlguard_store_write_seconds",
+            "Time to commit one batch of violation records (group commit), failures included.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10),
+            registry=self.registry,
+        )
+        self.store_backlogged = Counter(
+            "crawlguard_store_backlogged",
+            "Violation records refused because the store write queue was full.",
+            registry=self.registry,
+        )
+        self.store_pruned = Counter(
+            "crawlguard_store_pruned",
+            "Rows deleted by store.retention_days, by table.",
+            ["table"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

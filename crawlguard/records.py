@@ -1,8 +1,14 @@
-"""The violation record (SPEC: "Violations"), shared by the addon, the stores and the CLI."""
+"""The violation record (SPEC: "Violations"), shared by the addon, the stores and the CLI.
+
+Fields a client or an origin controls are bounded (`ViolationRecord.bounded`), so one request
+with a 1 MB URL or User-Agent cannot put a megabyte into the store and the log. A cut value
+keeps its head and ends, within the limit, with a marker naming the original length:
+``http://example.test/aaaa…[cut, 1048576 chars]``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +27,29 @@ FIELDS: tuple[str, ...] = (
     "delay_seconds",
     "reason",
 )
+
+
+# Longest value kept per field, in characters (marker included). `method` is a token, but the
+# client spells it; the others are named in the README's record fields.
+FIELD_LIMITS: dict[str, int] = {
+    "method": 64,
+    "url": 2048,
+    "user_agent": 512,
+    "rule": 1000,
+    "reason": 1000,
+}
+
+
+def cut_marker(length: int) -> str:
+    return f"…[cut, {length} chars]"
+
+
+def cut(text: str | None, limit: int) -> str | None:
+    """`text` if it fits in `limit` characters, else its head plus the cut marker, `limit` long."""
+    if text is None or len(text) <= limit:
+        return text
+    marker = cut_marker(len(text))
+    return (text[: max(limit - len(marker), 0)] + marker)[:limit]
 
 
 def utc_now_iso() -> str:
@@ -46,6 +75,16 @@ class ViolationRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def bounded(self) -> ViolationRecord:
+        """This record with every client- or origin-controlled text cut to `FIELD_LIMITS`
+        (itself when nothing is over). Idempotent: a cut value is within its limit."""
+        changes = {}
+        for name, limit in FIELD_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, str) and len(value) > limit:
+                changes[name] = cut(value, limit)
+        return replace(self, **changes) if changes else self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViolationRecord:

@@ -138,6 +138,15 @@ class Guard:
             max_hold=cfg.pacing.max_hold,
         )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
+        from crawlguard.store import StoreWriter
+
+        # violation records: bounded queue, group commit, retention (same thread as the counts)
+        self.store_writer = StoreWriter(
+            self.store,
+            self._writer,
+            metrics=self.metrics,
+            retention_days=cfg.store.retention_days,
+        )
         self._counts: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
         from crawlguard.limits import TenantLimits
@@ -188,11 +197,13 @@ class Guard:
     def start(self) -> None:
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self.store_writer.start()
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        await self.store_writer.close()  # every accepted record is committed first
         await self.flush_counts()
         await self.robots.close()
         await self.pacer.state.close()
@@ -269,15 +280,16 @@ class Guard:
         )
 
     async def pace(
-        self, tenant: TenantRuntime, req: RequestInfo, decision: Decision
+        self, tenant: TenantRuntime, req: RequestInfo, decision: Decision, *, may_hold: bool = True
     ) -> tuple[Decision, PacingOutcome]:
-        """Pacing for a request the rest of the policy allows; /robots.txt itself is not paced."""
+        """Pacing for a request the rest of the policy allows; /robots.txt itself is not paced.
+        `may_hold=False` (the proxy holds `pacing.max_held` already) answers 429 instead."""
         outcome = await self.pacer.admit(
             tenant.id,
             req.origin,
             crawl_delay=decision.crawl_delay,
             request_rate=decision.request_rate,
-            hold=tenant.cfg.pacing == "delay",
+            hold=tenant.cfg.pacing == "delay" and may_hold,
             enforce=tenant.enforce,
         )
         if outcome.kind is Kind.ALLOWED:
@@ -301,7 +313,12 @@ class Guard:
     async def record(
         self, tenant: TenantRuntime, decision: Decision, action: Action, req: RequestInfo
     ) -> None:
-        """Write the violation durably (store and log) before the caller answers."""
+        """Write the violation durably (store and log) before the caller answers.
+
+        The record is bounded (`ViolationRecord.bounded`) for both copies. Raises
+        `crawlguard.store.StoreBacklogged` when the store's write queue is full: then nothing
+        was recorded or logged, and the caller must refuse the request instead.
+        """
         rec = ViolationRecord(
             ts=utc_now_iso(),
             tenant=tenant.id,
@@ -316,18 +333,16 @@ class Guard:
             robots_sha256=decision.robots_sha256,
             delay_seconds=decision.delay_seconds,
             reason=decision.reason,
-        )
-        self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
-        violation_log.info(json.dumps(rec.to_dict(), separators=(",", ":")))
+        ).bounded()
         body = None
         if decision.robots_sha256 and req.target is not None:
             entry = self.robots.peek(req.robots_origin)
             if entry is not None and entry.sha256 == decision.robots_sha256:
                 body = entry.body
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._writer, self.store.record, rec, body)
-        except Exception:
-            # The JSON line above is the second copy; the operator is told loudly.
-            self.metrics.store_errors.inc()
-            log.exception("violation store write failed; the record is in the log only")
+        # Queued first: StoreBacklogged leaves no half-made record behind.
+        committed = self.store_writer.submit(rec, body)
+        self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
+        violation_log.info(json.dumps(rec.to_dict(), separators=(",", ":")))
+        # A failed batch is counted and logged by the writer; the JSON line above is the
+        # second copy, so the caller answers all the same.
+        await committed

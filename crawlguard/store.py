@@ -7,32 +7,73 @@ and flushes hourly buckets with `add_request_counts`.
 Timestamps are stored in one canonical form, UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (the form of
 `crawlguard.records.utc_now_iso`), so string order is time order and `since` filters are plain
 index range scans.
+
+Writes from the proxy go through one `StoreWriter`: a bounded queue drained by a single writer
+that commits each batch of queued records in one transaction (group commit); every caller
+still waits for its own record's commit. When the queue is full the writer refuses new records
+with `StoreBacklogged` rather than letting memory and latency grow without bound. The writer
+also runs retention (`store.retention_days`): an hourly prune of old records in small batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from crawlguard.records import FIELDS, ViolationRecord
 
+if TYPE_CHECKING:
+    from crawlguard.metrics import Metrics
+
 log = logging.getLogger("crawlguard")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: index on violations.robots_sha256 (orphaned robots bodies pruning)
 BUSY_TIMEOUT_SECONDS = 10.0  # `run --workers N` processes share one SQLite file
+
+STORE_QUEUE_MAX = 10_000  # records waiting for their commit; beyond it, StoreBacklogged
+STORE_BATCH_MAX = 500  # records committed in one transaction at most
+RETENTION_INTERVAL_SECONDS = 3600.0
+RETENTION_FIRST_DELAY_SECONDS = 60.0
+PRUNE_BATCH_ROWS = 1000  # rows deleted per transaction, so writers are never locked out long
 
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message is phrased for the operator."""
+
+
+class StoreBacklogged(StoreError):
+    """The violation write queue is full: the record was NOT accepted (nor logged). The caller
+    must not answer as if it had been recorded; the proxy refuses the request instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    violations: int = 0
+    request_counts: int = 0
+    robots_bodies: int = 0
+
+    def __add__(self, other: PruneResult) -> PruneResult:
+        return PruneResult(
+            self.violations + other.violations,
+            self.request_counts + other.request_counts,
+            self.robots_bodies + other.robots_bodies,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.violations or self.request_counts or self.robots_bodies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +115,12 @@ class Report:
 
 class ViolationStore(Protocol):
     def record(self, rec: ViolationRecord, robots_body: bytes | None = None) -> None: ...
+
+    def record_many(self, items: Sequence[tuple[ViolationRecord, bytes | None]]) -> None: ...
+
+    def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult: ...
+
+    def prune(self, before: str, *, batch: int = PRUNE_BATCH_ROWS) -> PruneResult: ...
 
     def add_request_counts(self, counts: Mapping[tuple[str, str], int], ts: str) -> None: ...
 
@@ -163,6 +210,8 @@ CREATE TABLE IF NOT EXISTS violations (
 CREATE INDEX IF NOT EXISTS violations_tenant_ts ON violations (tenant, ts);
 CREATE INDEX IF NOT EXISTS violations_kind_ts ON violations (kind, ts);
 CREATE INDEX IF NOT EXISTS violations_ts ON violations (ts);
+CREATE INDEX IF NOT EXISTS violations_robots_sha256 ON violations (robots_sha256)
+    WHERE robots_sha256 IS NOT NULL;
 CREATE TABLE IF NOT EXISTS robots_bodies (
     sha256     TEXT PRIMARY KEY,
     body       BLOB NOT NULL,
@@ -189,7 +238,6 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._known_bodies: set[str] = set()
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -248,25 +296,74 @@ class SQLiteStore:
                 raise StoreError(f"SQLite store {self.path!r}: {exc}") from exc
 
     def record(self, rec: ViolationRecord, robots_body: bytes | None = None) -> None:
-        values = rec.to_dict()
-        values["ts"] = normalize_ts(rec.ts)
-        sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
-        body = None
-        if robots_body is not None and sha and sha not in self._known_bodies:
-            if hashlib.sha256(robots_body).hexdigest() == sha:
-                body = robots_body
-            else:  # keep the record; a body under the wrong address would mislead the audit
-                log.warning("robots.txt body does not hash to %s; body not stored", sha)
+        self.record_many([(rec, robots_body)])
+
+    def record_many(self, items: Sequence[tuple[ViolationRecord, bytes | None]]) -> None:
+        """Write all `items` in one transaction (group commit): all are durable on return, or
+        none is written and the error is raised. Records are bounded (`ViolationRecord.bounded`)."""
+        rows: list[list[Any]] = []
+        bodies: dict[str, tuple[bytes, str]] = {}
+        for rec, robots_body in items:
+            values = rec.bounded().to_dict()
+            values["ts"] = normalize_ts(rec.ts)
+            sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
+            values["robots_sha256"] = sha  # lower-case, as robots_bodies is keyed
+            rows.append([values[f] for f in FIELDS])
+            if robots_body is not None and sha and sha not in bodies:
+                bodies[sha] = (robots_body, values["ts"])
+        if not rows:
+            return
         with self._connection(write=True) as conn:
-            conn.execute(_INSERT, [values[f] for f in FIELDS])
-            if body is not None:
+            conn.executemany(_INSERT, rows)
+            for sha, (body, ts) in bodies.items():
+                # Looked up in the transaction rather than cached: retention may have pruned it.
+                if conn.execute("SELECT 1 FROM robots_bodies WHERE sha256 = ?", (sha,)).fetchone():
+                    continue
+                if hashlib.sha256(body).hexdigest() != sha:
+                    # keep the record; a body under the wrong address would mislead the audit
+                    log.warning("robots.txt body does not hash to %s; body not stored", sha)
+                    continue
                 conn.execute(
-                    "INSERT OR IGNORE INTO robots_bodies (sha256, body, first_seen) "
-                    "VALUES (?, ?, ?)",
-                    (sha, body, values["ts"]),
+                    "INSERT INTO robots_bodies (sha256, body, first_seen) VALUES (?, ?, ?)",
+                    (sha, body, ts),
                 )
-        if body is not None and sha:
-            self._known_bodies.add(sha)  # only once committed: a rollback must not hide it
+
+    def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult:
+        """One short transaction of retention: up to `limit` violations older than `before`;
+        once none is left, request-count hours wholly before it; then robots bodies no record
+        references. An empty result means the prune is complete."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        bound = normalize_ts(before)
+        with self._connection(write=True) as conn:
+            n = conn.execute(
+                "DELETE FROM violations WHERE id IN "
+                "(SELECT id FROM violations WHERE ts < ? ORDER BY ts LIMIT ?)",
+                (bound, limit),
+            ).rowcount
+            if n:
+                return PruneResult(violations=n)
+            n = conn.execute(  # WITHOUT ROWID: the primary key names the row
+                "DELETE FROM request_counts WHERE (hour, tenant, decision) IN "
+                "(SELECT hour, tenant, decision FROM request_counts WHERE hour < ? LIMIT ?)",
+                (_hour_bucket(bound), limit),
+            ).rowcount
+            if n:
+                return PruneResult(request_counts=n)
+            n = conn.execute(
+                "DELETE FROM robots_bodies WHERE sha256 IN "
+                "(SELECT b.sha256 FROM robots_bodies AS b WHERE NOT EXISTS "
+                "(SELECT 1 FROM violations AS v WHERE v.robots_sha256 = b.sha256) LIMIT ?)",
+                (limit,),
+            ).rowcount
+            return PruneResult(robots_bodies=n)
+
+    def prune(self, before: str, *, batch: int = PRUNE_BATCH_ROWS) -> PruneResult:
+        """Retention in full: `prune_step` until nothing is left (each step its own commit)."""
+        total = PruneResult()
+        while step := self.prune_step(before, batch):
+            total += step
+        return total
 
     def add_request_counts(self, counts: Mapping[tuple[str, str], int], ts: str) -> None:
         hour = _hour_bucket(ts)
@@ -355,6 +452,210 @@ class SQLiteStore:
                 self._conn = None
 
 
+# -- the proxy's writer ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    rec: ViolationRecord
+    body: bytes | None
+    done: asyncio.Future[None]
+
+
+class StoreWriter:
+    """The proxy's single path into the store: a bounded queue and one writer task that commits
+    each batch of queued records in one transaction (group commit), plus retention.
+
+    Store calls run on `executor` (one thread, shared with the request-count flushes), so the
+    event loop never blocks on SQLite and writes stay serial. A failed batch is counted in
+    `crawlguard_store_errors_total` (one per record) and logged once; its callers return as
+    before: their records are in the JSON log only.
+    """
+
+    def __init__(
+        self,
+        store: ViolationStore,
+        executor: Executor,
+        *,
+        metrics: Metrics | None = None,
+        queue_max: int = STORE_QUEUE_MAX,
+        batch_max: int = STORE_BATCH_MAX,
+        retention_days: int | None = None,
+        retention_interval: float = RETENTION_INTERVAL_SECONDS,
+        retention_first_delay: float = RETENTION_FIRST_DELAY_SECONDS,
+        prune_batch: int = PRUNE_BATCH_ROWS,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.metrics = metrics
+        self.queue_max = queue_max
+        self.batch_max = batch_max
+        self.retention_days = retention_days
+        self.retention_interval = retention_interval
+        self.retention_first_delay = retention_first_delay
+        self.prune_batch = prune_batch
+        self._queue: deque[_Pending] = deque()
+        self._pending = 0  # queued plus the batch being committed
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        """Records accepted and not yet committed (or failed)."""
+        return self._pending
+
+    def start(self) -> None:
+        """Start the writer and, with `retention_days`, the retention task (in a running loop)."""
+        self._ensure_writer()
+        if self.retention_days is not None and self._retention is None and not self._closed:
+            self._retention = asyncio.get_running_loop().create_task(
+                self._retention_loop(), name="crawlguard-store-retention"
+            )
+
+    def _ensure_writer(self) -> None:
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="crawlguard-store-writer"
+            )
+
+    def submit(self, rec: ViolationRecord, body: bytes | None = None) -> asyncio.Future[None]:
+        """Queue `rec`; the future resolves once it is committed (or its batch failed).
+
+        Raises `StoreBacklogged` when `queue_max` records are already waiting. Synchronous, so
+        a caller can refuse before it logs anything. After `close` (shutdown) a record is not
+        written: it counts as a store error, as it always did, and the future is already done.
+        """
+        if self._closed:
+            if self.metrics is not None:
+                self.metrics.store_errors.inc()
+            log.error("violation store is closed (shutting down); the record is in the log only")
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        if self._pending >= self.queue_max:
+            if self.metrics is not None:
+                self.metrics.store_backlogged.inc()
+            raise StoreBacklogged(
+                f"{self._pending} violation records are waiting for the store "
+                f"(at most {self.queue_max}); the store is too slow or stuck"
+            )
+        self._ensure_writer()
+        assert self._wakeup is not None
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(rec, body, done))
+        self._pending += 1
+        self._set_depth()
+        self._wakeup.set()
+        return done
+
+    async def write(self, rec: ViolationRecord, body: bytes | None = None) -> None:
+        """`submit` and wait for the commit. If the caller is cancelled, the record is still
+        written (it is queued); only the wait ends."""
+        await self.submit(rec, body)
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.store_queue_depth.set(self._pending)
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            n = min(len(self._queue), self.batch_max)
+            batch = [self._queue.popleft() for _ in range(n)]
+            try:
+                await loop.run_in_executor(self.executor, self._commit, batch)
+            except Exception:
+                if self.metrics is not None:
+                    self.metrics.store_errors.inc(len(batch))
+                log.exception(
+                    "violation store write failed for a batch of %d records; "
+                    "they are in the log only",
+                    len(batch),
+                )
+            finally:
+                self._pending -= len(batch)
+                self._set_depth()
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_result(None)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            self.store.record_many([(item.rec, item.body) for item in batch])
+        finally:
+            if self.metrics is not None:
+                self.metrics.store_write_seconds.observe(time.perf_counter() - started)
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def retention_bound(self, now: datetime | None = None) -> str | None:
+        if self.retention_days is None:
+            return None
+        return _canonical((now or datetime.now(UTC)) - timedelta(days=self.retention_days))
+
+    async def prune_now(self, now: datetime | None = None) -> PruneResult:
+        """Delete what `retention_days` no longer keeps, one short transaction per step on the
+        writer's thread, so record batches interleave with the prune."""
+        before = self.retention_bound(now)
+        if before is None:
+            return PruneResult()
+        loop = asyncio.get_running_loop()
+        total = PruneResult()
+        while step := await loop.run_in_executor(
+            self.executor, self.store.prune_step, before, self.prune_batch
+        ):
+            total += step
+        if self.metrics is not None:
+            self.metrics.store_pruned.labels("violations").inc(total.violations)
+            self.metrics.store_pruned.labels("request_counts").inc(total.request_counts)
+            self.metrics.store_pruned.labels("robots_bodies").inc(total.robots_bodies)
+        if total:
+            log.info(
+                "retention (%d days): pruned %d violations, %d request-count buckets and "
+                "%d robots.txt bodies older than %s",
+                self.retention_days,
+                total.violations,
+                total.request_counts,
+                total.robots_bodies,
+                before,
+            )
+        return total
+
+    async def _retention_loop(self) -> None:
+        await asyncio.sleep(self.retention_first_delay)
+        while True:
+            try:
+                await self.prune_now()
+            except Exception:
+                log.exception("retention prune failed; it is retried in the next round")
+            await asyncio.sleep(self.retention_interval)
+
+    async def close(self) -> None:
+        """Refuse new records, stop retention, and wait until every queued record is written."""
+        self._closed = True
+        if self._retention is not None:
+            self._retention.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._retention
+            self._retention = None
+        if self._task is not None:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            await self._task
+            self._task = None
+
+
 def open_store(url: str) -> ViolationStore:
     """``sqlite:///rel/path.db`` (relative to the current directory), ``sqlite:////abs.db``."""
     scheme, sep, rest = url.partition("://")
@@ -382,9 +683,12 @@ def open_store(url: str) -> ViolationStore:
 
 
 __all__ = [
+    "PruneResult",
     "Report",
     "SQLiteStore",
+    "StoreBacklogged",
     "StoreError",
+    "StoreWriter",
     "TenantReport",
     "ViolationStore",
     "normalize_ts",

@@ -618,3 +618,17 @@ async def test_property_disallowed_url_always_refused(env: Env, case: dict[str, 
     assert_refused(flow, 403, "robots-disallow")
     rec = records(env.guard, limit=1)[0]
     assert rec.url == f"http://localhost:{PORT}{case['path']}"
+
+
+async def test_a_full_record_queue_refuses_instead_of_answering_unrecorded(env: Env) -> None:
+    """No refusal (or monitor pass) without its record: a full write queue means 503."""
+    async with robots_origin(ROBOTS) as origin:
+        env.guard.store_writer.queue_max = 0
+        for tenant in ("acme", "globex"):  # enforce, and monitor (which would forward)
+            flow = make_flow("127.0.0.1", origin.port, "/private/x", tenant=tenant)
+            await env.addon.requestheaders(flow)
+            assert_refused(flow, 503, "store-backlogged")
+            assert flow.response is not None and flow.response.headers["Retry-After"] == "1"
+        flow = make_flow("127.0.0.1", origin.port, "/fine")  # nothing to record: forwarded
+        await env.addon.requestheaders(flow)
+        assert flow.response is None

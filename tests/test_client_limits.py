@@ -199,3 +199,35 @@ def test_large_bodies_stream_through_instead_of_being_held(tmp_path: Path):
     finally:
         proxy.stop()
         site.close()
+
+
+def test_held_requests_are_capped(tmp_path: Path):
+    """pacing.max_held: beyond it a request that would be held gets the 429 instead."""
+    import threading
+
+    from harness import tenant
+
+    cfg = base_config(
+        tmp_path,
+        pacing={"max_held": 1, "max_hold": 10},
+        tenants=[tenant("acme", ["AcmeBot"], pacing="delay")],
+    )
+    site = LocalOrigin(robots=b"User-agent: *\nCrawl-delay: 4\n")
+    proxy = Proxy(cfg, tmp_path)
+    try:
+        assert proxy.get(site.url("/first")).status_code == 200
+        held: list[int] = []
+        t = threading.Thread(target=lambda: held.append(proxy.get(site.url("/held")).status_code))
+        t.start()
+        deadline = time.monotonic() + 10
+        while "crawlguard_delayed_requests 1.0" not in proxy.metrics():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = proxy.get(site.url("/third"))
+        assert (r.status_code, r.headers["X-Crawlguard-Decision"]) == (429, "crawl-delay")
+        t.join(30)
+        assert held == [200]
+        assert site.paths() == ["/first", "/held"]
+    finally:
+        proxy.stop()
+        site.close()

@@ -394,3 +394,89 @@ def test_unwritable_directory_is_a_store_error(tmp_path: Path) -> None:
             open_store(f"sqlite:///{ro / 'x.db'}")
     finally:
         ro.chmod(0o700)
+
+
+# -- group commit and retention (issue 9) ---------------------------------------------------------
+
+
+def test_record_many_is_one_transaction(store: ViolationStore) -> None:
+    items = [(rec(f"2024-05-01T00:00:0{i}Z", robots_sha256=ROBOTS_SHA), ROBOTS) for i in range(5)]
+    store.record_many(items)
+    assert len(store.query()) == 5 and store.robots_body(ROBOTS_SHA) == ROBOTS
+    with pytest.raises(ValueError):  # one bad record: none of the batch is written
+        store.record_many([(rec("2024-05-02T00:00:00Z"), None), (rec("yesterday"), None)])
+    assert len(store.query()) == 5
+    store.record_many([])
+
+
+def test_prune_deletes_old_records_keeps_new_ones_in_batches(store: ViolationStore) -> None:
+    other = b"User-agent: *\nAllow: /\n"
+    other_sha = hashlib.sha256(other).hexdigest()
+    for i in range(25):  # old, their robots body only referenced by old records
+        store.record(rec(f"2024-04-01T00:00:{i:02d}Z", robots_sha256=other_sha), other)
+    store.record(rec("2024-04-02T00:00:00Z", robots_sha256=ROBOTS_SHA), ROBOTS)  # old
+    store.record(rec("2024-05-02T00:00:00Z", robots_sha256=ROBOTS_SHA), ROBOTS)  # new
+    store.record(rec("2024-05-03T00:00:00Z"))  # new
+    store.add_request_counts({("acme", "allowed"): 3}, "2024-04-30T23:59:00Z")  # old hour
+    store.add_request_counts({("acme", "allowed"): 4}, "2024-05-01T00:30:00Z")  # the cutoff hour
+    steps = []
+    while step := store.prune_step("2024-05-01T00:00:00Z", 10):
+        steps.append(step)
+    assert [s.violations for s in steps if s.violations] == [10, 10, 6]
+    assert sum(s.request_counts for s in steps) == 1
+    assert sum(s.robots_bodies for s in steps) == 1
+    assert [r.ts for r in store.query()] == [
+        "2024-05-03T00:00:00.000000Z",
+        "2024-05-02T00:00:00.000000Z",
+    ]
+    assert store.robots_body(other_sha) is None  # orphaned: pruned
+    assert store.robots_body(ROBOTS_SHA) == ROBOTS  # still referenced by a kept record
+    assert store.report().tenants["acme"].requests == {"allowed": 4}
+    assert not store.prune("2024-05-01T00:00:00Z")  # nothing left: idempotent
+
+
+def test_a_pruned_body_is_stored_again_by_the_next_record(store: ViolationStore) -> None:
+    store.record(rec("2024-04-01T00:00:00Z", robots_sha256=ROBOTS_SHA), ROBOTS)
+    result = store.prune("2024-05-01T00:00:00Z", batch=2)
+    assert (result.violations, result.robots_bodies) == (1, 1)
+    assert store.robots_body(ROBOTS_SHA) is None
+    store.record(rec("2024-05-02T00:00:00Z", robots_sha256=ROBOTS_SHA), ROBOTS)
+    assert store.robots_body(ROBOTS_SHA) == ROBOTS
+
+
+def test_prune_uses_the_robots_sha_index(store: ViolationStore) -> None:
+    assert isinstance(store, SQLiteStore) and store._conn is not None
+    plan = store._conn.execute(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM violations WHERE robots_sha256 = ?", ("a",)
+    ).fetchall()
+    assert "violations_robots_sha256" in str(plan)
+
+
+def test_a_version_1_store_is_migrated(url: str) -> None:
+    path = url.removeprefix("sqlite:///")
+    Path(path).parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE violations (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, tenant TEXT NOT NULL,"
+        " kind TEXT NOT NULL, action TEXT NOT NULL, method TEXT NOT NULL, url TEXT NOT NULL,"
+        " user_agent TEXT, rule TEXT, crawl_delay REAL, retry_after INTEGER, robots_sha256 TEXT,"
+        " delay_seconds REAL, reason TEXT);"
+        "INSERT INTO violations (ts, tenant, kind, action, method, url) VALUES"
+        " ('2024-05-01T00:00:00.000000Z', 'acme', 'ua-generic', 'blocked', 'GET', 'http://v1/');"
+        "PRAGMA user_version = 1;"
+    )
+    db.close()
+    s = open_store(url)
+    try:
+        assert [r.url for r in s.query()] == ["http://v1/"]
+        s.record(rec("2024-05-02T00:00:00Z", robots_sha256=ROBOTS_SHA), ROBOTS)
+        assert s.robots_body(ROBOTS_SHA) == ROBOTS
+    finally:
+        s.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "violations_robots_sha256" in names
+    finally:
+        db.close()
