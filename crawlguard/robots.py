@@ -23,6 +23,28 @@ RFC 9309 §2.2.2 one (escapes of unreserved characters decoded on both sides, so
 `Disallow: /private` catches `/%70rivate`) and the as-written one of Google's matcher
 (`Allow: /%62az` does not allow `/baz`). The second is only evaluated when a pattern or the
 URL holds such an escape.
+
+Bounded cost (issue 9): `decide` runs on the proxy's event loop, so no file and no URL may
+make it slow. Plain and "$"-anchored literals cost dict probes; only patterns with "*" are
+tried one by one, each a left-to-right scan of the path, so their cost is rules x path
+length. Three limits bound it, each failing CLOSED for the one site (or URL) that exceeds it:
+
+- at most MAX_WILDCARD_RULES (1,000) distinct "*" patterns in any merged group, and none
+  longer than MAX_WILDCARD_PATTERN (1,024 octets, normalised): a file beyond either is
+  `RobotsRules.too_complex` (the reason) and every URL but /robots.txt is disallowed with
+  the rule text "robots.txt exceeds crawlguard's limits (...)";
+- per decision (both readings of the URL together), at most MATCH_BUDGET (1 MiB) octets of
+  path are scanned by "*" patterns: each one tried costs the path's length (paths up to
+  2 KiB skip most of them with a trigram filter); a URL whose verdict would need more (e.g.
+  over 64 "*" patterns that all need a full look at a 16 KiB URL, or 6 at a 200 KB one) is
+  disallowed with the rule text "robots.txt exceeds crawlguard's limits (N-octet URL x M
+  wildcard rules)". Short URLs never reach it: 1,000 patterns x 1 KiB is within budget.
+
+Worst case measured (benchmarks/robots_hostile.py, loaded 2-core machine): 2-5 ms per
+decision for URLs up to 16 KiB (files at the caps; ~0.4 ms for a too-complex one), 3-9 ms
+for 200 KB ones, where checking the URL's escapes is most of it.
+A parser error is also fail-closed for that site (`RobotsRules.parse_error`, everything
+but /robots.txt disallowed), like a failed fetch, never "no restrictions".
 """
 
 from __future__ import annotations
@@ -31,6 +53,7 @@ import hashlib
 import logging
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 
 from protego import Protego
@@ -41,6 +64,10 @@ log = logging.getLogger("crawlguard")
 
 MAX_BYTES = 500 * 1024
 MAX_RULE_TEXT = 1000  # a rule quoted in a violation record is cut here (hostile lines)
+MAX_WILDCARD_RULES = 1000  # distinct "*" patterns per merged group; beyond: too complex
+MAX_WILDCARD_PATTERN = 1024  # octets of a normalised "*" pattern; beyond: too complex
+MATCH_BUDGET = 1024 * 1024  # octets of path "*" patterns may scan per decision
+LIMITS = "robots.txt exceeds crawlguard's limits"
 
 _STAR = "*"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -51,6 +78,29 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _DELAY = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
 # An escape of an RFC 3986 unreserved character: the two readings of a URL differ only then.
 _UNRESERVED_ESCAPE = re.compile(r"%(?:2[DEde]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|5[Ff]|7[Ee])")
+# Values `identity.normalize_escapes` leaves unchanged: RFC 3986 pchar, "/", "?", upper-case
+# escapes (none of an unreserved character when those are decoded), raw non-ASCII (surrogates
+# aside) when it is not to be encoded. Keyed by (encode_non_ascii, decode_unreserved); one
+# regex pass, ~30 ns per escape, where normalize_escapes takes ~1 us.
+_PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@/?"
+_HEX = "0123456789ABCDEF"
+_UNRESERVED_CHARS = frozenset("-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _normal_form(encode_non_ascii: bool, decode_unreserved: bool) -> re.Pattern[str]:
+    chars = _PCHARS if encode_non_ascii else _PCHARS + "\x80-\ud7ff\ue000-\U0010ffff"
+    escapes = []
+    for hi in _HEX:
+        lows = "".join(
+            lo
+            for lo in _HEX
+            if not (decode_unreserved and chr(int(hi + lo, 16)) in _UNRESERVED_CHARS)
+        )
+        escapes.append(f"{hi}[{lows}]")
+    return re.compile(rf"[{chars}]*+(?:%(?:{'|'.join(escapes)})[{chars}]*+)*+")
+
+
+_NORMAL = {(e, d): _normal_form(e, d).fullmatch for e in (True, False) for d in (True, False)}
 _RATE = re.compile(r"[0-9]+/[0-9]+[smhd]?(?:\s+[0-9]{3,4}-[0-9]{3,4})?", re.ASCII | re.IGNORECASE)
 
 # Field names (lower case, inner whitespace as one space) as Protego and Google read them,
@@ -86,10 +136,14 @@ def normalize_path(
     spelled encoded on both sides. Rules always encode non-ASCII; a URL given to `decide` is
     taken as already encoded by its sender (the proxy canonicalises request targets first),
     so a raw non-ASCII URL matches no encoded rule, as in Google's.
+
+    A value already in that form (the proxy's canonical request targets) is recognised by
+    one regex scan: `normalize_escapes` costs ~1 us per escape, 50+ ms for a 200 KB URL.
     """
-    value = normalize_escapes(
-        value, decode_unreserved=decode_unreserved, encode_non_ascii=encode_non_ascii
-    )
+    if not _NORMAL[encode_non_ascii, decode_unreserved](value):
+        value = normalize_escapes(
+            value, decode_unreserved=decode_unreserved, encode_non_ascii=encode_non_ascii
+        )
     if "*" in value or "$" in value:
         value = value.replace("*", "%2A").replace("$", "%24")
     return value
@@ -158,6 +212,8 @@ def _compile_rule(allow: bool, value: str, text: str, decode: bool = True) -> li
 
 
 _GRAM = 3
+_GRAM_PATH_MAX = 2048  # the trigram filter's set costs ~0.3 us per octet: short paths only
+_OVER_BUDGET = sys.maxsize  # priority of the fail-closed hit when MATCH_BUDGET runs out
 _PLAIN_ENTRY_BYTES = 200
 _WILD_ENTRY_BYTES = 400
 _RULES_BASE_BYTES = 1024
@@ -170,10 +226,11 @@ class _Matcher:
     """Longest match over one merged set of rules, indexed so a request costs few probes.
 
     Plain prefixes sit in a dict probed once per distinct pattern length; "$"-anchored
-    literals in a dict probed once; only patterns with "*" are tried one by one, best first.
+    literals in a dict probed once; only patterns with "*" are tried one by one, best first,
+    within MATCH_BUDGET. `limit` says why the rules exceed crawlguard's limits, else None.
     """
 
-    __slots__ = ("_exact", "_lengths", "_prefix", "_wild", "weight")
+    __slots__ = ("_exact", "_lengths", "_prefix", "_wild", "limit", "weight")
 
     def __init__(self, rules: list[_Rule]) -> None:
         prefix: dict[str, tuple[bool, str]] = {}
@@ -205,6 +262,12 @@ class _Matcher:
             )
             for r in sorted(wild.values(), key=lambda r: (r.priority, r.allow), reverse=True)
         ]
+        self.limit: str | None = None
+        if len(self._wild) > MAX_WILDCARD_RULES:
+            self.limit = f"{len(self._wild)} wildcard rules > {MAX_WILDCARD_RULES}"
+        elif self._wild and self._wild[0][0] > MAX_WILDCARD_PATTERN:
+            longest = self._wild[0][0]
+            self.limit = f"a {longest}-octet wildcard pattern > {MAX_WILDCARD_PATTERN}"
         # Approximate bytes held (CPython objects, measured with tracemalloc): what a cache
         # bounded in bytes must count, the parsed form being ~10-25x the body.
         self.weight = sum(
@@ -213,7 +276,9 @@ class _Matcher:
             for key, (_, text) in table.items()
         ) + sum(_WILD_ENTRY_BYTES + 2 * len(w[2]) for w in self._wild)
 
-    def best(self, path: str) -> _Hit | None:
+    def best(self, path: str, budget: int = MATCH_BUDGET) -> tuple[_Hit | None, int]:
+        """The deciding rule for `path` (None if none matches), and what is left of `budget`
+        (octets "*" patterns may scan); out of budget, a fail-closed disallow."""
         best: _Hit | None = None
         size = len(path)
         for length in self._lengths:
@@ -226,14 +291,23 @@ class _Matcher:
         if hit is not None and (best is None or (size + 1, hit[0]) > best[:2]):
             best = (size + 1, hit[0], hit[1])
         if not self._wild:
-            return best
+            return best, budget
         floor = best[:2] if best is not None else (-1, False)
-        grams = {path[i : i + _GRAM] for i in range(size - _GRAM + 1)}
+        grams: set[str] | None = None
         for priority, allow, text, gram, head, middle, tail, anchored in self._wild:
             if (priority, allow) <= floor:
                 break
-            if (len(gram) == _GRAM and gram not in grams) or not path.startswith(head):
+            if not path.startswith(head):
                 continue
+            if len(gram) == _GRAM and size <= _GRAM_PATH_MAX:
+                if grams is None:
+                    grams = {path[i : i + _GRAM] for i in range(size - _GRAM + 1)}
+                if gram not in grams:
+                    continue
+            budget -= size  # a pattern tried may scan the whole path
+            if budget < 0:  # the verdict would need more work than a decision may cost
+                reason = f"{LIMITS} ({size}-octet URL x {len(self._wild)} wildcard rules)"
+                return (_OVER_BUDGET, False, reason), 0
             pos = len(head)
             for part in middle:  # leftmost placement of each literal is optimal for "*"
                 pos = path.find(part, pos)
@@ -246,8 +320,8 @@ class _Matcher:
                     if anchored
                     else path.find(tail, pos) >= 0
                 ):
-                    return (priority, allow, text)
-        return best
+                    return (priority, allow, text), budget
+        return best, budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,10 +448,21 @@ def _canonicalize(text: str) -> tuple[list[_Group], list[_Entry]]:
 
 
 class RobotsRules:
-    """A parsed robots.txt. Never raises on any body; bodies over MAX_BYTES are truncated."""
+    """A parsed robots.txt. Never raises on any body; bodies over MAX_BYTES are truncated.
+
+    Fail-closed, for this site only, when `too_complex` (the file exceeds crawlguard's
+    matching limits, see the module docstring) or `parse_error` (the parser failed) says why:
+    `decide` then disallows every URL but /robots.txt, the rule text giving the reason.
+    """
 
     def __init__(
-        self, body: bytes, sha256: str, selections: dict[str, _Selection] | None = None
+        self,
+        body: bytes,
+        sha256: str,
+        selections: dict[str, _Selection] | None = None,
+        *,
+        too_complex: str | None = None,
+        parse_error: str | None = None,
     ) -> None:
         """Use `parse`; `selections` maps lower-case product tokens ("*" included) to rules.
 
@@ -386,6 +471,15 @@ class RobotsRules:
         """
         self.body = body
         self.sha256 = sha256
+        self.too_complex = too_complex
+        """Why the file exceeds crawlguard's limits (e.g. "1500 wildcard rules > 1000"), or None."""
+        self.parse_error = parse_error
+        """The exception the parser raised (its type name), or None."""
+        self._closed: str | None = None  # the rule text of the fail-closed verdict
+        if too_complex is not None:
+            self._closed = f"{LIMITS} ({too_complex})"
+        elif parse_error is not None:
+            self._closed = f"robots.txt could not be parsed (crawlguard error: {parse_error})"
         self._selections = selections or {}
         self._default = self._selections.get(_STAR, _EMPTY)
         distinct = {id(sel): sel for sel in self._selections.values()}.values()
@@ -407,10 +501,20 @@ class RobotsRules:
                 if g.agents
             ]
             parser = Protego.parse("".join(canonical))
-            return cls(body, sha256, _select_all(groups, table, parser))
-        except Exception:  # a bug here must not take the proxy down: no restrictions
-            log.exception("robots.txt could not be parsed")
-            return cls(body, sha256)
+            selections = _select_all(groups, table, parser)
+        except Exception as exc:  # a bug here must not take the proxy down, nor open the site
+            log.exception("robots.txt could not be parsed; disallowing the site")
+            return cls(body, sha256, parse_error=type(exc).__name__)
+        over = [
+            m
+            for sel in selections.values()
+            for m in (sel.matcher, sel.literal)
+            if m is not None and m.limit is not None
+        ]
+        if over:  # the reason names the group with the most wildcard rules
+            reason = max(over, key=lambda m: len(m._wild)).limit
+            return cls(body, sha256, too_complex=reason)  # selections dropped: never used
+        return cls(body, sha256, selections)
 
     def decide(self, product_token: str, url: str) -> RobotsVerdict:
         """Verdict for `url` (absolute URL or path+query) for the crawler's product token."""
@@ -418,16 +522,22 @@ class RobotsRules:
         target = _target(url)
         path = normalize_path(target, encode_non_ascii=False)
         hit = None
-        if path != "/robots.txt" and not path.startswith("/robots.txt?"):
-            hit = sel.matcher.best(path)
+        if path == "/robots.txt" or path.startswith("/robots.txt?"):
+            pass
+        elif self._closed is not None:
+            hit = (_OVER_BUDGET, False, self._closed)
+        else:
+            hit, budget = sel.matcher.best(path)
             # Safety wins: what the decoded reading allows, the as-written one may still
             # disallow (e.g. "Allow: /%62az" + "Disallow: /" for "/baz"). Only evaluated
-            # when the two readings can differ.
+            # when the two readings can differ (a target `normalize_path` returned unchanged
+            # holds no escape of an unreserved character: no need to look again).
             if (hit is None or hit[1]) and (
-                sel.literal is not None or _UNRESERVED_ESCAPE.search(target)
+                sel.literal is not None
+                or (path is not target and _UNRESERVED_ESCAPE.search(target))
             ):
                 literal = normalize_path(target, encode_non_ascii=False, decode_unreserved=False)
-                other = (sel.literal or sel.matcher).best(literal)
+                other, _ = (sel.literal or sel.matcher).best(literal, budget)  # one budget
                 if other is not None and not other[1]:
                     hit = other
         return RobotsVerdict(

@@ -387,6 +387,28 @@ async def test_invalid_utf8_is_parsed(make_cache) -> None:
     entry.rules.decide("AcmeBot", "/caf%C3%A9")  # any verdict, but no exception
 
 
+async def test_too_complex_robots_closes_that_origin_only(make_cache) -> None:
+    """Issue 9: a file beyond the matching limits is an "ok" entry whose rules disallow every
+    URL (parsed in a worker thread, decided in bounded time); other origins are unaffected."""
+    hostile = b"User-agent: *\n" + b"".join(
+        b"Disallow: /*abcdefgh*1%d0\n" % i for i in range(18_000)
+    )
+    cache = make_cache()
+    async with robots_origin(body=hostile) as bad, robots_origin(body=ROBOTS) as good:
+        bad_entry = await cache.get(bad.origin)
+        good_entry = await cache.get(good.origin)
+    assert bad_entry.result == "ok" and bad_entry.available
+    assert (
+        bad_entry.rules.too_complex
+        == f"{len(bad_entry.body.splitlines()) - 1} wildcard rules > 1000"
+    )
+    verdict = bad_entry.rules.decide("AcmeBot", "/abcdefgh" + "x" * 200_000)
+    assert not verdict.allowed and verdict.rule is not None
+    assert verdict.rule.startswith("robots.txt exceeds crawlguard's limits")
+    assert allowed(bad_entry, "/robots.txt")
+    assert good_entry.rules.too_complex is None and allowed(good_entry, "/public")
+
+
 async def test_html_served_as_robots_is_an_entry(make_cache) -> None:
     html = b"<!doctype html><html><body><h1>Welcome</h1><p>Disallow nothing</p></body></html>"
     cache = make_cache()

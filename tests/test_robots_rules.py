@@ -6,6 +6,8 @@ import os
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crawlguard.identity import canonical_path
 from crawlguard.robots import (
@@ -524,3 +526,240 @@ def test_footprint_covers_what_a_parsed_copy_keeps_alive(name: str) -> None:
     finally:
         tracemalloc.stop()
     assert held <= rules.footprint <= 3 * held + 4096
+
+
+# --- bounded matching cost and fail-closed verdicts (issue 9) ------------------------------
+
+LIMITS = "robots.txt exceeds crawlguard's limits"
+
+
+def _issue9_file(rules: int, seed: int = 9) -> bytes:
+    import random
+
+    rnd = random.Random(seed)
+    lines = (b"Disallow: /*abcdefgh*1%d0\n" % rnd.randrange(10**6) for _ in range(rules))
+    return b"User-agent: *\n" + b"".join(lines)
+
+
+HUGE_URLS = [
+    "/abcdefgh" + "x" * 200_000,
+    "/abcdefgh" + "1" * 200_000,
+    "/" + "abcdefgh1" * 22_000,
+    "/abc" + "%2F" * 66_000,
+    "https://site.example/abcdefgh/" + "y" * 200_000 + "?q=" + "1" * 1000,
+]
+
+
+def _slowest_ms(rules: RobotsRules, urls: list[str]) -> float:
+    worst = 0.0
+    for url in urls:
+        start = time.perf_counter()
+        rules.decide("AcmeBot", url)
+        worst = max(worst, time.perf_counter() - start)
+    return worst * 1000
+
+
+def test_issue9_file_is_too_complex_fails_closed_and_decides_fast() -> None:
+    rules = RobotsRules.parse(_issue9_file(18_000))  # cut at MAX_BYTES: ~17k rules kept
+    assert rules.too_complex is not None and rules.too_complex.endswith("wildcard rules > 1000")
+    assert rules.parse_error is None
+    assert _slowest_ms(rules, HUGE_URLS) < 50
+    for url in [*HUGE_URLS, "/", "/abcdefgh1230"]:
+        verdict = rules.decide("AcmeBot", url)
+        assert not verdict.allowed
+        assert verdict.rule == f"{LIMITS} ({rules.too_complex})"
+    assert rules.decide("AcmeBot", "/robots.txt").allowed  # the file itself stays fetchable
+    # Only that site: other files, and ALLOW_ALL, are untouched.
+    assert ALLOW_ALL.too_complex is None and ALLOW_ALL.decide("AcmeBot", "/").allowed
+    assert decide("User-agent: *\nDisallow: /*x\n", "AcmeBot", "/a") == (True, None)
+
+
+def test_wildcard_rule_cap_is_per_merged_group() -> None:
+    at_cap = RobotsRules.parse(_issue9_file(1000, seed=1))
+    assert at_cap.too_complex is None
+    over = b"User-agent: *\n" + b"".join(b"Disallow: /*q%d\n" % i for i in range(1001))
+    assert RobotsRules.parse(over).too_complex == "1001 wildcard rules > 1000"
+    # Two groups of 600 are fine alone, too many once merged for a token naming both.
+    split = b"".join(
+        b"User-agent: %s\n" % agent
+        + b"".join(b"Disallow: /*g%d-%d\n" % (group, i) for i in range(600))
+        for group, agent in enumerate((b"acmebot", b"*", b"acmebot"))
+    )
+    rules = RobotsRules.parse(split)
+    assert rules.too_complex == "1200 wildcard rules > 1000"
+    assert not rules.decide("OtherBot", "/").allowed  # the whole site, every token
+    # Duplicates and plain rules do not count.
+    plain = (
+        b"User-agent: *\n"
+        + b"Disallow: /*a\n" * 5000
+        + b"".join(b"Disallow: /p%d\n" % i for i in range(20_000))
+    )
+    assert RobotsRules.parse(plain).too_complex is None
+
+
+def test_wildcard_pattern_length_cap() -> None:
+    # "/a*" and 1021 "b": 1,024 octets normalised ("*" and "$" count, like priority).
+    at_cap = "User-agent: *\nDisallow: /a*" + "b" * 1021 + "\n"
+    rules = RobotsRules.parse(at_cap.encode())
+    assert rules.too_complex is None
+    assert not rules.decide("AcmeBot", "/a/" + "b" * 1021).allowed
+    assert rules.decide("AcmeBot", "/a/" + "b" * 1020).allowed
+    rules = RobotsRules.parse((at_cap[:-1] + "$\n").encode())
+    assert rules.too_complex == "a 1025-octet wildcard pattern > 1024"
+    assert rules.decide("AcmeBot", "/zzz").rule == f"{LIMITS} ({rules.too_complex})"
+    # Escapes count as their normalised spelling; long plain patterns are not capped.
+    rules = RobotsRules.parse(b"User-agent: *\nDisallow: /" + b"a" * 100_000 + b"\n")
+    assert rules.too_complex is None
+
+
+def test_match_budget_fails_closed_for_the_costly_url_only() -> None:
+    """At the cap, 1000 patterns x a 200 KB URL would scan 200 MB: the URL is disallowed, in
+    bounded time, while short URLs on the same site are matched exactly."""
+    body = b"User-agent: *\nAllow: /abcdefgh/ok/longer-than-any-wildcard\n" + b"".join(
+        b"Disallow: /*abcdefgh*1%d0\n" % i for i in range(1000)
+    )
+    rules = RobotsRules.parse(body)
+    assert rules.too_complex is None
+    assert _slowest_ms(rules, HUGE_URLS) < 50
+    verdict = rules.decide("AcmeBot", "/abcdefgh" + "x" * 200_000)
+    assert not verdict.allowed
+    assert verdict.rule is not None and verdict.rule.startswith(LIMITS)
+    assert "200009-octet URL x 1000 wildcard rules" in verdict.rule
+    assert decide(body, "AcmeBot", "/abcdefgh/x/17/1230") == (False, "Disallow: /*abcdefgh*1230")
+    assert decide(body, "AcmeBot", "/abcdefgh/" + "x" * 300) == (True, None)
+    # A plain rule longer than every "*" pattern decides without trying them, at any length.
+    allow = "Allow: /abcdefgh/ok/longer-than-any-wildcard"
+    assert decide(body, "AcmeBot", allow[7:] + "x" * 200_000) == (True, allow)
+    # Patterns with escapes are matched in two readings, which share the one budget.
+    escaped = b"User-agent: *\n" + b"".join(b"Disallow: /*%%61bc*x%d\n" % i for i in range(1000))
+    rules = RobotsRules.parse(escaped)
+    assert rules.too_complex is None
+    assert _slowest_ms(rules, [*HUGE_URLS, "/q" + "y" * 200_000, "/abc" + "y" * 16_000]) < 50
+    assert not rules.decide("AcmeBot", "/q" + "abc" * 60_000).allowed
+    assert decide(escaped, "AcmeBot", "/abc/x17") == (False, "Disallow: /*%61bc*x17")
+    # Few wildcard patterns: long URLs are matched exactly (5 x 200 KB is within 1 MiB).
+    few = b"User-agent: *\n" + b"".join(b"Disallow: /*abcdefgh*1%d0\n" % i for i in range(5))
+    assert decide(few, "AcmeBot", "/abcdefgh" + "x" * 200_000) == (True, None)
+    assert decide(few, "AcmeBot", "/abcdefgh" + "x" * 200_000 + "140") == (
+        False,
+        "Disallow: /*abcdefgh*140",
+    )
+
+
+def test_parser_exception_fails_closed_for_that_site(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import crawlguard.robots as robots
+
+    def boom(text: str) -> object:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(robots, "_canonicalize", boom)
+    with caplog.at_level("ERROR", logger="crawlguard"):
+        rules = RobotsRules.parse(b"User-agent: *\nAllow: /\n")
+    assert rules.parse_error == "RuntimeError" and rules.too_complex is None
+    assert "could not be parsed" in caplog.text and "parser bug" in caplog.text
+    verdict = rules.decide("AcmeBot", "/anything")
+    assert not verdict.allowed
+    assert verdict.rule == "robots.txt could not be parsed (crawlguard error: RuntimeError)"
+    assert rules.decide("AcmeBot", "/robots.txt").allowed
+    assert ALLOW_ALL.decide("AcmeBot", "/anything").allowed  # parsed before the patch
+
+
+# Brute force: every rule as a regex, the longest (then Allow) wins. Files just under the
+# caps must match exactly as this says (budget never reached: 1000 x 400 octets < 1 MiB).
+def _brute_force(lines: list[tuple[bool, str]], path: str) -> tuple[bool, set[str]]:
+    import re
+
+    best: tuple[int, bool] | None = None
+    texts: set[str] = set()
+    for allow, pattern in lines:
+        text = f"{'Allow' if allow else 'Disallow'}: {pattern}"
+        pattern = re.sub(r"\*+", "*", pattern)
+        anchored = pattern.endswith("$")
+        body = pattern[:-1] if anchored else pattern
+        regex = "".join(".*" if c == "*" else re.escape(c) for c in body) + (
+            "$" if anchored else ""
+        )
+        if re.match(regex, path, re.DOTALL):
+            key = (len(pattern), allow)
+            if best is None or key > best:
+                best, texts = key, {text}
+            elif key == best:
+                texts.add(text)
+    return (best is None or best[1]), texts
+
+
+def _near_cap_lines(wildcards: int, seed: int) -> list[tuple[bool, str]]:
+    import random
+
+    rnd = random.Random(seed)
+    wild: dict[str, bool] = {"/a*" + "b" * 1021: False}  # the longest pattern allowed
+    while len(wild) < wildcards:
+        parts = [
+            "".join(rnd.choices("ab/", k=rnd.randrange(4))) for _ in range(rnd.randrange(2, 5))
+        ]
+        pattern = "/" + "*".join(parts) + ("$" if rnd.random() < 0.3 else "")
+        wild.setdefault(pattern, rnd.random() < 0.4)
+    plain = ["/" + "".join(rnd.choices("ab/", k=rnd.randrange(1, 8))) for _ in range(60)]
+    lines = [(allow, p) for p, allow in wild.items()]
+    lines += [(rnd.random() < 0.4, p + ("$" if rnd.random() < 0.3 else "")) for p in plain]
+    rnd.shuffle(lines)
+    return lines
+
+
+def _rules_of(lines: list[tuple[bool, str]]) -> RobotsRules:
+    text = "User-agent: *\n" + "".join(
+        f"{'Allow' if allow else 'Disallow'}: {p}\n" for allow, p in lines
+    )
+    rules = RobotsRules.parse(text.encode())
+    assert rules.too_complex is None and rules.parse_error is None
+    return rules
+
+
+NEAR_CAP = _near_cap_lines(1000, seed=72)
+NEAR_CAP_RULES = _rules_of(NEAR_CAP)
+FEW = _near_cap_lines(100, seed=73)
+FEW_RULES = _rules_of(FEW)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text("ab/", max_size=300))
+def test_file_at_the_caps_matches_like_brute_force(tail: str) -> None:
+    path = "/" + tail
+    verdict = NEAR_CAP_RULES.decide("AcmeBot", path)
+    allowed, texts = _brute_force(NEAR_CAP, path)
+    assert verdict.allowed == allowed
+    assert verdict.rule in texts if texts else verdict.rule is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text("ab/", max_size=40), st.integers(0, 5000), st.text("ab/", max_size=40))
+def test_long_paths_past_the_trigram_filter_match_like_brute_force(
+    head: str, pad: int, tail: str
+) -> None:
+    path = "/" + head + "a" * pad + tail  # up to ~5 KiB: 100 patterns x 5 KiB < 1 MiB
+    verdict = FEW_RULES.decide("AcmeBot", path)
+    allowed, texts = _brute_force(FEW, path)
+    assert verdict.allowed == allowed
+    assert verdict.rule in texts if texts else verdict.rule is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("ab/%2fF4e1Aé *$?\x00", max_size=30), st.booleans(), st.booleans())
+def test_normalize_path_fast_path_is_normalize_escapes(
+    value: str, encode_non_ascii: bool, decode_unreserved: bool
+) -> None:
+    from crawlguard.identity import normalize_escapes
+
+    expected = (
+        normalize_escapes(
+            value, decode_unreserved=decode_unreserved, encode_non_ascii=encode_non_ascii
+        )
+        .replace("*", "%2A")
+        .replace("$", "%24")
+    )
+    got = normalize_path(
+        value, encode_non_ascii=encode_non_ascii, decode_unreserved=decode_unreserved
+    )
+    assert got == expected
