@@ -357,7 +357,38 @@ def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> Config
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: YAML syntax error: {exc}") from None
-    return parse_config(data, str(p), secrets=secrets)
+    return relative_to(parse_config(data, str(p), secrets=secrets), p.parent)
+
+
+def relative_to(cfg: Config, base: Path) -> Config:
+    """Relative file paths in `cfg` (confdir, upstream CA, SQLite file) made absolute against
+    `base`, the config file's folder: the proxy and the operator commands then find the same
+    store and CA from any working directory."""
+
+    def absolute(path: str) -> str:
+        expanded = Path(path).expanduser()
+        return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+    proxy = cfg.proxy.model_copy(
+        update={
+            "confdir": absolute(cfg.proxy.confdir),
+            "upstream_ca_file": cfg.proxy.upstream_ca_file and absolute(cfg.proxy.upstream_ca_file),
+        }
+    )
+    store = cfg.store
+    scheme, sep, rest = store.url.partition("://")
+    relative = rest.startswith("/") and not rest.startswith("//")
+    if (
+        sep
+        and scheme.lower() == "sqlite"
+        and relative
+        and not rest.endswith("/")
+        and "?" not in rest
+    ):
+        # sqlite:///rel/file.db -> sqlite:////abs/dir/rel/file.db (malformed URLs are left
+        # for open_store to explain)
+        store = store.model_copy(update={"url": "sqlite:///" + absolute(rest[1:])})
+    return cfg.model_copy(update={"proxy": proxy, "store": store})
 
 
 def with_overrides(config: Config, **overrides: Any) -> Config:

@@ -167,13 +167,31 @@ def test_table_when_nothing_matches(tmp_path: Path, config: Path) -> None:
 
 
 def test_a_missing_store_is_an_error_not_a_new_empty_one(tmp_path: Path) -> None:
-    cfg = base_config(tmp_path, store={"url": "sqlite:///fresh/var/cg.db"})  # relative to cwd
+    cfg = base_config(tmp_path, store={"url": "sqlite:///fresh/var/cg.db"})
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = violations(tmp_path, path, "--format", "json")
     assert proc.returncode == 2
-    assert "no violation store at fresh/var/cg.db" in proc.stderr
+    assert f"no violation store at {tmp_path}/fresh/var/cg.db" in proc.stderr
     assert not (tmp_path / "fresh").exists()
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    """The proxy and an operator in another directory find the same store."""
+    (tmp_path / "etc").mkdir()
+    cfg = base_config(tmp_path, store={"url": "sqlite:///var/cg.db"})
+    path = tmp_path / "etc" / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    from crawlguard.config import load_config
+    from crawlguard.store import open_store
+
+    loaded = load_config(path)
+    assert loaded.store.url == f"sqlite:///{tmp_path}/etc/var/cg.db"
+    open_store(loaded.store.url).close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = violations(elsewhere, path, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_operator_commands_need_no_tenant_secrets(tmp_path: Path) -> None:
