@@ -364,7 +364,11 @@ class CrawlGuardAddon:
         self._pin(flow.client_conn, pinned, target.port, target.host)
 
     def _pin(self, client: connection.Client, address: str, port: int, host: str) -> None:
-        self._pins.setdefault(client.id, {})[(address, port)] = host
+        pins = self._pins.setdefault(client.id, {})
+        pins.pop((address, port), None)
+        pins[(address, port)] = host  # newest last
+        if len(pins) > MAX_PINS_PER_CLIENT:  # bounded; a dropped pin is re-made by its request
+            del pins[next(iter(pins))]
 
     def server_connect(self, data: Any) -> None:
         """The last gate: connect only to an address a decision pinned for this client."""
@@ -462,6 +466,7 @@ def _drop_leading_empty_lines(nextlayer: layer.NextLayer) -> None:
 
 
 STREAM_LARGE_BODIES = "1m"
+MAX_PINS_PER_CLIENT = 256
 
 # mitmproxy options crawlguard's guarantees rest on, and why (checked in `configure`).
 SAFE_OPTIONS: dict[str, Any] = {"rawtcp": False, "http2": False, "connection_strategy": "lazy"}

@@ -632,3 +632,15 @@ async def test_a_full_record_queue_refuses_instead_of_answering_unrecorded(env: 
         flow = make_flow("127.0.0.1", origin.port, "/fine")  # nothing to record: forwarded
         await env.addon.requestheaders(flow)
         assert flow.response is None
+
+
+def test_pins_per_client_are_bounded() -> None:
+    from crawlguard.addon import MAX_PINS_PER_CLIENT
+
+    addon = CrawlGuardAddon()
+    client = tflow.tclient_conn()
+    for i in range(MAX_PINS_PER_CLIENT + 50):
+        addon._pin(client, f"10.0.{i // 256}.{i % 256}", 80, f"h{i}.example")
+    pins = addon._pins[client.id]
+    assert len(pins) == MAX_PINS_PER_CLIENT
+    assert ("10.0.0.0", 80) not in pins and pins[("10.0.1.49", 80)] == "h305.example"
