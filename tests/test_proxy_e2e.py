@@ -237,3 +237,35 @@ def test_destination_forbidden_private_address_and_port(tmp_path: Path, origin: 
         assert kinds == {"destination-forbidden"}
     finally:
         p.stop()
+
+
+def test_an_origin_resetting_mid_response_does_not_hurt_the_proxy(proxy: Proxy, web: LocalOrigin):
+    """The origin sends half a body, then a TCP reset: that request fails, the next one works."""
+    import socket
+    import struct
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # RST
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    ua = "InitechBot/1.0 (+https://initech.example/bot)"  # mode off: no robots.txt fetch
+    try:
+        r = proxy.get(f"http://127.0.0.1:{port}/half", tenant="initech", ua=ua)
+        assert r.status_code == 502 or len(r.content) < 100000
+    except requests.RequestException:
+        pass  # the client may see the reset itself: either way the request failed
+    t.join(10)
+    server.close()
+    assert proxy.get(web.url("/after-reset")).status_code == 200
+    assert proxy.proc.poll() is None
