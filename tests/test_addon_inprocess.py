@@ -9,26 +9,24 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import GOOD_UA, base_config
+from harness import GOOD_UA
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from inprocess import Env, running
 from mitmproxy import connection, http
-from mitmproxy.addons import proxyserver
 from mitmproxy.net.http.http1.assemble import assemble_request_head
 from mitmproxy.proxy import context, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 from netguard import netguard  # noqa: F401  (fixture)
 from origins import RecordingOrigin, respond, routes
 
-from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
-from crawlguard.config import parse_config
+from crawlguard.addon import CrawlGuardAddon
 from crawlguard.decisions import DECISION_HEADER
 from crawlguard.identity import canonical_path
 from crawlguard.records import ViolationRecord
@@ -95,29 +93,6 @@ def seed_robots(guard: Guard, origin: tuple[str, str, int], body: bytes) -> None
     slot = cache._slot(origin)
     slot.entry = RobotsEntry(rules, True, rules.sha256, rules.body, "ok", now, now + 3600.0)
     slot.good, slot.good_at = rules, now
-
-
-@dataclass
-class Env:
-    guard: Guard
-    addon: CrawlGuardAddon
-    tctx: taddons.context
-
-
-@asynccontextmanager
-async def running(tmp_path: Path, **sections: Any) -> AsyncIterator[Env]:
-    cfg = parse_config(base_config(tmp_path, **sections))
-    guard = Guard(cfg)
-    addon = CrawlGuardAddon(guard)
-    # Proxyserver declares connection_strategy/rawtcp/http2; the addon refuses unsafe values.
-    with taddons.context(proxyserver.Proxyserver()) as tctx:
-        apply_mitmproxy_options(tctx.options, cfg, listen=False)
-        tctx.master.addons.add(addon)
-        guard.start()
-        try:
-            yield Env(guard, addon, tctx)
-        finally:
-            await guard.close()
 
 
 @asynccontextmanager

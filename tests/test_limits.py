@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 from harness import GOOD_UA, base_config, tenant
+from inprocess import running as in_process
 from mitmproxy import http
-from mitmproxy.addons import proxyserver
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 from netguard import netguard  # noqa: F401  (fixture)
 from origins import RecordingOrigin, respond, routes
 
-from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
+from crawlguard.addon import CrawlGuardAddon
 from crawlguard.config import ConfigError, Tenant, parse_config
 from crawlguard.decisions import DECISION_HEADER, Kind
 from crawlguard.limits import (
@@ -265,17 +265,8 @@ def flow_for(port: int, path: str, tid: str = "acme", ua: str = GOOD_UA) -> http
 async def running(
     tmp_path: Path, tenants: list[dict[str, Any]]
 ) -> AsyncIterator[tuple[Guard, CrawlGuardAddon]]:
-    cfg_ = parse_config(base_config(tmp_path, tenants=tenants))
-    guard = Guard(cfg_)
-    addon = CrawlGuardAddon(guard)
-    with taddons.context(proxyserver.Proxyserver()) as tctx:
-        apply_mitmproxy_options(tctx.options, cfg_, listen=False)
-        tctx.master.addons.add(addon)
-        guard.start()
-        try:
-            yield guard, addon
-        finally:
-            await guard.close()
+    async with in_process(tmp_path, tenants=tenants) as env:
+        yield env.guard, env.addon
 
 
 ROBOTS = b"User-agent: *\nDisallow: /private/\n"
