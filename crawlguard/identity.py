@@ -51,7 +51,6 @@ class IdentityError(ValueError):
 # unreserved, sub-delims, ":" and "@". Everything else ("[", "]", "#", space, quotes,
 # "\\", "^", "`", "{|}", non-ASCII, a stray "%") is percent-encoded.
 _KEEP = r"A-Za-z0-9\-._~!$&'()*+,;=:@/?"
-_CLEAN = re.compile(f"[{_KEEP}]*").fullmatch
 _TO_FIX = re.compile(f"%([0-9A-Fa-f]{{2}})|[^{_KEEP}]".encode())
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -75,6 +74,28 @@ def _fixer(decode_unreserved: bool, encode_non_ascii: bool) -> Callable[[re.Matc
 _FIXERS = {(d, e): _fixer(d, e) for d in (True, False) for e in (True, False)}
 
 
+def _normal_form(decode_unreserved: bool, encode_non_ascii: bool) -> re.Pattern[str]:
+    """What `normalize_escapes` leaves unchanged, as one regex: kept characters (raw non-ASCII
+    too when it is not encoded; never lone surrogates, which stand for raw octets) and
+    upper-case escapes, none of an unreserved character when those are decoded. Recognising
+    a value already normal costs one scan (~30 ns an escape, against ~1 us an escape for the
+    rewrite): the proxy's canonical targets are re-normalised by robots.txt matching."""
+    chars = _KEEP if encode_non_ascii else _KEEP + "\x80-\ud7ff\ue000-\U0010ffff"
+    hexdigits = "0123456789ABCDEF"
+    escapes = [
+        hi + "[" + "".join(
+            lo
+            for lo in hexdigits
+            if not (decode_unreserved and int(hi + lo, 16) in _UNRESERVED)
+        ) + "]"
+        for hi in hexdigits
+    ]  # fmt: skip
+    return re.compile(rf"[{chars}]*+(?:%(?:{'|'.join(escapes)})[{chars}]*+)*+")
+
+
+_NORMAL = {(d, e): _normal_form(d, e).fullmatch for d in (True, False) for e in (True, False)}
+
+
 def _octets(value: str) -> bytes:
     """UTF-8 of `value`; lone surrogates from surrogateescape decoding are their raw octets."""
     try:
@@ -94,7 +115,7 @@ def normalize_escapes(
     allow there is encoded as UTF-8 octets, a stray `%` as `%25`. `encode_non_ascii=False`
     leaves raw non-ASCII text alone (robots.txt's as-written reading of a URL). Idempotent.
     """
-    if _CLEAN(value):
+    if _NORMAL[decode_unreserved, encode_non_ascii](value):
         return value
     fixed = _TO_FIX.sub(_FIXERS[decode_unreserved, encode_non_ascii], _octets(value))
     return fixed.decode("utf-8", "surrogateescape")

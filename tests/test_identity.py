@@ -435,3 +435,20 @@ def test_host_header_matches(
 ) -> None:
     t = request_identity(scheme, host, port, "/")
     assert host_header_matches(t, header) is matches
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("ab/%2fF4e1Aé *$?\x00~", max_size=30), st.booleans(), st.booleans())
+def test_normal_values_are_recognised_exactly(
+    value: str, decode_unreserved: bool, encode_non_ascii: bool
+) -> None:
+    """The one-scan shortcut of normalize_escapes never skips a value the rewrite would change."""
+    from crawlguard import identity
+
+    rewritten = identity._TO_FIX.sub(
+        identity._FIXERS[decode_unreserved, encode_non_ascii], identity._octets(value)
+    ).decode("utf-8", "surrogateescape")
+    got = normalize_escapes(
+        value, decode_unreserved=decode_unreserved, encode_non_ascii=encode_non_ascii
+    )
+    assert got == rewritten

@@ -743,23 +743,3 @@ def test_long_paths_past_the_trigram_filter_match_like_brute_force(
     allowed, texts = _brute_force(FEW, path)
     assert verdict.allowed == allowed
     assert verdict.rule in texts if texts else verdict.rule is None
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text("ab/%2fF4e1Aé *$?\x00", max_size=30), st.booleans(), st.booleans())
-def test_normalize_path_fast_path_is_normalize_escapes(
-    value: str, encode_non_ascii: bool, decode_unreserved: bool
-) -> None:
-    from crawlguard.identity import normalize_escapes
-
-    expected = (
-        normalize_escapes(
-            value, decode_unreserved=decode_unreserved, encode_non_ascii=encode_non_ascii
-        )
-        .replace("*", "%2A")
-        .replace("$", "%24")
-    )
-    got = normalize_path(
-        value, encode_non_ascii=encode_non_ascii, decode_unreserved=decode_unreserved
-    )
-    assert got == expected
