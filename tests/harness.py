@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,16 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_UA = "AcmeBot/1.0 (+https://acme.example/bot)"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `predicate` until true or `timeout` s: tests wait on conditions, never fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import LocalOrigin, Proxy, base_config
+from harness import LocalOrigin, Proxy, base_config, wait_for
 
 from crawlguard.client_limits import ClientLimits
 from crawlguard.mitm_patches import HeadLimits, head_problem
@@ -219,10 +219,7 @@ def test_held_requests_are_capped(tmp_path: Path):
         held: list[int] = []
         t = threading.Thread(target=lambda: held.append(proxy.get(site.url("/held")).status_code))
         t.start()
-        deadline = time.monotonic() + 10
-        while "crawlguard_delayed_requests 1.0" not in proxy.metrics():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        assert wait_for(lambda: "crawlguard_delayed_requests 1.0" in proxy.metrics())
         r = proxy.get(site.url("/third"))
         assert (r.status_code, r.headers["X-Crawlguard-Decision"]) == (429, "crawl-delay")
         t.join(30)

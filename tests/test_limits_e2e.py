@@ -10,13 +10,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 import trustme
-from harness import LocalOrigin, Proxy, Route, base_config, tenant
+from harness import LocalOrigin, Proxy, Route, base_config, tenant, wait_for
 from rawhttp import auth, request_bytes
 
 pytestmark = pytest.mark.timeout(90)
@@ -50,15 +50,6 @@ def get(proxy: Proxy, url: str, tid: str, **kw: Any) -> requests.Response:
     return proxy.get(url, tenant=tid, ua=ua(tid), **kw)
 
 
-def poll(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def assert_limited(r: requests.Response) -> None:
     assert r.status_code == 429, r.text
     assert r.headers["X-Crawlguard-Decision"] == "tenant-limit"
@@ -76,7 +67,7 @@ def test_max_rps_limits_one_tenant_only(proxy: Proxy, origin: LocalOrigin) -> No
     assert get(proxy, origin.url("/f1"), "free").status_code == 200  # other tenants proceed
     assert "/r2" not in origin.paths()
     # the bucket refills: a later request passes
-    assert poll(lambda: get(proxy, origin.url("/r3"), "rated").status_code == 200)
+    assert wait_for(lambda: get(proxy, origin.url("/r3"), "rated").status_code == 200)
     recs = proxy.violations("--tenant", "rated", "--kind", "tenant-limit")
     assert recs, "tenant-limit refusals are recorded"
     assert recs[-1]["action"] == "blocked"
@@ -92,7 +83,7 @@ def test_max_concurrency_until_the_first_completes(proxy: Proxy, origin: LocalOr
     )
     slow.start()
     try:
-        assert poll(lambda: "/slow" in origin.paths()), "the first request reached the origin"
+        assert wait_for(lambda: "/slow" in origin.paths()), "the first request reached the origin"
         second = get(proxy, origin.url("/second"), "single")
         assert_limited(second)
         assert second.headers["Retry-After"] == "1"
@@ -101,7 +92,7 @@ def test_max_concurrency_until_the_first_completes(proxy: Proxy, origin: LocalOr
         slow.join(15)
     assert results["slow"].status_code == 200 and results["slow"].text == "slow\n"
     assert "/second" not in origin.paths()
-    assert poll(lambda: get(proxy, origin.url("/third"), "single").status_code == 200)
+    assert wait_for(lambda: get(proxy, origin.url("/third"), "single").status_code == 200)
     recs = proxy.violations("--tenant", "single", "--kind", "tenant-limit")
     assert [r["rule"] for r in recs] == ["tenants[single].max_concurrency: 1"]
 
@@ -115,11 +106,11 @@ def test_client_gone_releases_its_slot(proxy: Proxy, origin: LocalOrigin) -> Non
             proxy_auth=auth("leaver"),
         )
     )  # fmt: skip
-    assert poll(lambda: "/hang" in origin.paths())
+    assert wait_for(lambda: "/hang" in origin.paths())
     sock.close()  # the client leaves while its request is in flight
     left = time.monotonic()
     # released by the `error` hook, long before the origin's late answer would have done it
-    assert poll(lambda: get(proxy, origin.url("/after"), "leaver").status_code == 200, 4.0)
+    assert wait_for(lambda: get(proxy, origin.url("/after"), "leaver").status_code == 200, 4.0)
     assert time.monotonic() - left < 6.0
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import requests
-from harness import Hit, LocalOrigin, Proxy, Route, base_config, tenant
+from harness import Hit, LocalOrigin, Proxy, Route, base_config, tenant, wait_for
 
 GAP_SLACK = 0.05
 SLOW_UA = "SlowBot/1.0 (+https://slow.example/bot)"
@@ -84,15 +84,6 @@ def delayed_gauge(proxy: Proxy) -> float:
     m = re.search(r"^crawlguard_delayed_requests (\S+)$", proxy.metrics(), re.MULTILINE)
     assert m is not None
     return float(m.group(1))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def records_for(proxy: Proxy, site: LocalOrigin, *args: str) -> list[dict[str, Any]]:

@@ -7,13 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from harness import GOOD_UA, LocalOrigin, Proxy, base_config, tenant
+from harness import GOOD_UA, LocalOrigin, Proxy, base_config, tenant, wait_for
 from rawhttp import auth, read_reply
 
 ROBOTS = b"User-agent: *\nDisallow: /private\n"
@@ -41,10 +40,7 @@ def rewrite(proxy: Proxy, **changes: object) -> None:
 
 
 def wait_for_log(proxy: Proxy, needle: str, count: int = 1) -> None:
-    deadline = time.monotonic() + 20
-    while proxy.log().count(needle) < count:
-        assert time.monotonic() < deadline, proxy.log()
-        time.sleep(0.05)
+    assert wait_for(lambda: proxy.log().count(needle) >= count, 20), proxy.log()
 
 
 def reload_cmd(proxy: Proxy) -> subprocess.CompletedProcess[str]:
