@@ -332,14 +332,15 @@ class CrawlGuardAddon:
             pinned = admitted.pinned
         if mode == "off":
             return info, pinned, plan(mode, Decision(Kind.ALLOWED)), None
-        if tenant.ua.evaluate(ua).kind is Kind.ALLOWED:  # else guard.decide says which UA rule
+        verdict = tenant.ua.evaluate(ua)
+        if verdict.allowed:  # else guard.decide refuses with the UA rule
             limited = guard.limits.check(tenant.cfg, flow.metadata)
             if not limited.allowed:
                 step = plan(mode, limited)
                 if not step.refuse:  # monitor: forwarded over the limit, so in flight all the same
                     guard.limits.hold_for(tenant.id, flow.metadata)
                 return info, pinned, step, None
-        decision = await guard.decide(tenant, info)
+        decision = await guard.decide(tenant, info, verdict)
         if not decision.allowed or info.is_robots_txt:
             return info, pinned, plan(mode, decision), None
         may_hold = self._held < guard.cfg.pacing.max_held

@@ -26,7 +26,7 @@ from crawlguard.records import ViolationRecord, utc_now_iso
 from crawlguard.robots_cache import RobotsCache
 from crawlguard.state import MemoryState, PacingState
 from crawlguard.store import ViolationStore, open_store
-from crawlguard.ua_policy import UserAgentPolicy
+from crawlguard.ua_policy import UAVerdict, UserAgentPolicy
 
 log = logging.getLogger("crawlguard")
 violation_log = logging.getLogger("crawlguard.violations")
@@ -246,9 +246,13 @@ class Guard:
             )
         return resolution
 
-    async def decide(self, tenant: TenantRuntime, req: RequestInfo) -> Decision:
-        """User agent, then robots.txt (the destination came first, in `admit`; pacing after)."""
-        verdict = tenant.ua.evaluate(req.user_agent)
+    async def decide(
+        self, tenant: TenantRuntime, req: RequestInfo, verdict: UAVerdict | None = None
+    ) -> Decision:
+        """User agent, then robots.txt (the destination came first, in `admit`; pacing after).
+        `verdict`: the UA verdict when the caller has it already (one evaluation a request)."""
+        if verdict is None:
+            verdict = tenant.ua.evaluate(req.user_agent)
         if verdict.kind is not Kind.ALLOWED:
             return Decision(verdict.kind, rule=verdict.rule, reason=verdict.reason)
         if req.is_robots_txt:
