@@ -28,10 +28,8 @@ __all__ = [
     "Target",
     "canonical_host",
     "canonical_path",
-    "host_header_matches",
     "normalize_escapes",
     "request_identity",
-    "split_authority",
 ]
 
 DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
@@ -280,14 +278,6 @@ def canonical_host(host: str) -> str:
     return name
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 # --- the request -----------------------------------------------------------------------------
 
 
@@ -321,11 +311,6 @@ class Target:
         return f"{self.scheme}://{self.authority}{self.path}"
 
     @property
-    def is_ip(self) -> bool:
-        """The host is an IP literal (no name to resolve, no SNI name)."""
-        return _is_ip(self.host)
-
-    @property
     def is_robots_txt(self) -> bool:
         """The target is /robots.txt itself (with or without a query), always allowed."""
         return self.path.partition("?")[0] == "/robots.txt"
@@ -349,39 +334,3 @@ def request_identity(scheme: str, host: str, port: int | None, target: str) -> T
     if scheme not in DEFAULT_PORTS:
         raise IdentityError(f"scheme must be http or https, not {scheme[:20]!r}")
     return Target(scheme, canonical_host(host), _port(scheme, port), canonical_path(target))
-
-
-def split_authority(authority: str) -> tuple[str, int | None]:
-    """(host, port) of `host[:port]` or `[v6][:port]`; port None when absent or empty
-    (RFC 3986 §3.2.3: an empty port means the default). The host is not canonicalised."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end < 0:
-            raise IdentityError(f"unbalanced brackets in authority {authority[:100]!r}")
-        host, rest = authority[: end + 1], authority[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise IdentityError(f"junk after IPv6 literal in {authority[:100]!r}")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = authority.partition(":")
-        if ":" in port_text:
-            raise IdentityError(f"IPv6 address without brackets in {authority[:100]!r}")
-    if not port_text:
-        return host, None
-    if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
-        raise IdentityError(f"not a port: {port_text[:20]!r}")
-    return host, int(port_text)
-
-
-def host_header_matches(target: Target, host_header: str | None) -> bool:
-    """Whether a Host header names the target's authority (canonical host, default port
-    equivalent). The proxy rewrites a mismatching Host to `target.authority` (RFC 9112
-    §3.2.2); this says whether it had to, for records and explanations."""
-    if host_header is None:
-        return False
-    try:
-        host, port = split_authority(host_header.strip())
-        same_port = _port(target.scheme, port) == target.port
-        return same_port and canonical_host(host) == target.host
-    except IdentityError:
-        return False

@@ -20,11 +20,6 @@ class Plan:
     refuse: bool  # answer with the decision's refusal instead of forwarding
     hold: bool = False  # wait for the pacing slot, then forward
 
-    @property
-    def monitor_note(self) -> str | None:
-        """`X-Crawlguard-Monitor`: the kind a forwarded request would have been refused for."""
-        return self.decision.kind.value if self.record is Action.LOGGED else None
-
 
 def plan(mode: str, decision: Decision, *, held: bool = False) -> Plan:
     """`mode` is the tenant's (enforce, monitor, off); `held` when delay pacing holds it."""

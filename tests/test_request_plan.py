@@ -35,9 +35,6 @@ OK = Decision(Kind.ALLOWED)
 def test_plan_by_mode_and_kind(mode: str, decision: Decision, record: Action | None, refuse: bool):
     step = plan(mode, decision)
     assert (step.record, step.refuse, step.hold) == (record, refuse, False)
-    assert step.monitor_note == (
-        decision.kind.value if mode == "monitor" and not refuse and not decision.allowed else None
-    )
 
 
 def test_plan_hold_is_recorded_as_delayed_and_forwarded():

@@ -182,13 +182,6 @@ class SafeResolver:
         # shield: one impatient caller must not cancel the lookup the others wait on.
         return await asyncio.shield(task)
 
-    def forget(self, host: str | None = None) -> None:
-        """Drop one cached name, or all of them."""
-        if host is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(normalize_host(host), None)
-
     # -- internals ---------------------------------------------------------------------------
 
     async def _lookup_and_cache(self, host: str, port: int) -> Resolution:
