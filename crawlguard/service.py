@@ -15,12 +15,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from crawlguard.admin.metrics import Metrics
 from crawlguard.auth import Authenticator
 from crawlguard.config import Config, Tenant
 from crawlguard.decisions import Action, Decision, Kind
 from crawlguard.egress import EgressPolicy, Resolution
 from crawlguard.identity import Target
-from crawlguard.metrics import Metrics
 from crawlguard.pacing import Pacer, PacingOutcome
 from crawlguard.records import ViolationRecord, utc_now_iso
 from crawlguard.robots_cache import RobotsCache

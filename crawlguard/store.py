@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from crawlguard.records import FIELDS, ViolationRecord
 
 if TYPE_CHECKING:
-    from crawlguard.metrics import Metrics
+    from crawlguard.admin.metrics import Metrics
 
 log = logging.getLogger("crawlguard")
 

@@ -15,9 +15,9 @@ import pytest
 from harness import base_config
 from prometheus_client import generate_latest
 
+from crawlguard.admin.metrics import Metrics
 from crawlguard.config import parse_config
 from crawlguard.decisions import Action, Decision, Kind
-from crawlguard.metrics import Metrics
 from crawlguard.records import FIELD_LIMITS, ViolationRecord, cut, cut_marker, utc_now_iso
 from crawlguard.service import Guard, RequestInfo
 from crawlguard.store import SQLiteStore, StoreBacklogged, StoreWriter

@@ -8,14 +8,15 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from crawlguard import __version__, cli_check, cli_lint, cli_run, cli_violations
+    from crawlguard import __version__
+    from crawlguard.cli import check, lint, run, violations
 
     parser = argparse.ArgumentParser(
         prog="crawlguard", description="Crawler-etiquette enforcement proxy."
     )
     parser.add_argument("--version", action="version", version=f"crawlguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cli_run, cli_check, cli_lint, cli_violations):
+    for module in (run, check, lint, violations):
         module.register(sub)
     return parser
 
