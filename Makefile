@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/crawlguard.yaml
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean system-tools
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (pyenv honours .python-version)"; exit 1; }
@@ -19,8 +19,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/crawlguard run --config $(CONFIG)
 
-test: $(STAMP)
+# Browser and Prometheus tests need Debian's chromium and promtool (package prometheus).
+# Installed here when missing and apt-get can; otherwise those tests fail saying what is missing.
+system-tools:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian packages:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || \
+		echo "could not install$$missing: the tests that need them will fail and say so"; \
+	elif [ -n "$$missing" ]; then \
+		echo "missing$$missing (apt-get install -y$$missing): the tests that need them will fail and say so"; \
+	fi
+
+test: $(STAMP) system-tools
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
