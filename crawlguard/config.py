@@ -86,23 +86,32 @@ class StoreSection(_Strict):
 class StateSection(_Strict):
     url: str = "memory://"
     on_error: Literal["closed", "open"] = "closed"
-    """What to do when a shared state backend is down. memory:// state cannot be down, so
-    only the default (`closed`) is accepted with it: a key that would do nothing is an error."""
+    """What to do when a shared state backend (redis://) is down: `closed` refuses paced
+    requests with 503 state-unavailable, `open` paces per process meanwhile. memory:// state
+    cannot be down, so only the default (`closed`) is accepted with it: a key that would do
+    nothing is an error."""
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        if not (v == "memory://" or v.startswith(("redis://", "rediss://"))):
+        if v == "memory://":
+            return v
+        if not v.startswith(("redis://", "rediss://")):
             raise ValueError("must be memory:// or redis://host:port/db")
+        from crawlguard.state.redis import parse_redis_url
+
+        parse_redis_url(v)  # ValueError says what is wrong (host, port, db, parameters)
         return v
 
     @field_validator("on_error")
     @classmethod
     def _on_error(cls, v: str, info: ValidationInfo) -> str:
-        if v != "closed" and info.data.get("url", "memory://") == "memory://":
+        if "url" not in info.data:  # the url failed: its own error says why
+            return v
+        if v != "closed" and info.data["url"] == "memory://":
             raise ValueError(
-                f"{v!r} is only meaningful with a shared state.url (redis://), which this "
-                "version does not have; memory:// state cannot fail, remove the key"
+                f"{v!r} is only meaningful with a shared state.url (redis://); "
+                "memory:// state cannot fail, remove the key"
             )
         return v
 

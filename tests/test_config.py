@@ -179,7 +179,7 @@ LIMIT_CASES = [
     ("state.on_error without shared state",
      lambda c: c["state"].update(on_error="open"),
      ["state.on_error", "only meaningful with a shared state.url (redis://)",
-      "this version does not have"]),
+      "memory:// state cannot fail"]),
     ("deny_hosts glob with whitespace",
      lambda c: c["tenants"][0].update(deny_hosts=["evil .test"]),
      ["tenants[acme].deny_hosts", "whitespace"]),
@@ -220,3 +220,50 @@ def test_limit_keys_load() -> None:
     assert t.allow_hosts == ["*.example.com", "example.com"]
     assert t.deny_hosts == ["x.example.com"]
     assert cfg.state.on_error == "closed"
+
+
+REDIS_URL_CASES = [
+    ("no host", "redis:///0", "needs a host"),
+    ("port out of range", "redis://127.0.0.1:70000/0", "port must be a number from 1 to 65535"),
+    ("port not a number", "redis://127.0.0.1:abc/0", "port must be a number"),
+    ("db not a number", "redis://127.0.0.1:6379/zero", "database must be a number"),
+    ("unknown parameter", "redis://127.0.0.1:6379/0?sentinel=1", "unknown redis URL parameter"),
+    ("bad prefix", "redis://127.0.0.1:6379/0?prefix=a%20b", "prefix must be"),
+    ("bad pool size", "redis://127.0.0.1:6379/0?max_connections=0", "max_connections"),
+    ("bad timeout", "redis://127.0.0.1:6379/0?timeout=-1", "timeout must be seconds"),
+    ("fragment", "redis://127.0.0.1:6379/0#x", "fragment"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "needle"), REDIS_URL_CASES, ids=[c[0] for c in REDIS_URL_CASES]
+)
+def test_bad_redis_state_url_names_state_url(name: str, url: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"state": {"url": url, "on_error": "open"}})
+    msg = str(exc.value)
+    assert "state.url" in msg and needle in msg, msg
+    assert "state.on_error" not in msg  # the url's own error, not a follow-on one
+
+
+def test_bad_redis_url_never_echoes_the_password() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"state": {"url": "redis://:s3cret@127.0.0.1:99999/0"}})
+    assert "state.url" in str(exc.value) and "s3cret" not in str(exc.value)
+
+
+def test_redis_state_url_loads_with_on_error_open() -> None:
+    from crawlguard.state.redis import parse_redis_url
+
+    url = "rediss://user:p%40ss@redis.internal:6380/3?prefix=prod-eu&max_connections=8&timeout=1"
+    cfg = parse_config({"state": {"url": url, "on_error": "open"}})
+    assert (cfg.state.url, cfg.state.on_error) == (url, "open")
+    s = parse_redis_url(url)
+    assert (s.host, s.port, s.db, s.tls) == ("redis.internal", 6380, 3, True)
+    assert (s.username, s.password, s.prefix) == ("user", "p@ss", "prod-eu")
+    assert (s.max_connections, s.timeout) == (8, 1.0)
+    assert s.namespace == "crawlguard:prod-eu:"
+    assert "p@ss" not in repr(s) and "p@ss" not in s.describe()
+    plain = parse_redis_url("redis://127.0.0.1")
+    assert (plain.port, plain.db, plain.prefix, plain.namespace) == (6379, 0, "", "crawlguard:")
+    assert parse_config({"state": {"url": "redis://127.0.0.1:6379/0"}}).state.on_error == "closed"

@@ -140,7 +140,7 @@ def test_state_on_error_open_is_refused_without_shared_state(tmp_path: Path) -> 
     msg = bad(tmp_path, state={"url": "memory://", "on_error": "open"})
     assert "state.on_error" in msg
     assert "only meaningful with a shared state.url (redis://)" in msg
-    assert "this version does not have" in msg
+    assert "memory:// state cannot fail" in msg
     ok = parse_config(base_config(tmp_path, state={"url": "memory://", "on_error": "closed"}))
     assert ok.state.on_error == "closed"
 
