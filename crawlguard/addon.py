@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 
-from crawlguard import mitm_patches
+from crawlguard import ca, mitm_patches
 from crawlguard.admin import AdminServer
 from crawlguard.config import Config, ConfigError, load_config
 from crawlguard.decisions import DECISION_HEADER, Decision, Kind
@@ -30,7 +31,7 @@ from crawlguard.headers import strip_request, strip_response
 from crawlguard.identity import IdentityError, Target, canonical_host, request_identity
 from crawlguard.pacing import PacingOutcome
 from crawlguard.plan import Plan, plan
-from crawlguard.service import Guard, RequestInfo, TenantRuntime
+from crawlguard.service import HELD, Guard, RequestInfo, TenantRuntime
 from crawlguard.sniff import FirstBytes, classify, leading_empty_lines
 from crawlguard.store import StoreBacklogged
 
@@ -114,12 +115,14 @@ class CrawlGuardAddon:
             except ConfigError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
             if self.guard is None:
+                ensure_named_ca()
                 self.guard = Guard(cfg)
             else:  # a changed path is a reload: one Guard per process, nothing leaked
                 kept = self.guard.reload(cfg)
                 if kept:
                     log.warning("crawlguard: needs a restart, running values kept: %s", kept)
             apply_mitmproxy_options(ctx.options, cfg, listen=False)
+            warn_unapplied_listen_keys(ctx.options, cfg)
         if self.guard is None:
             return
         changed = {
@@ -273,11 +276,11 @@ class CrawlGuardAddon:
         started = time.perf_counter()
         info, pinned, step, outcome = await self._decide(flow, guard, tenant, tunnel)
         guard.metrics.decision_seconds.observe(time.perf_counter() - started)
-        guard.count(tenant, step.decision.kind)
         flow.metadata[META] = (tenant, step.decision, info)
         try:
             await self._effect(step, tenant, info)
         except StoreBacklogged as exc:  # no answer without its record: refuse instead
+            guard.count(tenant, Kind.STORE_BACKLOGGED)  # what the client is answered
             guard.limits.release(flow.metadata)
             if step.hold:
                 assert outcome is not None
@@ -287,6 +290,8 @@ class CrawlGuardAddon:
             flow.metadata[REFUSED] = True
             flow.response = refusal(BACKLOGGED)
             return
+        # Held, then forwarded (or its client left first): `held`, not a violation.
+        guard.count(tenant, HELD if step.hold else step.decision.kind)
         if step.refuse:
             guard.limits.release(flow.metadata)  # a refused request holds no concurrency slot
             flow.metadata[REFUSED] = True
@@ -385,6 +390,7 @@ class CrawlGuardAddon:
     async def _hold(self, flow: http.HTTPFlow, outcome: PacingOutcome) -> bool:
         """Hold a delay-paced request until its slot (no CPU); False if the client left."""
         assert self.guard is not None
+        started = time.monotonic()
         try:
             gone = self._gone.get(flow.client_conn.id)
             if gone is None or not flow.client_conn.connected:
@@ -405,6 +411,7 @@ class CrawlGuardAddon:
             return False
         finally:
             self._held -= 1
+            self.guard.metrics.hold_seconds.observe(time.monotonic() - started)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Origin push-back (429/503) starts a back-off for this tenant and origin."""
@@ -416,8 +423,8 @@ class CrawlGuardAddon:
         tenant, _, info = meta
         if flow.metadata.get(REFUSED) or tenant.cfg.mode == "off" or info.target is None:
             return  # our own refusal is not the origin's answer
-        await self.guard.pacer.observe_response(
-            tenant.id,
+        await self.guard.observe_response(
+            tenant,
             info.origin,
             flow.response.status_code,
             flow.response.headers.get("Retry-After"),
@@ -478,6 +485,27 @@ SAFE_OPTIONS_WHY = {
 }
 
 
+def ensure_named_ca() -> None:
+    """mitmdump: crawlguard's CA in mitmdump's confdir, when it has none (crawlguard.ca).
+
+    Without ``--set confdir`` mitmproxy reads its confdir only once running, after this. With
+    it, mitmproxy has already made its own CA before loading any script: one it made in this
+    process (so not handed to anyone yet) is replaced and TlsConfig reloads. Older CAs are kept.
+    """
+    confdir, key_size = ctx.options.confdir, ctx.options.key_size
+    start = ca.process_start_time()
+    try:
+        if start is None:
+            created = ca.ensure_ca(confdir, key_size)
+        else:
+            created = ca.replace_fresh_default_ca(confdir, start, key_size)
+    except OSError as exc:
+        raise exceptions.OptionsError(f"cannot create the CA in confdir {confdir}: {exc}") from None
+    tls = ctx.master.addons.get("tlsconfig")
+    if created and tls is not None and getattr(tls, "certstore", None) is not None:
+        tls.configure({"confdir"})  # it had loaded the replaced CA: load crawlguard's
+
+
 def apply_mitmproxy_options(options: Any, cfg: Config, *, listen: bool) -> None:
     """mitmproxy settings crawlguard relies on; listen/confdir only when we own the process."""
     updates: dict[str, Any] = dict(SAFE_OPTIONS)
@@ -495,4 +523,34 @@ def apply_mitmproxy_options(options: Any, cfg: Config, *, listen: bool) -> None:
     options.update(**updates)
 
 
-__all__ = ["CrawlGuardAddon", "apply_mitmproxy_options"]
+def warn_unapplied_listen_keys(options: Any, cfg: Config) -> list[str]:
+    """Under mitmdump its own flags decide where it listens and its confdir: a config key that
+    says otherwise is not applied, and the operator is told so instead of being misled."""
+    ignored = []
+    for key, option, value in (
+        ("proxy.listen_host", "listen_host", cfg.proxy.listen_host),
+        ("proxy.listen_port", "listen_port", cfg.proxy.listen_port),
+        ("proxy.confdir", "confdir", cfg.proxy.confdir),
+    ):
+        current = getattr(options, option, None)
+        if option == "listen_port" and current is None:
+            current = 8080  # mitmproxy's default when --listen-port is not given
+        if option == "confdir" and current is not None:
+            same = os.path.realpath(os.path.expanduser(str(current))) == os.path.realpath(value)
+        else:
+            same = current == value
+        if not same:
+            ignored.append(key)
+            log.warning(
+                "crawlguard: %s=%r is not applied under mitmdump, which uses %s=%r; "
+                "set it with mitmdump's own option (--set %s=...) or use `crawlguard run`",
+                key,
+                value,
+                option,
+                current,
+                option,
+            )
+    return ignored
+
+
+__all__ = ["CrawlGuardAddon", "apply_mitmproxy_options", "warn_unapplied_listen_keys"]

@@ -17,6 +17,7 @@ import yaml
 from harness import base_config
 
 from crawlguard.cli import main
+from crawlguard.decisions import Kind
 from crawlguard.records import FIELDS, ViolationRecord, utc_now_iso
 from crawlguard.store import open_store
 
@@ -139,7 +140,7 @@ def test_csv_has_a_header_row_and_quotes_properly(tmp_path: Path, config: Path) 
 
 
 def test_csv_header_even_when_empty(tmp_path: Path, config: Path) -> None:
-    proc = violations(tmp_path, config, "--format", "csv", "--tenant", "nobody")
+    proc = violations(tmp_path, config, "--format", "csv", "--tenant", "initech")
     assert proc.returncode == 0
     assert proc.stdout == ",".join(FIELDS) + "\n"
 
@@ -258,11 +259,13 @@ def test_report_json(tmp_path: Path, config: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["since"] is None
+    # the crawl-delay record with action `delayed` was held, then forwarded: not a violation
     assert data["tenants"]["acme"] == {
         "requests_total": 41,
         "requests": {"allowed": 40, "robots-disallow": 1},
-        "violations_total": 2,
-        "violations": {"crawl-delay": 1, "robots-disallow": 1},
+        "violations_total": 1,
+        "violations": {"robots-disallow": 1},
+        "held": 1,
     }
     assert data["tenants"]["globex"]["violations"] == {"ua-generic": 1}
     # configured tenants with nothing recorded still show, with zeros
@@ -271,6 +274,7 @@ def test_report_json(tmp_path: Path, config: Path) -> None:
         "requests": {},
         "violations_total": 0,
         "violations": {},
+        "held": 0,
     }
 
 
@@ -282,7 +286,8 @@ def test_report_since(tmp_path: Path, config: Path) -> None:
     data = json.loads(proc.stdout)
     assert data["since"] == "2024-05-02T00:00:00.000000Z"
     assert data["tenants"]["acme"]["requests"] == {}
-    assert data["tenants"]["acme"]["violations"] == {"crawl-delay": 1}
+    assert data["tenants"]["acme"]["violations"] == {}
+    assert data["tenants"]["acme"]["held"] == 1
     recent = cli(tmp_path, "report", "--config", str(config), "--since", "7d", "--format", "json")
     assert recent.returncode == 0
     since = json.loads(recent.stdout)["since"]
@@ -296,14 +301,134 @@ def test_report_table(tmp_path: Path, config: Path) -> None:
     out = proc.stdout
     for needle in ("acme", "globex", "initech", "requests", "violations", "robots-disallow"):
         assert needle in out
-    acme = out[out.index("\nacme") : out.index("\nglobex")].split()
+    summary = [line.split() for line in out.splitlines()[2:6]]
+    assert summary == [
+        ["TENANT", "REQUESTS", "HELD", "VIOLATIONS"],
+        ["acme", "41", "1", "1"],
+        ["globex", "1", "0", "1"],
+        ["initech", "0", "0", "0"],
+    ]
+    acme = out[out.index("\nacme\n") : out.index("\nglobex\n")].split()
     assert acme[:5] == ["acme", "requests", "41", "allowed", "40"]
+    assert "crawl-delay" not in acme  # held, then forwarded: not among the violations
 
 
 def test_report_bad_since_exits_2(tmp_path: Path, config: Path) -> None:
     proc = cli(tmp_path, "report", "--config", str(config), "--since", "7 days")
     assert proc.returncode == 2
     assert "invalid since" in proc.stderr
+    assert "ISO 8601" in proc.stderr and "30m, 24h, 7d" in proc.stderr
+    assert proc.stdout == ""
+
+
+ALL_KINDS = {k.value for k in Kind} - {"allowed"}
+
+
+def _listed(stderr: str, label: str) -> set[str]:
+    """The comma-separated values after `label` on the one error line."""
+    line = stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, stderr
+    return set(line.split(label, 1)[1].strip().split(", "))
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--kind", "robots-disalow"], ["unknown --kind 'robots-disalow'",
+                                        "did you mean 'robots-disallow'?"]),
+        (["--kind", "allowed"], ["allowed requests are not violations"]),
+        (["--kind", ""], ["unknown --kind ''"]),
+        (["--tenant", "acme", "--kind", "ua_generic"], ["did you mean 'ua-generic'?"]),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_unknown_kind_exits_2_listing_the_kinds(
+    tmp_path: Path, config: Path, args: list[str], needles: list[str], fmt: str
+) -> None:
+    """A typo used to print "no violations" and exit 0: indistinguishable from a clean crawl."""
+    proc = violations(tmp_path, config, "--format", fmt, *args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    for needle in needles:
+        assert needle in proc.stderr
+    assert _listed(proc.stderr, "valid kinds:") == ALL_KINDS
+
+
+@pytest.mark.parametrize(
+    ("tenant", "hint"),
+    [("acmee", "did you mean 'acme'?"), ("ACME", "did you mean 'acme'?"), ("nobody", "")],
+)
+def test_unknown_tenant_exits_2_listing_the_tenants(
+    tmp_path: Path, config: Path, tenant: str, hint: str
+) -> None:
+    proc = violations(tmp_path, config, "--tenant", tenant)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert f"unknown --tenant {tenant!r}" in proc.stderr and hint in proc.stderr
+    assert _listed(proc.stderr, "valid tenants (in the config or the store):") == {
+        "acme",
+        "globex",
+        "initech",
+    }
+
+
+def test_tenants_and_kinds_only_the_store_knows_are_valid(tmp_path: Path, config: Path) -> None:
+    """A tenant since removed from the config, a kind since retired: their records still
+    list, and the error for a typo names them too."""
+    old = ViolationRecord(
+        ts="2024-04-01T10:00:00.000000Z", tenant="oldco", kind="retired-kind",
+        action="blocked", method="GET", url="http://old.example/",
+    )  # fmt: skip
+    cfg = yaml.safe_load(config.read_text())
+    store = open_store(cfg["store"]["url"])
+    try:
+        store.record(old)
+    finally:
+        store.close()
+    for args in (["--tenant", "oldco"], ["--kind", "retired-kind"], ["--kind", "Retired-Kind"]):
+        proc = violations(tmp_path, config, "--format", "json", *args)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert [ViolationRecord.from_dict(d) for d in json.loads(proc.stdout)] == [old]
+    proc = violations(tmp_path, config, "--tenant", "oldcoo")
+    assert proc.returncode == 2
+    assert "did you mean 'oldco'?" in proc.stderr
+    assert "oldco" in _listed(proc.stderr, "(in the config or the store):")
+    proc = violations(tmp_path, config, "--kind", "retired")
+    assert proc.returncode == 2
+    assert _listed(proc.stderr, "valid kinds:") == ALL_KINDS | {"retired-kind"}
+
+
+def test_every_kind_and_configured_tenant_is_accepted(tmp_path: Path, config: Path) -> None:
+    """Valid filters that match nothing are still exit 0 and an empty answer."""
+    for kind in sorted(ALL_KINDS):
+        code = main(["violations", "--config", str(config), "--format", "json", "--kind", kind])
+        assert code == 0, kind
+    proc = violations(tmp_path, config, "--tenant", "initech", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "needles"),
+    [
+        ("violations", ["--since", "yesterday"], ["invalid since 'yesterday'", "ISO 8601",
+                                                  "30m, 24h, 7d"]),
+        ("violations", ["--since", "9" * 5000 + "d"], ["invalid since", "30m, 24h, 7d"]),
+        ("violations", ["--since", ""], ["invalid since ''"]),
+        ("report", ["--since", "1 week"], ["invalid since '1 week'", "30m, 24h, 7d"]),
+        ("violations", ["--format", "xml"], ["invalid choice: 'xml'", "'table', 'json', 'csv'"]),
+        ("report", ["--format", "csv"], ["invalid choice: 'csv'", "'table', 'json'"]),
+    ],
+)  # fmt: skip
+def test_bad_since_and_format_name_the_accepted_forms(
+    tmp_path: Path, config: Path, command: str, args: list[str], needles: list[str]
+) -> None:
+    proc = cli(tmp_path, command, "--config", str(config), *args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr
 
 
 def test_robots_txt_prints_the_body_in_force_byte_for_byte(tmp_path: Path, config: Path) -> None:

@@ -79,8 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     if args.workers != 1:
         print(
-            "crawlguard: --workers > 1 needs the shared state backend, which is not available "
-            "in this version",
+            "crawlguard: --workers > 1 is not available in this version yet; run one process "
+            "per port with a shared state.url (redis://) instead",
             file=sys.stderr,
         )
         return 2
@@ -132,10 +132,18 @@ def lean_master(cfg: Config) -> tuple[Any, Any]:
     from mitmproxy.master import Master
 
     from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
+    from crawlguard.ca import ensure_ca
     from crawlguard.client_limits import ClientLimitsAddon
     from crawlguard.service import Guard
 
     opts = options.Options()
+    try:  # crawlguard's CA, before the confdir option reaches TlsConfig (which would create
+        # mitmproxy's own); an existing CA is kept
+        ensure_ca(cfg.proxy.confdir, opts.key_size)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the CA in proxy.confdir {cfg.proxy.confdir}: {exc}"
+        ) from None
     master = Master(opts)
     try:
         guard = Guard(cfg)
@@ -149,7 +157,6 @@ def lean_master(cfg: Config) -> tuple[Any, Any]:
     )
     # Before our addon (added last, so its next_layer runs after mitmproxy's): its configure
     # keeps the options crawlguard's guarantees rest on.
-    Path(cfg.proxy.confdir).mkdir(parents=True, exist_ok=True)
     apply_mitmproxy_options(opts, cfg, listen=True)
     master.addons.add(ClientLimitsAddon(lambda: guard.cfg.proxy), CrawlGuardAddon(guard))
     return master, guard
@@ -216,10 +223,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def ca_path(confdir: str) -> Path:
-    return Path(confdir).expanduser() / "mitmproxy-ca-cert.pem"
+    from crawlguard.ca import cert_file
+
+    return cert_file(confdir)
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
+    from crawlguard import ca
     from crawlguard.config import ProxySection
 
     confdir = ProxySection().confdir
@@ -230,18 +240,33 @@ def cmd_ca(args: argparse.Namespace) -> int:
             print(f"crawlguard: {exc}", file=sys.stderr)
             return 2
     path = ca_path(confdir)
-    if not path.exists():
-        from mitmproxy import certs
-
-        Path(confdir).expanduser().mkdir(parents=True, exist_ok=True)
-        certs.CertStore.from_store(str(Path(confdir).expanduser()), "mitmproxy", 2048)
+    try:
+        created = ca.ensure_ca(confdir)  # the one a proxy on this confdir will use
+        cert = ca.load_cert(confdir)
+        pem = path.read_bytes()
+    except (OSError, ValueError) as exc:
+        print(f"crawlguard: cannot read or create the CA in {confdir}: {exc}; to start over, "
+              f"delete {Path(confdir).expanduser()}/mitmproxy-ca* and run this again",
+              file=sys.stderr)  # fmt: skip
+        return 2
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    if x509.load_pem_x509_certificate(pem) != cert:
+        print(f"crawlguard: {path} is not the certificate of the CA in "
+              f"{ca.key_file(confdir)}; to start over, delete "
+              f"{Path(confdir).expanduser()}/mitmproxy-ca* and run this again",
+              file=sys.stderr)  # fmt: skip
+        return 2
     fingerprint = hashlib.sha256(cert.public_bytes(encoding=Encoding.DER)).hexdigest()
     print(f"CA certificate: {path.resolve()}")
+    print(f"Subject: {ca.subject(cert)}{' (created now)' if created else ''}")
     print(f"SHA-256 fingerprint: {':'.join(fingerprint[i : i + 2] for i in range(0, 64, 2))}")
+    if ca.is_mitmproxy_default(cert):
+        print("Note: this is mitmproxy's default CA, kept because crawlers may trust it. To "
+              f"replace it with crawlguard's own, stop the proxy, delete "
+              f"{Path(confdir).expanduser().resolve()}/mitmproxy-ca* and run `crawlguard ca` "
+              "again (crawlers must then trust the new certificate).")  # fmt: skip
     if args.export:
         shutil.copyfile(path, args.export)
         print(f"exported to {args.export}")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import json
 import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
 
+from crawlguard.decisions import Kind
 from crawlguard.records import FIELDS, ViolationRecord
 from crawlguard.store import (
     Report,
@@ -27,6 +29,12 @@ from crawlguard.store import (
 
 TABLE_COLUMNS = ("ts", "tenant", "kind", "action", "method", "url", "rule")
 MAX_CELL = {"url": 100, "rule": 60}
+# What --kind takes: every decision kind a violation record can have (never `allowed`).
+VIOLATION_KINDS = tuple(k.value for k in Kind if k is not Kind.ALLOWED)
+SINCE_FORMS = (
+    "ISO 8601 (e.g. 2024-05-01T12:00:00Z; UTC unless an offset is given) or a duration back "
+    "from now like 30m, 24h, 7d (units s, m, h, d, w; combined as in 1h30m)"
+)
 
 
 class _Fail(Exception):
@@ -51,13 +59,21 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
         "Exit 0 (also when nothing matches), 2 on bad input or an unusable store.",
     )
     p.add_argument("--config", required=True, metavar="PATH", help="crawlguard YAML config")
-    p.add_argument("--tenant", metavar="T", help="only this tenant")
-    p.add_argument("--kind", metavar="K", help="only this decision kind, e.g. robots-disallow")
+    p.add_argument(
+        "--tenant",
+        metavar="T",
+        help="only this tenant (one in the config or in the store; anything else: exit 2)",
+    )
+    p.add_argument(
+        "--kind",
+        metavar="K",
+        help="only this decision kind: " + ", ".join(VIOLATION_KINDS),
+    )
     p.add_argument(
         "--since",
         metavar="WHEN",
         help="only records at or after WHEN: ISO 8601 (UTC unless an offset is given) or a "
-        "duration back from now such as 7d, 12h, 30m",
+        "duration back from now such as 30m, 24h, 7d",
     )
     p.add_argument("--limit", type=_positive_int, metavar="N", help="at most N records")
     p.add_argument(
@@ -79,7 +95,8 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
     r.add_argument(
         "--since",
         metavar="WHEN",
-        help="ISO 8601 or a duration back from now such as 7d (default: everything recorded)",
+        help="ISO 8601 or a duration back from now such as 30m, 24h, 7d (default: everything "
+        "recorded)",
     )
     r.add_argument("--format", choices=("table", "json"), default="table")
     r.set_defaults(func=run_report)
@@ -127,12 +144,68 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
+def _since(value: str | None) -> str | None:
+    """--since as the store's lower bound; a value it cannot read fails with the forms it can."""
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError:  # also a duration too long, or one with thousands of digits
+        raise _Fail(f"invalid since {value!r} for --since: expected {SINCE_FORMS}") from None
+
+
+def _suggest(value: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(value, valid, n=1, cutoff=0.6)
+    if not near:
+        near = [v for v in valid if v.casefold() == value.casefold()]
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _recorded(store: ViolationStore) -> tuple[set[str], set[str]]:
+    """Tenant ids and violation kinds the store holds (tenants since removed from the config,
+    kinds since retired are still valid filters)."""
+    report = store.report()
+    kinds = {kind for t in report.tenants.values() for kind in t.violations}
+    return set(report.tenants), kinds
+
+
+def _check_filters(
+    store: ViolationStore, configured: list[str], tenant: str | None, kind: str | None
+) -> str | None:
+    """Refuse a --tenant or --kind that names nothing crawlguard knows: a typo must not read
+    as "no violations". Returns the kind as the store spells it."""
+    recorded: tuple[set[str], set[str]] | None = None
+    if kind is not None:
+        kind = kind.strip().lower()
+        if kind not in VIOLATION_KINDS:
+            recorded = _recorded(store)
+            if kind not in recorded[1]:
+                valid = [*VIOLATION_KINDS, *sorted(recorded[1] - set(VIOLATION_KINDS))]
+                why = (
+                    "allowed requests are not violations (`crawlguard report` counts them)"
+                    if kind == Kind.ALLOWED.value
+                    else f"unknown --kind {kind!r}{_suggest(kind, valid)}"
+                )
+                raise _Fail(f"{why}; valid kinds: {', '.join(valid)}")
+    if tenant is not None and tenant not in configured:
+        recorded = recorded or _recorded(store)
+        if tenant not in recorded[0]:
+            valid = sorted({*configured, *recorded[0]})
+            listed = ", ".join(_cell(t) for t in valid) if valid else "none configured or recorded"
+            raise _Fail(
+                f"unknown --tenant {tenant!r}{_suggest(tenant, valid)}; valid tenants "
+                f"(in the config or the store): {listed}"
+            )
+    return kind
+
+
 def run_violations(args: argparse.Namespace) -> int:
     try:
-        since = parse_since(args.since) if args.since is not None else None
-        store, _ = _open(args.config)
+        since = _since(args.since)
+        store, configured = _open(args.config)
         try:
-            records = store.query(tenant=args.tenant, kind=args.kind, since=since, limit=args.limit)
+            kind = _check_filters(store, configured, args.tenant, args.kind)
+            records = store.query(tenant=args.tenant, kind=kind, since=since, limit=args.limit)
         finally:
             store.close()
     except (_Fail, StoreError, ValueError) as exc:
@@ -201,7 +274,7 @@ def print_table(records: list[ViolationRecord]) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     try:
-        since = parse_since(args.since) if args.since is not None else None
+        since = _since(args.since)
         store, configured = _open(args.config)
         try:
             report = store.report(since=since)
@@ -223,6 +296,20 @@ def print_report(report: Report) -> None:
     print(f"since {report.since}" if report.since else "all recorded time")
     if not report.tenants:
         print("no tenants and nothing recorded")
+        return
+    # Summary first: HELD (requests delay pacing held, then forwarded) is apart from
+    # VIOLATIONS, since a held request is paced as the tenant asked, not a violation.
+    header = ["TENANT", "REQUESTS", "HELD", "VIOLATIONS"]
+    rows = [
+        [_cell(tid), str(t.requests_total), str(t.held), str(t.violations_total)]
+        for tid, t in sorted(report.tenants.items())
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    print()
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])]
+        cells += [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]
+        print("  ".join(cells))
     for tid, t in sorted(report.tenants.items()):
         print(f"\n{_cell(tid)}")
         print(f"  {'requests':<26}{t.requests_total:>8}")
