@@ -108,6 +108,8 @@ class RobotsCache:
         max_origins: int = 10000,
         ssl: ssl_module.SSLContext | bool | None = None,
         on_fetch: Callable[[str], None] | None = None,
+        on_fetch_seconds: Callable[[float], None] | None = None,
+        on_lookup: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         min_age: float = MIN_AGE,
         backoff_base: float = BACKOFF_BASE,
@@ -124,6 +126,8 @@ class RobotsCache:
         self._max_bytes = int(max_bytes)
         self._ssl: ssl_module.SSLContext | bool = True if ssl is None else ssl
         self._on_fetch = on_fetch
+        self._on_fetch_seconds = on_fetch_seconds  # wall time of each fetch, failures included
+        self._on_lookup = on_lookup  # "hit" or "miss" for each `get`
         self._clock = clock
         self._backoff_base = float(backoff_base)
         self._backoff_max = float(backoff_max)
@@ -148,6 +152,7 @@ class RobotsCache:
     async def get(self, origin: Origin) -> RobotsEntry:
         """The fresh entry, fetching it on a miss; concurrent misses share one fetch."""
         entry = self.peek(origin)
+        self._notify(self._on_lookup, "miss" if entry is None else "hit")
         if entry is not None:
             return entry
         if self._closed:
@@ -206,6 +211,7 @@ class RobotsCache:
     # -- fetching ----------------------------------------------------------------------------
 
     async def _refresh(self, origin: Origin, slot: _Slot) -> RobotsEntry:
+        started = time.perf_counter()
         try:
             fetched = await self._fetch(origin)
         except asyncio.CancelledError:
@@ -215,6 +221,7 @@ class RobotsCache:
             fetched = _Fetched("timeout", detail=f"no answer within {self._fetch_timeout:g} s")
         except Exception as exc:  # any origin behaviour must end as an entry
             fetched = _Fetched("error", detail=f"{type(exc).__name__}: {exc}"[:200])
+        elapsed = time.perf_counter() - started  # the fetch (all hops), not the parse
         rules: RobotsRules | BaseException | None = None
         if fetched.result == "ok":
             # Parsing a hostile 500 KiB file takes up to ~0.8 s: keep it off the event loop.
@@ -230,12 +237,19 @@ class RobotsCache:
             slot.task = None
         if entry.result != "ok":
             log.info("robots.txt %s://%s:%s -> %s %s", *origin, entry.result, entry.detail)
-        if self._on_fetch is not None:
-            try:
-                self._on_fetch(entry.result)
-            except Exception:
-                log.exception("robots on_fetch callback failed")
+        self._notify(self._on_fetch, entry.result)
+        self._notify(self._on_fetch_seconds, elapsed)
         return entry
+
+    @staticmethod
+    def _notify[T](callback: Callable[[T], None] | None, value: T) -> None:
+        """Call a metrics callback; its failure must never change a decision."""
+        if callback is None:
+            return
+        try:
+            callback(value)
+        except Exception:
+            log.exception("robots cache callback failed")
 
     def _settle(
         self,

@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,10 +22,11 @@ from crawlguard.config import Config, Tenant
 from crawlguard.decisions import Action, Decision, Kind
 from crawlguard.egress import EgressPolicy, Resolution
 from crawlguard.identity import Target
-from crawlguard.pacing import Pacer, PacingOutcome
+from crawlguard.pacing import THROTTLE_STATUSES, Pacer, PacingOutcome, pacing_key
 from crawlguard.records import ViolationRecord, utc_now_iso
 from crawlguard.robots_cache import RobotsCache
-from crawlguard.state import MemoryState, PacingState
+from crawlguard.state import OnError, PacingState, StateUnavailable
+from crawlguard.state import open_state as open_pacing_state
 from crawlguard.store import ViolationStore, open_store
 from crawlguard.ua_policy import UAVerdict, UserAgentPolicy
 
@@ -32,6 +34,12 @@ log = logging.getLogger("crawlguard")
 violation_log = logging.getLogger("crawlguard.violations")
 
 COUNT_FLUSH_SECONDS = 10.0
+
+HELD = "held"
+"""The request-count decision of a request that `delay` pacing held until its slot (its record
+says kind `crawl-delay`, action `delayed`). Not a violation: the tenant chose delay pacing and
+the proxy paced it. Counted once when the hold starts, also if the client leaves before its
+slot (the request was never refused)."""
 
 
 @dataclass(slots=True)
@@ -84,10 +92,12 @@ class RequestInfo:
         return self.target is not None and self.target.path == "/robots.txt"
 
 
-def open_state(url: str) -> PacingState:
-    if url == "memory://":
-        return MemoryState()
-    raise ValueError(f"state.url {url!r}: only memory:// is available until the Redis state lands")
+def open_state(
+    url: str, on_error: OnError = "closed", *, on_fallback: Callable[[], None] | None = None
+) -> PacingState:
+    """`state.url` → the pacing state: memory://, or redis:// with `state.on_error` applied
+    while Redis is down (crawlguard.state.open_state)."""
+    return open_pacing_state(url, on_error, on_fallback=on_fallback)
 
 
 def pacing_rule(decision: Decision, outcome: PacingOutcome, default_min_interval: float) -> str:
@@ -131,12 +141,17 @@ class Guard:
             max_origins=cfg.robots.max_origins,
             ssl=ssl_context(cfg),
             on_fetch=lambda result: self.metrics.robots_fetches.labels(result).inc(),
+            on_fetch_seconds=self.metrics.robots_fetch_seconds.observe,
+            on_lookup=lambda result: self.metrics.robots_cache_lookups.labels(result).inc(),
         )
         self.pacer = Pacer(
-            open_state(cfg.state.url),
+            open_state(
+                cfg.state.url, cfg.state.on_error, on_fallback=self.metrics.state_fallbacks.inc
+            ),
             default_min_interval=cfg.pacing.default_min_interval,
             max_hold=cfg.pacing.max_hold,
         )
+        self.metrics.held_requests_limit.set(cfg.pacing.max_held)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
         from crawlguard.store import StoreWriter
 
@@ -176,25 +191,43 @@ class Guard:
 
         Tenants (credentials, tokens, modes, pacing, limits), `pacing` and `destinations`
         change in place; connections, pacing state and the robots.txt cache are kept. The
-        rest (listen addresses, store, state, robots fetching, admin) needs a restart: those
-        keys keep their running values and are named in the result.
+        rest (listen addresses, store, state, robots fetching) needs a restart: those
+        keys keep their running values and are named in the result. The operator token
+        (`admin.token_sha256` / `token_env`) applies in place: the admin server reads it per
+        request, so changing it revokes the old token and its dashboard sessions at once.
         """
         kept = [
             name
             for name in ("proxy", "admin", "store", "state", "robots")
             if getattr(cfg, name) != getattr(self.cfg, name)
         ]
+        running = self.cfg.admin
+        if (cfg.admin.listen_host, cfg.admin.port) == (running.listen_host, running.port):
+            kept = [name for name in kept if name != "admin"]  # only the token changed
+        listen = {"listen_host": running.listen_host, "port": running.port}
+        cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update=listen)})
         self._load_tenants(cfg)
         self.pacer.default_min_interval = cfg.pacing.default_min_interval
         self.pacer.max_hold = cfg.pacing.max_hold
+        self.metrics.held_requests_limit.set(cfg.pacing.max_held)
+        self._bind_gauges()
         if cfg.destinations != self.cfg.destinations:
             self.egress.reconfigure(cfg.destinations)  # shared with the robots.txt fetcher
-        self.cfg = cfg.model_copy(update={name: getattr(self.cfg, name) for name in kept})
+        self.cfg = cfg.model_copy(
+            update={name: getattr(self.cfg, name) for name in kept if name != "admin"}
+        )
         return kept
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _bind_gauges(self) -> None:
+        """Gauges read at scrape time from this Guard's live objects (rebound on reload, so a
+        shared `Metrics` always reports the Guard that runs)."""
+        robots = self.robots
+        self.metrics.robots_cache_entries.set_function(lambda: float(len(robots)))
+
     def start(self) -> None:
+        self._bind_gauges()
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         self.store_writer.start()
@@ -287,15 +320,31 @@ class Guard:
         self, tenant: TenantRuntime, req: RequestInfo, decision: Decision, *, may_hold: bool = True
     ) -> tuple[Decision, PacingOutcome]:
         """Pacing for a request the rest of the policy allows; /robots.txt itself is not paced.
-        `may_hold=False` (the proxy holds `pacing.max_held` already) answers 429 instead."""
-        outcome = await self.pacer.admit(
-            tenant.id,
-            req.origin,
-            crawl_delay=decision.crawl_delay,
-            request_rate=decision.request_rate,
-            hold=tenant.cfg.pacing == "delay" and may_hold,
-            enforce=tenant.enforce,
-        )
+        `may_hold=False` (the proxy holds `pacing.max_held` already) answers 429 instead.
+        A shared state that is down with `state.on_error: closed` decides `state-unavailable`."""
+        try:
+            outcome = await self.pacer.admit(
+                tenant.id,
+                req.origin,
+                crawl_delay=decision.crawl_delay,
+                request_rate=decision.request_rate,
+                hold=tenant.cfg.pacing == "delay" and may_hold,
+                enforce=tenant.enforce,
+            )
+        except StateUnavailable as exc:  # the cause is logged once per outage, not told here
+            unavailable = Decision(
+                Kind.STATE_UNAVAILABLE,
+                rule="state.on_error: closed",
+                reason="crawlguard cannot reach its shared pacing state, so it cannot tell "
+                "whether this request keeps the site's crawl delay.",
+                retry_after=exc.retry_after,
+                crawl_delay=decision.crawl_delay,
+                robots_sha256=decision.robots_sha256,
+            )
+            key = pacing_key(tenant.id, req.origin)
+            return unavailable, PacingOutcome(
+                Kind.STATE_UNAVAILABLE, False, 0.0, exc.retry_after, 0.0, key
+            )
         if outcome.kind is Kind.ALLOWED:
             return decision, outcome
         paced = Decision(
@@ -310,9 +359,20 @@ class Guard:
         )
         return paced, outcome
 
-    def count(self, tenant: TenantRuntime, decision: Kind) -> None:
-        self.metrics.requests.labels(tenant.id, decision.value).inc()
-        self._counts[(tenant.id, decision.value)] += 1
+    def count(self, tenant: TenantRuntime, decision: Kind | str) -> None:
+        """One request's decision for crawlguard_requests_total and the store's request counts:
+        a Kind, or `HELD` for a request delay pacing held and then forwarded (not refused)."""
+        label = str(decision)
+        self.metrics.requests.labels(tenant.id, label).inc()
+        self._counts[(tenant.id, label)] += 1
+
+    async def observe_response(
+        self, tenant: TenantRuntime, origin: str, status: int, retry_after: str | None
+    ) -> None:
+        """An origin's answer to this tenant: 429/503 start (or extend) a back-off."""
+        await self.pacer.observe_response(tenant.id, origin, status, retry_after)
+        if status in THROTTLE_STATUSES:
+            self.metrics.origin_backoffs.labels(tenant.id).inc()
 
     async def record(
         self, tenant: TenantRuntime, decision: Decision, action: Action, req: RequestInfo
@@ -345,7 +405,8 @@ class Guard:
                 body = entry.body
         # Queued first: StoreBacklogged leaves no half-made record behind.
         committed = self.store_writer.submit(rec, body)
-        self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
+        if action is not Action.DELAYED:  # held, then forwarded: paced as asked, no violation
+            self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
         violation_log.info(json.dumps(rec.to_dict(), separators=(",", ":")))
         # A failed batch is counted and logged by the writer; the JSON line above is the
         # second copy, so the caller answers all the same.

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from crawlguard.identity import IdentityError, canonical_host
 from crawlguard.records import FIELDS, ViolationRecord
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("crawlguard")
 
-SCHEMA_VERSION = 2  # 2: index on violations.robots_sha256 (orphaned robots bodies pruning)
+SCHEMA_VERSION = 3
+# 2: index on violations.robots_sha256 (orphaned robots bodies pruning)
+# 3: violations.host (canonical host of the url, backfilled) for the admin API's host filter
 BUSY_TIMEOUT_SECONDS = 10.0  # `run --workers N` processes share one SQLite file
 
 STORE_QUEUE_MAX = 10_000  # records waiting for their commit; beyond it, StoreBacklogged
@@ -78,8 +81,14 @@ class PruneResult:
 
 @dataclass(frozen=True, slots=True)
 class TenantReport:
+    """One tenant's summary. `requests` counts every request by decision, `held` included (a
+    request delay pacing held until its slot, then forwarded). `violations` counts violation
+    records by kind *without* held ones (action `delayed`): the tenant chose delay pacing and
+    the proxy paced it, so that is not a violation; `held` counts those records apart."""
+
     requests: dict[str, int] = field(default_factory=dict)  # decision -> requests
-    violations: dict[str, int] = field(default_factory=dict)  # kind -> records
+    violations: dict[str, int] = field(default_factory=dict)  # kind -> records, held excluded
+    held: int = 0  # records with action `delayed`
 
     @property
     def requests_total(self) -> int:
@@ -95,6 +104,7 @@ class TenantReport:
             "requests": dict(self.requests),
             "violations_total": self.violations_total,
             "violations": dict(self.violations),
+            "held": self.held,
         }
 
 
@@ -111,6 +121,57 @@ class Report:
             "since": self.since,
             "tenants": {tid: t.to_dict() for tid, t in sorted(self.tenants.items())},
         }
+
+
+PageKey = tuple[str, int]
+"""(ts, id) of the last record of a page: the next page starts strictly after it in
+``ts DESC, id DESC`` order (keyset pagination, stable while records are added)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationFilter:
+    """Record filters shared by `page` and `summary`. `since` is inclusive, `until` exclusive;
+    both are timestamps in any form `normalize_ts` takes. `host` is a canonical host."""
+
+    tenant: str | None = None
+    kind: str | None = None
+    action: str | None = None
+    host: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredViolation:
+    """A record as stored: with its row id (the pagination tie-break) and canonical host."""
+
+    id: int
+    host: str | None
+    record: ViolationRecord
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.record.to_dict(), "id": self.id, "host": self.host}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[StoredViolation]
+    next: PageKey | None  # None: this was the last page
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts over [since, until) in `buckets` equal buckets of `bucket_us` microseconds (the
+    last one may reach past `until`; nothing at or after `until` is counted)."""
+
+    since: str
+    until: str
+    bucket_us: int
+    buckets: int
+    series: dict[str, list[int]]  # tenant -> count per bucket
+    by_kind: list[tuple[str, int]]  # count desc, kind
+    top_hosts: list[tuple[str, str, int]]  # (tenant, host, count): the top N per tenant
+    total: int
 
 
 class ViolationStore(Protocol):
@@ -132,6 +193,12 @@ class ViolationStore(Protocol):
         since: str | None = None,
         limit: int | None = None,
     ) -> list[ViolationRecord]: ...
+
+    def page(self, flt: ViolationFilter, *, limit: int, after: PageKey | None = None) -> Page: ...
+
+    def summary(self, flt: ViolationFilter, *, buckets: int, top_hosts: int = 10) -> Summary: ...
+
+    def latest_violations(self, *, since: str | None = None) -> dict[str, str]: ...
 
     def robots_body(self, sha256: str) -> bytes | None: ...
 
@@ -188,9 +255,53 @@ def _hour_bucket(ts: str) -> str:
     return normalize_ts(ts)[:13] + ":00:00.000000Z"
 
 
+def epoch_us(ts: str) -> int:
+    """Microseconds since the epoch of a timestamp (exact: no float on the way)."""
+    dt = datetime.fromisoformat(normalize_ts(ts)[:-1]).replace(tzinfo=UTC)
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_epoch_us(us: int) -> str:
+    return _canonical(_EPOCH + timedelta(microseconds=us))
+
+
+def bucket_width_us(since: str, until: str, buckets: int) -> int:
+    """Width of each of `buckets` equal buckets covering [since, until): whole microseconds,
+    rounded up, so the buckets always cover the range (the last may reach past `until`)."""
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, not {buckets}")
+    span = epoch_us(until) - epoch_us(since)
+    if span <= 0:
+        raise ValueError(f"until ({until}) must be after since ({since})")
+    return max(1, -(-span // buckets))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_AUTHORITY_END = re.compile(r"[/?#\\]")
+
+
+def url_host(url: str) -> str | None:
+    """The canonical host a record's `url` names (absolute URL, or authority-form for CONNECT
+    and TUNNEL records), None when it names none: what the host filter and top hosts use."""
+    text = url.strip()
+    _, sep, rest = text.partition("://")
+    authority = _AUTHORITY_END.split(rest if sep else text, maxsplit=1)[0]
+    authority = authority.rpartition("@")[2]
+    if authority.startswith("["):
+        host = authority[: authority.find("]") + 1]
+    elif authority.count(":") == 1:
+        host = authority.partition(":")[0]
+    else:
+        host = authority
+    try:
+        return canonical_host(host)
+    except (IdentityError, ValueError):
+        return None
+
+
 # -- SQLite ------------------------------------------------------------------------------------
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS violations (
     id            INTEGER PRIMARY KEY,
     ts            TEXT NOT NULL,
@@ -205,7 +316,8 @@ CREATE TABLE IF NOT EXISTS violations (
     retry_after   INTEGER,
     robots_sha256 TEXT,
     delay_seconds REAL,
-    reason        TEXT
+    reason        TEXT,
+    host          TEXT
 );
 CREATE INDEX IF NOT EXISTS violations_tenant_ts ON violations (tenant, ts);
 CREATE INDEX IF NOT EXISTS violations_kind_ts ON violations (kind, ts);
@@ -224,11 +336,60 @@ CREATE TABLE IF NOT EXISTS request_counts (
     n        INTEGER NOT NULL,
     PRIMARY KEY (hour, tenant, decision)
 ) WITHOUT ROWID;
-PRAGMA user_version = {SCHEMA_VERSION};
 """
+# After the host column exists (an older table gets it from `_migrate`).
+_HOST_INDEX = "CREATE INDEX IF NOT EXISTS violations_host_ts ON violations (host, ts)"
+MIGRATE_BATCH_ROWS = 10_000
 
 _COLUMNS = ", ".join(FIELDS)
-_INSERT = f"INSERT INTO violations ({_COLUMNS}) VALUES ({', '.join('?' for _ in FIELDS)})"
+_INSERT = f"INSERT INTO violations ({_COLUMNS}, host) VALUES ({', '.join('?' for _ in FIELDS)}, ?)"
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the schema to SCHEMA_VERSION in one transaction (idempotent, so two
+    processes opening an old file at once are fine): tables and indexes, then version 3's
+    `host` column, backfilled from each record's url."""
+    try:
+        # one script: executescript would commit a transaction begun before it
+        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(violations)")}
+        if "host" not in columns:
+            conn.execute("ALTER TABLE violations ADD COLUMN host TEXT")
+        conn.execute(_HOST_INDEX)
+        last = 0
+        while rows := conn.execute(
+            "SELECT id, url FROM violations WHERE id > ? AND host IS NULL ORDER BY id LIMIT ?",
+            (last, MIGRATE_BATCH_ROWS),
+        ).fetchall():
+            last = rows[-1][0]
+            conn.executemany(
+                "UPDATE violations SET host = ? WHERE id = ?",
+                [(url_host(url), rid) for rid, url in rows],
+            )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _where(flt: ViolationFilter) -> tuple[list[str], list[Any]]:
+    """SQL conditions (ANDed) and parameters for `flt`; each one an indexed column."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column in ("tenant", "kind", "action", "host"):
+        value = getattr(flt, column)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if flt.since is not None:
+        where.append("ts >= ?")
+        params.append(normalize_ts(flt.since))
+    if flt.until is not None:
+        where.append("ts < ?")
+        params.append(normalize_ts(flt.until))
+    return where, params
 
 
 class SQLiteStore:
@@ -259,12 +420,7 @@ class SQLiteStore:
                     f"knows up to {SCHEMA_VERSION} (downgrade?)"
                 )
             if version < SCHEMA_VERSION:
-                try:
-                    conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                _migrate(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot use the SQLite store {path!r}: {exc}") from None
@@ -308,7 +464,7 @@ class SQLiteStore:
             values["ts"] = normalize_ts(rec.ts)
             sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
             values["robots_sha256"] = sha  # lower-case, as robots_bodies is keyed
-            rows.append([values[f] for f in FIELDS])
+            rows.append([*(values[f] for f in FIELDS), url_host(values["url"])])
             if robots_body is not None and sha and sha not in bodies:
                 bodies[sha] = (robots_body, values["ts"])
         if not rows:
@@ -415,6 +571,98 @@ class SQLiteStore:
             rows = conn.execute(sql, params).fetchall()
         return [ViolationRecord(*row) for row in rows]
 
+    def page(self, flt: ViolationFilter, *, limit: int, after: PageKey | None = None) -> Page:
+        """Up to `limit` records matching `flt`, ``ts DESC, id DESC`` (a total order, so pages
+        neither repeat nor skip a record, whatever share a timestamp), starting after `after`."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        where, params = _where(flt)
+        if after is not None:
+            where.append("(ts < ? OR (ts = ? AND id < ?))")
+            params += [after[0], after[0], after[1]]
+        sql = f"SELECT id, host, {_COLUMNS} FROM violations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+        with self._connection() as conn:
+            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+        items = [StoredViolation(row[0], row[1], ViolationRecord(*row[2:])) for row in rows]
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, (items[-1].record.ts, items[-1].id) if more else None)
+
+    def summary(self, flt: ViolationFilter, *, buckets: int, top_hosts: int = 10) -> Summary:
+        """Counts for a dashboard over [flt.since, flt.until) (both required). Without an
+        `action` filter, held records (action `delayed`) are left out: they are not violations;
+        `action="delayed"` counts only them."""
+        if flt.since is None or flt.until is None:
+            raise ValueError("summary needs both since and until")
+        since, until = normalize_ts(flt.since), normalize_ts(flt.until)
+        width = bucket_width_us(since, until, buckets)
+        where, params = _where(flt)
+        if flt.action is None:
+            where.append("action != 'delayed'")
+        cond = " AND ".join(where)
+        start = epoch_us(since)
+        # exact integer microseconds of the stored canonical form, relative to `since`
+        offset = (
+            "((CAST(strftime('%s', substr(ts, 1, 19)) AS INTEGER) - ?) * 1000000"
+            " + CAST(substr(ts, 21, 6) AS INTEGER) - ?)"
+        )
+        series: dict[str, list[int]] = {}
+        with self._connection() as conn:
+            conn.execute("BEGIN")  # one snapshot for every count below
+            try:
+                for tid, index, n in conn.execute(
+                    f"SELECT tenant, {offset} / ? AS b, COUNT(*) FROM violations "
+                    f"WHERE {cond} GROUP BY tenant, b",
+                    [start // 1_000_000, start % 1_000_000, width, *params],
+                ):
+                    if 0 <= index < buckets:
+                        series.setdefault(tid, [0] * buckets)[index] += int(n)
+                by_kind = [
+                    (kind, int(n))
+                    for kind, n in conn.execute(
+                        f"SELECT kind, COUNT(*) AS n FROM violations WHERE {cond} "
+                        "GROUP BY kind ORDER BY n DESC, kind",
+                        params,
+                    )
+                ]
+                hosts = [
+                    (tid, host, int(n))
+                    for tid, host, n in conn.execute(
+                        "SELECT tenant, host, n FROM (SELECT tenant, host, COUNT(*) AS n, "
+                        "ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY COUNT(*) DESC, host) "
+                        f"AS r FROM violations WHERE {cond} AND host IS NOT NULL "
+                        "GROUP BY tenant, host) WHERE r <= ? ORDER BY n DESC, tenant, host",
+                        [*params, top_hosts],
+                    )
+                ]
+            finally:
+                conn.execute("COMMIT")
+        return Summary(
+            since=since,
+            until=until,
+            bucket_us=width,
+            buckets=buckets,
+            series=dict(sorted(series.items())),
+            by_kind=by_kind,
+            top_hosts=hosts,
+            total=sum(n for _, n in by_kind),
+        )
+
+    def latest_violations(self, *, since: str | None = None) -> dict[str, str]:
+        """Tenant -> timestamp of its newest violation (held records are not violations)."""
+        with self._connection() as conn:
+            return {
+                tid: ts
+                for tid, ts in conn.execute(
+                    "SELECT tenant, MAX(ts) FROM violations WHERE ts >= ? "
+                    "AND action != 'delayed' GROUP BY tenant",
+                    (parse_since(since) if since is not None else "",),
+                )
+            }
+
     def robots_body(self, sha256: str) -> bytes | None:
         with self._connection() as conn:
             row = conn.execute(
@@ -439,10 +687,25 @@ class SQLiteStore:
                 entry(tid).requests[decision] = int(n)
             for tid, kind, n in conn.execute(
                 "SELECT tenant, kind, COUNT(*) FROM violations WHERE ts >= ? "
+                "AND action != 'delayed' "
                 "GROUP BY tenant, kind ORDER BY tenant, COUNT(*) DESC, kind",
                 (bound or "",),
             ):
                 entry(tid).violations[kind] = int(n)
+            held = {
+                tid: int(n)
+                for tid, n in conn.execute(
+                    "SELECT tenant, COUNT(*) FROM violations WHERE ts >= ? "
+                    "AND action = 'delayed' GROUP BY tenant",
+                    (bound or "",),
+                )
+            }
+        for tid in held:
+            entry(tid)
+        tenants = {
+            tid: TenantReport(t.requests, t.violations, held.get(tid, 0))
+            for tid, t in tenants.items()
+        }
         return Report(since=bound, tenants=tenants)
 
     def close(self) -> None:
@@ -683,15 +946,24 @@ def open_store(url: str) -> ViolationStore:
 
 
 __all__ = [
+    "Page",
+    "PageKey",
     "PruneResult",
     "Report",
     "SQLiteStore",
     "StoreBacklogged",
     "StoreError",
     "StoreWriter",
+    "StoredViolation",
+    "Summary",
     "TenantReport",
+    "ViolationFilter",
     "ViolationStore",
+    "bucket_width_us",
+    "epoch_us",
+    "from_epoch_us",
     "normalize_ts",
     "open_store",
     "parse_since",
+    "url_host",
 ]

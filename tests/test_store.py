@@ -274,6 +274,7 @@ def test_request_counts_and_report(store: ViolationStore) -> None:
         "requests": {"allowed": 16, "ua-generic": 2},
         "violations_total": 2,
         "violations": {"ua-generic": 2},
+        "held": 0,
     }
     with pytest.raises(ValueError):
         store.add_request_counts({("acme", "allowed"): -1}, utc_now_iso())
@@ -475,7 +476,7 @@ def test_a_version_1_store_is_migrated(url: str) -> None:
         s.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "violations_robots_sha256" in names
     finally:

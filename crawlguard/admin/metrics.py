@@ -12,6 +12,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from crawlguard import __version__
+
 # `_created` series double the exposition for no use here.
 disable_created_metrics()
 
@@ -79,6 +81,59 @@ class Metrics:
             "crawlguard_store_pruned",
             "Rows deleted by store.retention_days, by table.",
             ["table"],
+            registry=self.registry,
+        )
+
+        # -- robots.txt cache, pacing holds, origin back-off, build ----------------------------
+        self.robots_cache_entries = Gauge(
+            "crawlguard_robots_cache_entries",
+            "Origins the robots.txt cache holds now (an entry, or its first fetch in flight).",
+            registry=self.registry,
+        )
+        self.robots_cache_lookups = Counter(
+            "crawlguard_robots_cache_lookups",
+            "robots.txt cache lookups by result: hit (a fresh cached entry was used) or miss "
+            "(the request had to fetch robots.txt or wait for a fetch in flight).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.robots_fetch_seconds = Histogram(
+            "crawlguard_robots_fetch_seconds",
+            "Wall time of each robots.txt fetch (all redirect hops), failures included.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.hold_seconds = Histogram(
+            "crawlguard_hold_seconds",
+            "How long each request held by delay pacing waited, until it was forwarded or "
+            "its client left.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.held_requests_limit = Gauge(
+            "crawlguard_held_requests_limit",
+            "pacing.max_held: requests delay pacing may hold at once (beyond it, 429).",
+            registry=self.registry,
+        )
+        self.origin_backoffs = Counter(
+            "crawlguard_origin_backoffs",
+            "Origin back-offs started or extended because an origin answered the tenant "
+            "429 or 503.",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "crawlguard_build_info",
+            "Always 1; the version label is the running crawlguard's.",
+            ["version"],
+            registry=self.registry,
+        )
+        self.build_info.labels(__version__).set(1)
+
+        self.state_fallbacks = Counter(
+            "crawlguard_state_fallbacks",
+            "Outages of the shared pacing state (redis://) during which this process paced "
+            "from its own memory (state.on_error: open); one per outage.",
             registry=self.registry,
         )
 

@@ -1,4 +1,8 @@
-"""The admin HTTP server (SPEC: "Admin HTTP server"), in the proxy's event loop."""
+"""The admin HTTP server (SPEC: "Admin HTTP server"), in the proxy's event loop.
+
+`/metrics`, `/healthz`, `/login`, `/logout` and `/static/*` are open; the dashboard (`/`) and
+the JSON API (`/api/*`) need the operator token or a login session (crawlguard.admin.auth).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from crawlguard.admin import dashboard
+from crawlguard.admin.api import AdminAPI
+from crawlguard.admin.auth import LoginRoutes, middleware
+
 if TYPE_CHECKING:
     from crawlguard.service import Guard
 
@@ -14,9 +22,14 @@ if TYPE_CHECKING:
 class AdminServer:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
-        self.app = web.Application()
+        # The token is read from the running config per request: a reload that changes it
+        # revokes the old token and every session signed with it.
+        self.app = web.Application(middlewares=[middleware(self._token_digest)])
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/metrics", self.metrics)
+        LoginRoutes(self._token_digest).add_routes(self.app)
+        AdminAPI(lambda: self.guard).add_routes(self.app)
+        dashboard.add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self.port = guard.cfg.admin.port
 
@@ -35,6 +48,9 @@ class AdminServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def _token_digest(self) -> bytes | None:
+        return self.guard.cfg.admin_token_digest()
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
