@@ -21,6 +21,16 @@ Choices where RFC 9309 leaves room (documented for operators in the README):
   and names connect only to the address that was checked. A forbidden hop ends the fetch as
   "error" (complete disallow, fail closed) without any connection attempt to it, so a
   robots.txt redirect can neither reach internal services nor probe which ports are open.
+
+Shared across replicas (with a `SharedRobots`, e.g. crawlguard.state.robots_redis for
+`state.url: redis://…`): the in-process cache stays in front, so a fresh local entry answers
+without any I/O. A local miss first `claim`s the origin in the shared store: a fresh shared
+record is adopted (its raw body re-parsed here, its SHA-256 checked, the 500 KiB cap kept);
+otherwise the fetch lock is taken and this process fetches and `publish`es the outcome (failure
+entries too, with their retry time, so replicas do not hammer a failing origin); or another
+replica holds the lock and this one polls until its record appears or the lock expires (its
+holder died), then fetches itself. The shared store never decides anything: when it is
+unreachable `claim` answers None and robots.txt is fetched per process, as without it.
 """
 
 from __future__ import annotations
@@ -28,16 +38,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import ssl as ssl_module
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from crawlguard import robots_parse_pool
 from crawlguard.egress import EgressPolicy
 from crawlguard.http_dates import parse_http_date, parse_retry_after
 from crawlguard.identity import IdentityError, canonical_host
@@ -57,6 +70,10 @@ BACKOFF_MAX = 900.0
 MAX_CACHED_BYTES = 256 * 1024 * 1024
 _CHUNK = 16 * 1024
 _FAILURES = frozenset({"429", "5xx", "timeout", "error"})
+_NO_RESTRICTIONS = frozenset({"4xx", "redirects"})
+LOCK_MARGIN = 5.0  # fetch lock lifetime beyond fetch_timeout: parse, publish, slack
+POLL_MIN = 0.02  # first pause while another replica fetches; doubles up to POLL_MAX
+POLL_MAX = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,52 @@ class _Fetched:
     lifetime: float | None = None  # from caching headers; None = no opinion
     retry_hint: float | None = None  # origin's Retry-After on 429/503
     detail: str = ""
+    status: int | None = None  # HTTP status of the last hop, None when there was no answer
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRecord:
+    """One origin's fetch outcome as replicas share it. Times are relative (seconds), so each
+    process maps them onto its own clock; a store keeps them as absolute times of one clock."""
+
+    result: str  # ok, 4xx, 429, 5xx, timeout, error, redirects, stale
+    body: bytes | None  # raw body in force (ok, stale), None otherwise
+    sha256: str | None  # SHA-256 of `body`
+    detail: str
+    status: int | None  # HTTP status of the last fetch's last hop, None when none
+    age: float  # seconds since the fetch
+    lifetime_left: float  # seconds until the next fetch is due
+    good_age: float | None  # seconds since `body` was fetched (older than `age` when stale)
+    failures: int  # consecutive failed fetches (the back-off exponent)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Answer to `SharedRobots.claim`: exactly one of the three."""
+
+    record: SharedRecord | None = None  # a fresh shared record: use it, fetch nothing
+    locked: bool = False  # no record, and the origin's fetch lock is now the caller's
+    wait: float = 0.0  # another process holds the lock for `wait` more seconds
+
+
+class SharedRobots(Protocol):
+    """robots.txt outcomes shared by replicas, with one fetch lock per origin. Implementations
+    never raise: when unavailable `claim` answers None and the other calls do nothing."""
+
+    async def claim(self, origin: Origin, token: str, lock_ttl: float) -> Claim | None:
+        """The fresh record; else take the fetch lock for `token` (`lock_ttl` s); else how
+        long the current holder's lock lasts. Atomic. None: the store is unavailable."""
+        ...
+
+    async def publish(self, origin: Origin, record: SharedRecord, token: str | None) -> None:
+        """Store `record` until it expires, and release the lock if `token` still holds it."""
+        ...
+
+    async def release(self, origin: Origin, token: str) -> None:
+        """Give the lock up (only if `token` holds it) without a record."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -94,6 +157,7 @@ class _Slot:
     failures: int = 0
     task: asyncio.Task[RobotsEntry] | None = None
     size: int = 0  # approximate bytes the good copy keeps alive (body and parsed rules)
+    status: int | None = None  # HTTP status of the last fetch's last hop (shared records)
 
 
 class RobotsCache:
@@ -116,6 +180,8 @@ class RobotsCache:
         backoff_max: float = BACKOFF_MAX,
         max_bytes: int = MAX_CACHED_BYTES,
         egress: EgressPolicy | None = None,
+        shared: SharedRobots | None = None,
+        lock_margin: float = LOCK_MARGIN,
     ) -> None:
         self._egress = egress  # None: no destination checks (unit tests of caching only)
         self._user_agent = user_agent
@@ -135,6 +201,9 @@ class RobotsCache:
         self._bytes = 0
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._shared = shared  # None: per-process cache only (state.url memory://)
+        self._lock_ttl = self._fetch_timeout + max(0.0, float(lock_margin))
+        self._locks: dict[Origin, str] = {}  # shared fetch locks this process holds
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -184,6 +253,11 @@ class RobotsCache:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._shared is not None:
+            for origin, token in list(self._locks.items()):  # let other replicas fetch now
+                await self._shared.release(origin, token)
+            self._locks.clear()
+            await self._shared.close()
 
     # -- cache bookkeeping -------------------------------------------------------------------
 
@@ -211,6 +285,143 @@ class RobotsCache:
     # -- fetching ----------------------------------------------------------------------------
 
     async def _refresh(self, origin: Origin, slot: _Slot) -> RobotsEntry:
+        try:
+            if self._shared is None:
+                return await self._fetch_and_settle(origin, slot)
+            return await self._refresh_shared(origin, slot, self._shared)
+        finally:
+            slot.task = None
+
+    async def _refresh_shared(
+        self, origin: Origin, slot: _Slot, shared: SharedRobots
+    ) -> RobotsEntry:
+        """Adopt another replica's fresh record, or fetch (under the lock) and publish."""
+        claim = await self._claim(origin, shared)
+        if isinstance(claim, SharedRecord):
+            entry = await self._adopt(origin, slot, claim)
+            if entry is not None:
+                return entry
+            claim = None  # unusable record: fetch, and replace it
+        token = claim
+        try:
+            entry = await self._fetch_and_settle(origin, slot)
+        finally:
+            if token is not None:
+                self._locks.pop(origin, None)
+        record = None if self._closed else self._record(slot, entry)
+        if record is not None:
+            await shared.publish(origin, record, token)
+        elif token is not None:  # closed mid-fetch: nothing to share, let others fetch now
+            await shared.release(origin, token)
+        return entry
+
+    async def _claim(self, origin: Origin, shared: SharedRobots) -> SharedRecord | str | None:
+        """A fresh shared record; or the fetch lock's token (we fetch and publish); or None
+        (the store is unavailable, or the lock holder outlived twice its lock: we fetch)."""
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + 2 * self._lock_ttl
+        pause = POLL_MIN
+        while True:
+            try:
+                claim = await shared.claim(origin, token, self._lock_ttl)
+            except Exception:  # the store promises not to raise; robots.txt works without it
+                log.exception("shared robots.txt cache failed; fetching per process")
+                return None
+            if claim is None:
+                return None
+            if claim.record is not None:
+                return claim.record
+            if claim.locked:
+                self._locks[origin] = token
+                return token
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning(
+                    "robots.txt %s://%s:%s: another replica's fetch lock outlived its own "
+                    "lifetime; fetching here",
+                    *origin,
+                )
+                return None
+            await asyncio.sleep(min(pause, left, claim.wait if claim.wait > 0 else pause))
+            pause = min(pause * 2, POLL_MAX)
+
+    def _record(self, slot: _Slot, entry: RobotsEntry) -> SharedRecord | None:
+        """`entry` as replicas share it; None when it is already due (nothing to share)."""
+        now = self._clock()
+        left = entry.expires_at - now
+        if left <= 0:
+            return None
+        has_body = entry.available and entry.body is not None
+        stale = entry.result == "stale" and slot.good is not None
+        return SharedRecord(
+            result=entry.result,
+            body=entry.body if has_body else None,
+            sha256=entry.sha256 if has_body else None,
+            detail=entry.detail,
+            status=slot.status,
+            age=max(0.0, now - entry.fetched_at),
+            lifetime_left=left,
+            good_age=max(0.0, now - slot.good_at) if stale else None,
+            failures=slot.failures,
+        )
+
+    async def _adopt(self, origin: Origin, slot: _Slot, rec: SharedRecord) -> RobotsEntry | None:
+        """Make another replica's record this process's entry (None: the record is unusable)."""
+        rules: RobotsRules | None = None
+        if rec.result in ("ok", "stale"):
+            if rec.body is None or len(rec.body) > MAX_BYTES:
+                return None
+            good = slot.good
+            if good is not None and good.sha256 == rec.sha256:
+                rules = good  # unchanged file: no second parse
+            else:
+                try:
+                    rules = await self._parse(rec.body)
+                except Exception:  # parse() promises not to raise; do not trust it blindly
+                    log.exception("robots.txt parser raised for %s://%s:%s", *origin)
+                    return None
+            if rules.sha256 != rec.sha256:
+                log.warning("shared robots.txt for %s://%s:%s: SHA-256 mismatch, ignored", *origin)
+                return None
+        elif rec.result not in _FAILURES and rec.result not in _NO_RESTRICTIONS:
+            return None
+        now = self._clock()
+        fetched_at = now - rec.age
+        expires = now + min(rec.lifetime_left, self._max_age)
+        if rules is not None:
+            good_age = rec.good_age if rec.good_age is not None else rec.age
+            slot.good, slot.good_at = rules, now - good_age
+            entry = RobotsEntry(
+                rules, True, rules.sha256, rules.body, rec.result, fetched_at, expires, rec.detail
+            )
+        elif rec.result in _NO_RESTRICTIONS:
+            slot.good = None
+            entry = RobotsEntry(
+                ALLOW_ALL, True, None, None, rec.result, fetched_at, expires, rec.detail
+            )
+        elif slot.good is not None and now - slot.good_at <= STALE_LIMIT:
+            # The fetching replica had no copy to fall back on; this process has one.
+            good = slot.good
+            detail = f"{rec.result}: {rec.detail}" if rec.detail else rec.result
+            expires = min(expires, slot.good_at + STALE_LIMIT)
+            entry = RobotsEntry(good, True, good.sha256, good.body, "stale", now, expires, detail)
+        else:
+            entry = RobotsEntry(
+                ALLOW_ALL, False, None, None, rec.result, fetched_at, expires, rec.detail
+            )
+        slot.failures = rec.failures
+        slot.status = rec.status
+        slot.entry = entry
+        self._account(origin, slot)
+        return entry
+
+    @staticmethod
+    async def _parse(body: bytes) -> RobotsRules:
+        """Parse in another process (a hostile 500 KiB file takes up to ~0.8 s of CPU, which
+        a thread would take from the event loop under the interpreter lock)."""
+        return await robots_parse_pool.parse(body)
+
+    async def _fetch_and_settle(self, origin: Origin, slot: _Slot) -> RobotsEntry:
         started = time.perf_counter()
         try:
             fetched = await self._fetch(origin)
@@ -226,15 +437,12 @@ class RobotsCache:
         if fetched.result == "ok":
             # Parsing a hostile 500 KiB file takes up to ~0.8 s: keep it off the event loop.
             try:
-                rules = await asyncio.to_thread(RobotsRules.parse, fetched.body or b"")
+                rules = await self._parse(fetched.body or b"")
             except asyncio.CancelledError:
                 fetched = _Fetched("error", detail="robots cache closed during parse")
             except Exception as exc:  # parse() promises not to raise; do not trust it blindly
                 rules = exc
-        try:
-            entry = self._settle(origin, slot, fetched, rules)
-        finally:
-            slot.task = None
+        entry = self._settle(origin, slot, fetched, rules)
         if entry.result != "ok":
             log.info("robots.txt %s://%s:%s -> %s %s", *origin, entry.result, entry.detail)
         self._notify(self._on_fetch, entry.result)
@@ -301,12 +509,17 @@ class RobotsCache:
                     ALLOW_ALL, True, None, None, result, now, now + lifetime, fetched.detail
                 )
         slot.entry = entry
+        slot.status = fetched.status
+        self._account(origin, slot)
+        return entry
+
+    def _account(self, origin: Origin, slot: _Slot) -> None:
+        """Count the slot's good copy against the byte bound, then evict beyond the bounds."""
         size = slot.good.footprint if slot.good is not None else 0
         if self._slots.get(origin) is slot:  # not evicted while fetching
             self._bytes += size - slot.size
             slot.size = size
             self._evict()
-        return entry
 
     def _session_for_fetch(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -351,20 +564,27 @@ class RobotsCache:
                     if 300 <= status < 400:
                         location = resp.headers.get("Location")
                         if not location:
-                            return _Fetched("error", detail=f"HTTP {status} without Location")
+                            return _Fetched(
+                                "error", detail=f"HTTP {status} without Location", status=status
+                            )
                         if hop == MAX_REDIRECTS:
                             return _Fetched(
                                 "redirects",
                                 lifetime=_lifetime(resp.headers),
                                 detail=f"more than {MAX_REDIRECTS} redirects",
+                                status=status,
                             )
                         url = url.join(URL(location))
                         if url.scheme not in ("http", "https") or not url.host:
-                            return _Fetched("error", detail="redirect to a non-HTTP location")
+                            return _Fetched(
+                                "error", detail="redirect to a non-HTTP location", status=status
+                            )
                         continue
                     if 200 <= status < 300:
                         body = await _read_capped(resp)
-                        return _Fetched("ok", body=body, lifetime=_lifetime(resp.headers))
+                        return _Fetched(
+                            "ok", body=body, lifetime=_lifetime(resp.headers), status=status
+                        )
                     if status == 429 or status >= 500:
                         return _Fetched(
                             "429" if status == 429 else "5xx",
@@ -372,12 +592,16 @@ class RobotsCache:
                                 resp.headers.get("Retry-After"), time.time()
                             ),
                             detail=f"HTTP {status}",
+                            status=status,
                         )
                     if 400 <= status < 500:
                         return _Fetched(
-                            "4xx", lifetime=_lifetime(resp.headers), detail=f"HTTP {status}"
+                            "4xx",
+                            lifetime=_lifetime(resp.headers),
+                            detail=f"HTTP {status}",
+                            status=status,
                         )
-                    return _Fetched("error", detail=f"unexpected HTTP {status}")
+                    return _Fetched("error", detail=f"unexpected HTTP {status}", status=status)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _admit(self, url: URL) -> tuple[URL, str | None]:

@@ -27,7 +27,8 @@ from crawlguard.records import ViolationRecord, utc_now_iso
 from crawlguard.robots_cache import RobotsCache
 from crawlguard.state import OnError, PacingState, StateUnavailable
 from crawlguard.state import open_state as open_pacing_state
-from crawlguard.store import ViolationStore, open_store
+from crawlguard.state.robots_redis import open_shared_robots
+from crawlguard.store import ViolationStore, open_store, store_spool_dir
 from crawlguard.ua_policy import UAVerdict, UserAgentPolicy
 
 log = logging.getLogger("crawlguard")
@@ -131,7 +132,10 @@ class Guard:
         self.tenants: dict[str, TenantRuntime] = {}
         self.auth: Authenticator[TenantRuntime] = Authenticator({})
         self._load_tenants(cfg)
-        self.store: ViolationStore = open_store(cfg.store.url)
+        # postgresql://: records spool to <confdir>/store-spool while PostgreSQL is down
+        self.store: ViolationStore = open_store(
+            cfg.store.url, spool_dir=store_spool_dir(cfg.proxy.confdir), metrics=self.metrics
+        )
         self.egress = EgressPolicy.from_config(cfg.destinations)
         self.robots = RobotsCache(
             egress=self.egress,
@@ -143,6 +147,9 @@ class Guard:
             on_fetch=lambda result: self.metrics.robots_fetches.labels(result).inc(),
             on_fetch_seconds=self.metrics.robots_fetch_seconds.observe,
             on_lookup=lambda result: self.metrics.robots_cache_lookups.labels(result).inc(),
+            # redis:// state: one robots.txt cache (and one fetch per origin) for all replicas;
+            # never refuses a request when Redis is down (fetches per process instead).
+            shared=open_shared_robots(cfg.state.url),
         )
         self.pacer = Pacer(
             open_state(

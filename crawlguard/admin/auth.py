@@ -8,8 +8,8 @@ Sessions are stateless: ``<expiry_unix>.<hex HMAC-SHA256(key=HMAC(process secret
 digest), msg="crawlguard-session:<expiry>")>``. Nothing to store; changing the token
 invalidates every session (the key changes). The random per-process secret matters: the token
 *digest* sits in the config file, and a cookie keyed on the digest alone could be forged by
-anyone who can read the config. The price is one new login after a restart. A tenant's proxy credentials are a
-different secret under a different header and never open the admin side.
+anyone who can read the config. The price is one new login after a restart. A tenant's proxy
+credentials are a different secret under a different header and never open the admin side.
 """
 
 from __future__ import annotations
@@ -143,7 +143,11 @@ def _refuse(request: web.Request) -> web.StreamResponse:
             headers={"WWW-Authenticate": REALM},
         )
     if request.method in ("GET", "HEAD"):
-        target = "/login" if request.path_qs == "/" else f"/login?next={quote(request.path_qs, safe='/')}"
+        target = (
+            "/login"
+            if request.path_qs == "/"
+            else f"/login?next={quote(request.path_qs, safe='/')}"
+        )
         return web.Response(status=303, headers={"Location": target})
     return web.Response(
         status=401, text="operator authentication required\n", headers={"WWW-Authenticate": REALM}
