@@ -354,10 +354,9 @@ def test_container_config_validates_with_its_token_variables() -> None:
     assert cfg.proxy.listen_port == 8080 and cfg.admin.port == 9464
     assert cfg.proxy.confdir == "/var/lib/crawlguard/mitmproxy"
     assert cfg.store.url.startswith("sqlite:////var/lib/crawlguard/")
-    assert cfg.state.url == "memory://"  # `crawlguard run` refuses redis:// state today
+    assert cfg.state.url == "redis://redis:6379/0"  # compose's Redis service
     assert cfg.admin.token_env and not cfg.admin.token_sha256
     assert cfg.tenants and all(t.token_env and not t.token_sha256 for t in cfg.tenants)
-    assert "redis://" not in CONTAINER_CONFIG.read_text()
 
 
 def test_container_config_refuses_to_load_without_its_tokens(
@@ -378,6 +377,8 @@ def test_healthcheck_command_against_the_container_config(tmp_path: Path) -> Non
     data["proxy"] |= {"listen_host": "127.0.0.1", "confdir": str(tmp_path / "mitmproxy")}
     data["admin"]["listen_host"] = "127.0.0.1"
     data["store"]["url"] = f"sqlite:///{tmp_path / 'store' / 'crawlguard.db'}"
+    # compose's `redis` host is not resolvable here: the local Redis, a prefix of its own
+    data["state"]["url"] = f"redis://127.0.0.1:6379/0?prefix=ops-{tmp_path.name}"
     (tmp_path / "store").mkdir()
     env = {
         "CRAWLGUARD_ADMIN_TOKEN": "op",
