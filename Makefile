@@ -1,9 +1,11 @@
 # Two commands: `make run` and `make test`. Both create .venv (Python 3.12) if needed.
+# make run CONFIG=path/to.yaml ARGS="--listen-port 8081 --admin-port 9465"
 PYTHON ?= python3.12
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/crawlguard.yaml
+ARGS ?=
 
 .PHONY: run test lint format clean system-tools
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/crawlguard run --config $(CONFIG)
+	$(BIN)/crawlguard run --config $(CONFIG) $(ARGS)
 
 # Browser and Prometheus tests need Debian's chromium and promtool (package prometheus).
 # Installed here when missing and apt-get can; otherwise those tests fail saying what is missing.
