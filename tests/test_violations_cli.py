@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import base_config
+from harness import base_config, free_port
 
 from crawlguard.cli import main
 from crawlguard.decisions import Kind
@@ -240,9 +240,10 @@ def test_missing_or_bad_config_exits_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("store_url", "needle"),
     [
-        ("postgresql://cg@db:5432/cg", "not supported until the scale-out store"),
+        (f"postgresql://cg@127.0.0.1:{free_port()}/cg", "cannot connect to the PostgreSQL store"),
         ("sqlite:///junk.db", "junk.db"),
     ],
+    ids=["postgresql-unreachable", "sqlite-junk"],
 )
 def test_unusable_store_exits_2(tmp_path: Path, store_url: str, needle: str) -> None:
     (tmp_path / "junk.db").write_bytes(b"not a database " * 200)

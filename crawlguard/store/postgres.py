@@ -1,0 +1,704 @@
+"""`PostgresStore`: the violation store in PostgreSQL (``postgresql://user@host:5432/db``).
+
+One database (or schema) shared by every proxy process and the operator commands. Same
+protocol and semantics as `SQLiteStore`; what differs is below.
+
+Schema (`SCHEMA_VERSION`, kept in the one-row table ``schema_version``): created or migrated
+when a connection is first made, inside one transaction that holds a transaction-scoped
+advisory lock (per schema), so two processes starting together neither race nor fail.
+Tables are unqualified: they live in the first schema of the connection's ``search_path``
+(``?options=-csearch_path%3Dcrawlguard`` in the URL picks one). Timestamps are ``timestamptz``
+(handed in and out in the canonical string form); text columns that are filtered or sorted on
+use the "C" collation, so ordering is byte order, as in SQLite. Every record carries a ``uid``
+(unique): a batch whose commit outcome is unknown (connection lost during COMMIT) or a spool
+replayed twice after a crash is written exactly once (``ON CONFLICT (uid) DO NOTHING``).
+
+Durability: autocommit connections with explicit transactions; `record_many` returns after
+COMMIT returned, and a server default of ``synchronous_commit = off`` is overridden for the
+session. Two connections: one for writes (the proxy's writer thread, the spool replayer) and
+one for reads (admin API, CLI), each behind its own lock, so a slow dashboard query never
+delays a commit. Lost connections are re-made on the next call.
+
+Errors: `StoreUnavailable` when the server cannot be reached or refuses work for now
+(connection errors, shutdown, read-only, out of disk, timeouts: psycopg's OperationalError and
+InterfaceError), `StoreError` for anything else. Passwords come from libpq (``PGPASSWORD``, a
+password file ``PGPASSFILE`` / ``~/.pgpass``), never from the URL (the config holds no secrets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+
+from crawlguard.records import FIELDS, ViolationRecord
+from crawlguard.store import (
+    PRUNE_BATCH_ROWS,
+    Page,
+    PageKey,
+    PruneResult,
+    Report,
+    StoredViolation,
+    StoreError,
+    StoreUnavailable,
+    Summary,
+    TenantReport,
+    ViolationFilter,
+    bucket_width_us,
+    canonical_ts,
+    epoch_us,
+    hour_bucket,
+    normalize_ts,
+    parse_since,
+    url_host,
+)
+
+log = logging.getLogger("crawlguard")
+
+SCHEMA_VERSION = 1
+# 1: violations (uid unique, timestamptz, host), robots_bodies, request_counts
+
+# pg_advisory_xact_lock(int4, int4): a fixed class id, and the schema's name hashed, so stores
+# in different schemas of one database migrate independently.
+ADVISORY_LOCK_CLASS = 0x43474C44  # "CGLD"
+
+# libpq parameters crawlguard sets unless the URL does: a dead server or a silent network
+# fails a call within seconds (then the proxy spools) instead of hanging the writer thread.
+CONNECT_DEFAULTS: dict[str, str] = {
+    "connect_timeout": "5",
+    "application_name": "crawlguard",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",  # ms unacknowledged data may wait before the link is dropped
+}
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS schema_version (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        version   integer NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS violations (
+        id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        uid           uuid NOT NULL,
+        ts            timestamptz NOT NULL,
+        tenant        text COLLATE "C" NOT NULL,
+        kind          text COLLATE "C" NOT NULL,
+        action        text COLLATE "C" NOT NULL,
+        method        text NOT NULL,
+        url           text NOT NULL,
+        user_agent    text,
+        rule          text,
+        crawl_delay   double precision,
+        retry_after   bigint,
+        robots_sha256 text COLLATE "C",
+        delay_seconds double precision,
+        reason        text,
+        host          text COLLATE "C",
+        CONSTRAINT violations_uid_key UNIQUE (uid)
+    )""",
+    "CREATE INDEX IF NOT EXISTS violations_tenant_ts ON violations (tenant, ts)",
+    "CREATE INDEX IF NOT EXISTS violations_kind_ts ON violations (kind, ts)",
+    "CREATE INDEX IF NOT EXISTS violations_host_ts ON violations (host, ts)",
+    "CREATE INDEX IF NOT EXISTS violations_ts ON violations (ts, id)",
+    "CREATE INDEX IF NOT EXISTS violations_robots_sha256 ON violations (robots_sha256) "
+    "WHERE robots_sha256 IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS robots_bodies (
+        sha256     text COLLATE "C" PRIMARY KEY,
+        body       bytea NOT NULL,
+        first_seen timestamptz NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS request_counts (
+        hour     timestamptz NOT NULL,
+        tenant   text COLLATE "C" NOT NULL,
+        decision text COLLATE "C" NOT NULL,
+        n        bigint NOT NULL,
+        PRIMARY KEY (hour, tenant, decision)
+    )""",
+]
+
+_COLUMNS = ", ".join(FIELDS)
+_INSERT = (
+    f"INSERT INTO violations (uid, {_COLUMNS}, host) "
+    f"VALUES ({', '.join('%s' for _ in range(len(FIELDS) + 2))}) "
+    "ON CONFLICT (uid) DO NOTHING"
+)
+_TEXT_FIELDS = ("tenant", "kind", "action", "method", "url", "user_agent", "rule", "reason")
+# the statement's (ts, id) -> cursor position, exact microseconds relative to `since`
+_OFFSET_US = "((EXTRACT(EPOCH FROM ts) * 1000000)::bigint - %s)"
+
+# Failures that say "not now" rather than "never": the spool keeps such a batch for later.
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    pg_errors.ReadOnlySqlTransaction,  # a failover left us on a standby
+    pg_errors.UndefinedTable,  # the tables were dropped: re-made on reconnect
+)
+
+
+def connection_params(url: str) -> dict[str, str]:
+    """libpq parameters for `url`, with crawlguard's defaults; StoreError if it is unusable."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        raise StoreError(f"store URL {url!r} is not a postgresql:// URL")
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise StoreError(f"store URL {_redact(url)!r}: {_first_line(exc)}") from None
+    if params.get("password"):
+        raise StoreError(
+            "store URL holds a password: the config keeps no secrets; "
+            "give it to libpq in PGPASSWORD or a password file (PGPASSFILE, ~/.pgpass)"
+        )
+    params.pop("password", None)
+    return {**CONNECT_DEFAULTS, **{k: str(v) for k, v in params.items() if v is not None}}
+
+
+def _redact(url: str) -> str:
+    head, sep, rest = url.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if at and ":" in userinfo:
+        return f"{head}{sep}{userinfo.partition(':')[0]}:***@{host}"
+    return url
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dt(ts: str) -> datetime:
+    """A timestamp in any form `normalize_ts` takes -> an aware UTC datetime."""
+    return datetime.fromisoformat(normalize_ts(ts)[:-1]).replace(tzinfo=UTC)
+
+
+def _pg_text(value: str | None) -> str | None:
+    """Text PostgreSQL accepts: it refuses NUL characters and lone surrogates (which Python
+    strings decoded with surrogateescape may hold); NUL becomes U+2400 (␀), a surrogate its
+    backslash escape."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\u2400")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _record(row: Sequence[Any]) -> ViolationRecord:
+    """A row of ``_COLUMNS`` -> the record, its timestamp in the canonical form."""
+    return ViolationRecord(canonical_ts(row[0]), *row[1:])
+
+
+def _where(flt: ViolationFilter) -> tuple[list[str], list[Any]]:
+    """SQL conditions (ANDed) and parameters for `flt`; each one an indexed column."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column in ("tenant", "kind", "action", "host"):
+        value = getattr(flt, column)
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if flt.since is not None:
+        where.append("ts >= %s")
+        params.append(_dt(flt.since))
+    if flt.until is not None:
+        where.append("ts < %s")
+        params.append(_dt(flt.until))
+    return where, params
+
+
+class _Slot:
+    """One connection and the lock that serialises its users."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            with suppress(Exception):  # closing a broken connection: nothing left to save
+                self.conn.close()
+            self.conn = None
+
+
+class PostgresStore:
+    """The violation store in PostgreSQL. `connect=False` defers the first connection (and the
+    schema check) to the first call or `ping`: the proxy's spool opens it so while PostgreSQL
+    is down."""
+
+    def __init__(self, url: str, *, connect: bool = True) -> None:
+        self.url = url
+        self.display = _redact(url)
+        self._params = connection_params(url)
+        self._write = _Slot("write")
+        self._read = _Slot("read")
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+        self._closed = False
+        if connect:
+            self.ping()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(autocommit=True, **self._params)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot connect to the PostgreSQL store {self.display}: {_first_line(exc)}"
+            ) from None
+        try:
+            mode = conn.execute("SHOW synchronous_commit").fetchone()
+            if mode is not None and mode[0] == "off":  # a commit must be durable on return
+                conn.execute("SET synchronous_commit = on")
+            if not self._migrated:
+                with self._migrate_lock:
+                    if not self._migrated:
+                        self._migrate(conn)
+                        self._migrated = True
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, psycopg.Error):
+                raise self._error(exc) from None
+            raise
+        return conn
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        """Create or upgrade the schema to SCHEMA_VERSION: one transaction under an advisory
+        lock, so concurrent starts serialise here and every one sees the finished schema."""
+        if self._version(conn) == SCHEMA_VERSION:
+            return  # the common case: no lock, no DDL (a read-only role can open the store)
+        with conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock("
+                "%s::integer, hashtext(coalesce(current_schema(), '')))",
+                (ADVISORY_LOCK_CLASS,),
+            )
+            version = self._version(conn)
+            if version == SCHEMA_VERSION:
+                return
+            if version == 0 and _exists(conn, "violations"):
+                raise StoreError(
+                    f"the PostgreSQL store {self.display} has a `violations` table that "
+                    "crawlguard did not create; give crawlguard its own database or schema "
+                    "(e.g. ?options=-csearch_path%3Dcrawlguard)"
+                )
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (singleton, version) VALUES (true, %s) "
+                "ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
+                (SCHEMA_VERSION,),
+            )
+        log.info("PostgreSQL store %s: schema version %d ready", self.display, SCHEMA_VERSION)
+
+    def _version(self, conn: psycopg.Connection[Any]) -> int:
+        if not _exists(conn, "schema_version"):
+            return 0
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = int(row[0]) if row and row[0] is not None else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the PostgreSQL store {self.display} has schema version {version}; this "
+                f"crawlguard knows up to {SCHEMA_VERSION} (downgrade?)"
+            )
+        return version
+
+    def _error(self, exc: psycopg.Error) -> StoreError:
+        if isinstance(exc, pg_errors.UndefinedTable):
+            self._migrated = False  # dropped behind our back: the next connection re-creates
+        cls = StoreUnavailable if isinstance(exc, _UNAVAILABLE) else StoreError
+        return cls(f"PostgreSQL store {self.display}: {_first_line(exc)}")
+
+    @contextmanager
+    def _use(self, slot: _Slot) -> Iterator[psycopg.Connection[Any]]:
+        """Lock `slot`, (re)connect it if needed, map driver errors to StoreError."""
+        with slot.lock:
+            if self._closed:
+                raise StoreError("the violation store is closed")
+            conn = slot.conn
+            if conn is None or conn.closed or conn.broken:
+                slot.drop()
+                conn = slot.conn = self._connect()
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                if conn.closed or conn.broken or isinstance(exc, _UNAVAILABLE):
+                    slot.drop()
+                raise self._error(exc) from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._use(self._read) as conn:
+            yield conn
+
+    def _read_call[T](self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """A read on the read connection; retried once on a fresh connection when the old one
+        turns out to be dead (a restarted server), since reads have no side effects."""
+        for attempt in (1, 2):
+            fresh = self._read.conn is None
+            try:
+                with self._reading() as conn:
+                    return fn(conn)
+            except StoreUnavailable:
+                if attempt == 2 or fresh:
+                    raise
+        raise AssertionError("unreachable")
+
+    def ping(self) -> None:
+        """Connect the write connection (making the schema current) and check it answers."""
+        with self._use(self._write) as conn:
+            conn.execute("SELECT 1")
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def record(self, rec: ViolationRecord, robots_body: bytes | None = None) -> None:
+        self.record_many([(rec, robots_body)])
+
+    def record_many(
+        self,
+        items: Sequence[tuple[ViolationRecord, bytes | None]],
+        uids: Sequence[str] | None = None,
+    ) -> None:
+        """Write all `items` in one transaction (group commit): all are durable on return, or
+        none is written and the error is raised. `uids` (one per item) make the write
+        idempotent: a record whose uid is stored already is skipped."""
+        if uids is not None and len(uids) != len(items):
+            raise ValueError("one uid per record")
+        rows: list[list[Any]] = []
+        bodies: dict[str, tuple[bytes, datetime]] = {}
+        for i, (rec, robots_body) in enumerate(items):
+            values = rec.bounded().to_dict()
+            ts = _dt(rec.ts)
+            for name in _TEXT_FIELDS:
+                values[name] = _pg_text(values[name])
+            sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
+            values["robots_sha256"] = _pg_text(sha)
+            values["ts"] = ts
+            uid = uuid.UUID(uids[i]) if uids is not None else uuid.uuid4()
+            rows.append([uid, *(values[f] for f in FIELDS), url_host(values["url"])])
+            if robots_body is not None and sha and sha not in bodies:
+                bodies[sha] = (robots_body, ts)
+        if not rows:
+            return
+        with self._use(self._write) as conn, conn.transaction():
+            with conn.cursor() as cur:
+                cur.executemany(_INSERT, rows)
+            for sha, (body, ts) in sorted(bodies.items()):
+                # FOR KEY SHARE: a concurrent prune (FOR UPDATE SKIP LOCKED) cannot delete the
+                # body a record of this transaction cites; if it got there first, we insert anew
+                if conn.execute(
+                    "SELECT 1 FROM robots_bodies WHERE sha256 = %s FOR KEY SHARE", (sha,)
+                ).fetchone():
+                    continue
+                if hashlib.sha256(body).hexdigest() != sha:
+                    log.warning("robots.txt body does not hash to %s; body not stored", sha)
+                    continue
+                conn.execute(
+                    "INSERT INTO robots_bodies (sha256, body, first_seen) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (sha256) DO NOTHING",
+                    (sha, body, ts),
+                )
+                conn.execute("SELECT 1 FROM robots_bodies WHERE sha256 = %s FOR KEY SHARE", (sha,))
+
+    def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult:
+        """One short transaction of retention: up to `limit` violations older than `before`;
+        once none is left, request-count hours wholly before it; then robots bodies no record
+        references. An empty result means the prune is complete."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        bound = _dt(before)
+        with self._use(self._write) as conn, conn.transaction():
+            n = conn.execute(
+                "DELETE FROM violations WHERE id IN "
+                "(SELECT id FROM violations WHERE ts < %s ORDER BY ts LIMIT %s)",
+                (bound, limit),
+            ).rowcount
+            if n:
+                return PruneResult(violations=n)
+            n = conn.execute(
+                "DELETE FROM request_counts WHERE (hour, tenant, decision) IN "
+                "(SELECT hour, tenant, decision FROM request_counts WHERE hour < %s LIMIT %s)",
+                (_dt(hour_bucket(canonical_ts(bound))), limit),
+            ).rowcount
+            if n:
+                return PruneResult(request_counts=n)
+            # Lock the candidates (skipping bodies a writer holds), then delete them in a new
+            # statement, whose snapshot sees records committed while we waited.
+            shas = [
+                sha
+                for (sha,) in conn.execute(
+                    "SELECT b.sha256 FROM robots_bodies AS b WHERE NOT EXISTS "
+                    "(SELECT 1 FROM violations AS v WHERE v.robots_sha256 = b.sha256) "
+                    "LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (limit,),
+                )
+            ]
+            if not shas:
+                return PruneResult()
+            n = conn.execute(
+                "DELETE FROM robots_bodies AS b WHERE b.sha256 = ANY(%s) AND NOT EXISTS "
+                "(SELECT 1 FROM violations AS v WHERE v.robots_sha256 = b.sha256)",
+                (shas,),
+            ).rowcount
+            return PruneResult(robots_bodies=n)
+
+    def prune(self, before: str, *, batch: int = PRUNE_BATCH_ROWS) -> PruneResult:
+        """Retention in full: `prune_step` until nothing is left (each step its own commit)."""
+        total = PruneResult()
+        while step := self.prune_step(before, batch):
+            total += step
+        return total
+
+    def add_request_counts(self, counts: Mapping[tuple[str, str], int], ts: str) -> None:
+        hour = _dt(hour_bucket(ts))
+        rows = []
+        for (tenant, decision), n in sorted(counts.items()):  # one lock order for every writer
+            if n < 0:
+                raise ValueError(f"negative request count for {tenant}/{decision}: {n}")
+            if n:
+                rows.append((hour, _pg_text(tenant), _pg_text(decision), n))
+        if not rows:
+            return
+        with self._use(self._write) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO request_counts (hour, tenant, decision, n) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (hour, tenant, decision) DO UPDATE "
+                "SET n = request_counts.n + EXCLUDED.n",
+                rows,
+            )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def query(
+        self,
+        *,
+        tenant: str | None = None,
+        kind: str | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+    ) -> list[ViolationRecord]:
+        """Newest first. `since` is inclusive and takes anything `parse_since` does."""
+        where: list[str] = []
+        params: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = %s")
+            params.append(tenant)
+        if kind is not None:
+            where.append("kind = %s")
+            params.append(kind)
+        if since is not None:
+            where.append("ts >= %s")
+            params.append(_dt(parse_since(since)))
+        sql = f"SELECT {_COLUMNS} FROM violations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC"
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit must be >= 0, not {limit}")
+            sql += " LIMIT %s"
+            params.append(limit)
+
+        def run(conn: psycopg.Connection[Any]) -> list[ViolationRecord]:
+            return [_record(row) for row in conn.execute(sql, params)]
+
+        return self._read_call(run)
+
+    def page(self, flt: ViolationFilter, *, limit: int, after: PageKey | None = None) -> Page:
+        """Up to `limit` records matching `flt`, ``ts DESC, id DESC`` (a total order, so pages
+        neither repeat nor skip a record, whatever share a timestamp), starting after `after`."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        where, params = _where(flt)
+        if after is not None:
+            where.append("(ts, id) < (%s, %s)")
+            params += [_dt(after[0]), after[1]]
+        sql = f"SELECT id, host, {_COLUMNS} FROM violations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC LIMIT %s"
+
+        def run(conn: psycopg.Connection[Any]) -> list[StoredViolation]:
+            return [
+                StoredViolation(int(row[0]), row[1], _record(row[2:]))
+                for row in conn.execute(sql, [*params, limit + 1])
+            ]
+
+        items: list[StoredViolation] = self._read_call(run)
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, (items[-1].record.ts, items[-1].id) if more else None)
+
+    def summary(self, flt: ViolationFilter, *, buckets: int, top_hosts: int = 10) -> Summary:
+        """Counts for a dashboard over [flt.since, flt.until) (both required). Without an
+        `action` filter, held records (action `delayed`) are left out: they are not violations;
+        `action="delayed"` counts only them."""
+        if flt.since is None or flt.until is None:
+            raise ValueError("summary needs both since and until")
+        since, until = normalize_ts(flt.since), normalize_ts(flt.until)
+        width = bucket_width_us(since, until, buckets)
+        where, params = _where(flt)
+        if flt.action is None:
+            where.append("action <> 'delayed'")
+        cond = " AND ".join(where)
+        start = epoch_us(since)
+
+        def run(
+            conn: psycopg.Connection[Any],
+        ) -> tuple[dict[str, list[int]], list[tuple[str, int]], list[tuple[str, str, int]]]:
+            series: dict[str, list[int]] = {}
+            with conn.transaction():  # one snapshot for every count below
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                for tid, index, n in conn.execute(
+                    f"SELECT tenant, {_OFFSET_US} / %s AS b, count(*) FROM violations "
+                    f"WHERE {cond} GROUP BY tenant, b",
+                    [start, width, *params],
+                ):
+                    if 0 <= index < buckets:
+                        series.setdefault(tid, [0] * buckets)[index] += int(n)
+                by_kind = [
+                    (kind, int(n))
+                    for kind, n in conn.execute(
+                        f"SELECT kind, count(*) AS n FROM violations WHERE {cond} "
+                        "GROUP BY kind ORDER BY n DESC, kind",
+                        params,
+                    )
+                ]
+                hosts = [
+                    (tid, host, int(n))
+                    for tid, host, n in conn.execute(
+                        "SELECT tenant, host, n FROM (SELECT tenant, host, count(*) AS n, "
+                        "row_number() OVER (PARTITION BY tenant ORDER BY count(*) DESC, host) "
+                        f"AS r FROM violations WHERE {cond} AND host IS NOT NULL "
+                        "GROUP BY tenant, host) AS t WHERE r <= %s ORDER BY n DESC, tenant, host",
+                        [*params, top_hosts],
+                    )
+                ]
+            return series, by_kind, hosts
+
+        series, by_kind, hosts = self._read_call(run)
+        return Summary(
+            since=since,
+            until=until,
+            bucket_us=width,
+            buckets=buckets,
+            series=dict(sorted(series.items())),
+            by_kind=by_kind,
+            top_hosts=hosts,
+            total=sum(n for _, n in by_kind),
+        )
+
+    def latest_violations(self, *, since: str | None = None) -> dict[str, str]:
+        """Tenant -> timestamp of its newest violation (held records are not violations)."""
+        sql = "SELECT tenant, max(ts) FROM violations WHERE action <> 'delayed'"
+        params: list[Any] = []
+        if since is not None:
+            sql += " AND ts >= %s"
+            params.append(_dt(parse_since(since)))
+        sql += " GROUP BY tenant"
+
+        def run(conn: psycopg.Connection[Any]) -> dict[str, str]:
+            return {tid: canonical_ts(ts) for tid, ts in conn.execute(sql, params)}
+
+        return self._read_call(run)
+
+    def robots_body(self, sha256: str) -> bytes | None:
+        def run(conn: psycopg.Connection[Any]) -> bytes | None:
+            row = conn.execute(
+                "SELECT body FROM robots_bodies WHERE sha256 = %s", (_pg_text(sha256.lower()),)
+            ).fetchone()
+            return bytes(row[0]) if row else None
+
+        return self._read_call(run)
+
+    def report(self, *, since: str | None = None) -> Report:
+        bound = parse_since(since) if since is not None else None
+        ts_cond, hour_cond = "", ""
+        params: list[Any] = []
+        hour_params: list[Any] = []
+        if bound is not None:
+            ts_cond, params = " AND ts >= %s", [_dt(bound)]
+            hour_cond, hour_params = " WHERE hour >= %s", [_dt(hour_bucket(bound))]
+
+        def run(
+            conn: psycopg.Connection[Any],
+        ) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]], dict[str, int]]:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                requests = [
+                    (tid, decision, int(n))
+                    for tid, decision, n in conn.execute(
+                        f"SELECT tenant, decision, sum(n) FROM request_counts{hour_cond} "
+                        "GROUP BY tenant, decision ORDER BY tenant, sum(n) DESC, decision",
+                        hour_params,
+                    )
+                ]
+                violations = [
+                    (tid, kind, int(n))
+                    for tid, kind, n in conn.execute(
+                        "SELECT tenant, kind, count(*) FROM violations "
+                        f"WHERE action <> 'delayed'{ts_cond} "
+                        "GROUP BY tenant, kind ORDER BY tenant, count(*) DESC, kind",
+                        params,
+                    )
+                ]
+                held = {
+                    tid: int(n)
+                    for tid, n in conn.execute(
+                        "SELECT tenant, count(*) FROM violations "
+                        f"WHERE action = 'delayed'{ts_cond} GROUP BY tenant",
+                        params,
+                    )
+                }
+            return requests, violations, held
+
+        requests, violations, held = self._read_call(run)
+        tenants: dict[str, TenantReport] = {}
+        for tid, decision, n in requests:
+            tenants.setdefault(tid, TenantReport()).requests[decision] = n
+        for tid, kind, n in violations:
+            tenants.setdefault(tid, TenantReport()).violations[kind] = n
+        for tid in held:
+            tenants.setdefault(tid, TenantReport())
+        tenants = {
+            tid: TenantReport(t.requests, t.violations, held.get(tid, 0))
+            for tid, t in tenants.items()
+        }
+        return Report(since=bound, tenants=tenants)
+
+    def close(self) -> None:
+        self._closed = True
+        for slot in (self._write, self._read):
+            with slot.lock:
+                slot.drop()
+
+
+def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    """Whether `table` exists in the schema tables are created in. A catalogue query (the
+    statement's snapshot), not to_regclass: the relation cache may still hold a negative entry
+    from before another process's migration committed while we waited for the lock."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c "
+        "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relname = %s)",
+        (table,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "connection_params"]

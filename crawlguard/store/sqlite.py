@@ -1,0 +1,459 @@
+"""`SQLiteStore`: the violation store in one SQLite file (``sqlite:///path/to/file.db``).
+
+WAL journal and ``synchronous = FULL``, so a returned commit is on disk. One connection shared
+by threads under a lock; the schema version is SQLite's ``user_version`` (see `_migrate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from crawlguard.records import FIELDS, ViolationRecord
+from crawlguard.store import (
+    PRUNE_BATCH_ROWS,
+    Page,
+    PageKey,
+    PruneResult,
+    Report,
+    StoredViolation,
+    StoreError,
+    Summary,
+    TenantReport,
+    ViolationFilter,
+    bucket_width_us,
+    epoch_us,
+    hour_bucket,
+    normalize_ts,
+    parse_since,
+    url_host,
+)
+
+log = logging.getLogger("crawlguard")
+
+SCHEMA_VERSION = 3
+# 2: index on violations.robots_sha256 (orphaned robots bodies pruning)
+# 3: violations.host (canonical host of the url, backfilled) for the admin API's host filter
+BUSY_TIMEOUT_SECONDS = 10.0  # `run --workers N` processes share one SQLite file
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS violations (
+    id            INTEGER PRIMARY KEY,
+    ts            TEXT NOT NULL,
+    tenant        TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    method        TEXT NOT NULL,
+    url           TEXT NOT NULL,
+    user_agent    TEXT,
+    rule          TEXT,
+    crawl_delay   REAL,
+    retry_after   INTEGER,
+    robots_sha256 TEXT,
+    delay_seconds REAL,
+    reason        TEXT,
+    host          TEXT
+);
+CREATE INDEX IF NOT EXISTS violations_tenant_ts ON violations (tenant, ts);
+CREATE INDEX IF NOT EXISTS violations_kind_ts ON violations (kind, ts);
+CREATE INDEX IF NOT EXISTS violations_ts ON violations (ts);
+CREATE INDEX IF NOT EXISTS violations_robots_sha256 ON violations (robots_sha256)
+    WHERE robots_sha256 IS NOT NULL;
+CREATE TABLE IF NOT EXISTS robots_bodies (
+    sha256     TEXT PRIMARY KEY,
+    body       BLOB NOT NULL,
+    first_seen TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS request_counts (
+    hour     TEXT NOT NULL,
+    tenant   TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (hour, tenant, decision)
+) WITHOUT ROWID;
+"""
+# After the host column exists (an older table gets it from `_migrate`).
+_HOST_INDEX = "CREATE INDEX IF NOT EXISTS violations_host_ts ON violations (host, ts)"
+MIGRATE_BATCH_ROWS = 10_000
+
+_COLUMNS = ", ".join(FIELDS)
+_INSERT = f"INSERT INTO violations ({_COLUMNS}, host) VALUES ({', '.join('?' for _ in FIELDS)}, ?)"
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the schema to SCHEMA_VERSION in one transaction (idempotent, so two
+    processes opening an old file at once are fine): tables and indexes, then version 3's
+    `host` column, backfilled from each record's url."""
+    try:
+        # one script: executescript would commit a transaction begun before it
+        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(violations)")}
+        if "host" not in columns:
+            conn.execute("ALTER TABLE violations ADD COLUMN host TEXT")
+        conn.execute(_HOST_INDEX)
+        last = 0
+        while rows := conn.execute(
+            "SELECT id, url FROM violations WHERE id > ? AND host IS NULL ORDER BY id LIMIT ?",
+            (last, MIGRATE_BATCH_ROWS),
+        ).fetchall():
+            last = rows[-1][0]
+            conn.executemany(
+                "UPDATE violations SET host = ? WHERE id = ?",
+                [(url_host(url), rid) for rid, url in rows],
+            )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _where(flt: ViolationFilter) -> tuple[list[str], list[Any]]:
+    """SQL conditions (ANDed) and parameters for `flt`; each one an indexed column."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column in ("tenant", "kind", "action", "host"):
+        value = getattr(flt, column)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if flt.since is not None:
+        where.append("ts >= ?")
+        params.append(normalize_ts(flt.since))
+    if flt.until is not None:
+        where.append("ts < ?")
+        params.append(normalize_ts(flt.until))
+    return where, params
+
+
+class SQLiteStore:
+    """One connection shared by threads under a lock: writes are serial anyway (one writer per
+    SQLite file), and the proxy writes from a single worker thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,  # explicit BEGIN IMMEDIATE below
+                check_same_thread=False,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the SQLite store {path!r}: {exc}") from None
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # the commit is on disk before we answer
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the SQLite store {path!r} has schema version {version}; this crawlguard "
+                    f"knows up to {SCHEMA_VERSION} (downgrade?)"
+                )
+            if version < SCHEMA_VERSION:
+                _migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot use the SQLite store {path!r}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    @contextmanager
+    def _connection(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """Lock, map driver errors to StoreError, and wrap writes in one transaction."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError("the violation store is closed")
+            try:
+                if not write:
+                    yield conn
+                    return
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.path!r}: {exc}") from exc
+
+    def record(self, rec: ViolationRecord, robots_body: bytes | None = None) -> None:
+        self.record_many([(rec, robots_body)])
+
+    def record_many(self, items: Sequence[tuple[ViolationRecord, bytes | None]]) -> None:
+        """Write all `items` in one transaction (group commit): all are durable on return, or
+        none is written and the error is raised. Records are bounded (`ViolationRecord.bounded`)."""
+        rows: list[list[Any]] = []
+        bodies: dict[str, tuple[bytes, str]] = {}
+        for rec, robots_body in items:
+            values = rec.bounded().to_dict()
+            values["ts"] = normalize_ts(rec.ts)
+            sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
+            values["robots_sha256"] = sha  # lower-case, as robots_bodies is keyed
+            rows.append([*(values[f] for f in FIELDS), url_host(values["url"])])
+            if robots_body is not None and sha and sha not in bodies:
+                bodies[sha] = (robots_body, values["ts"])
+        if not rows:
+            return
+        with self._connection(write=True) as conn:
+            conn.executemany(_INSERT, rows)
+            for sha, (body, ts) in bodies.items():
+                # Looked up in the transaction rather than cached: retention may have pruned it.
+                if conn.execute("SELECT 1 FROM robots_bodies WHERE sha256 = ?", (sha,)).fetchone():
+                    continue
+                if hashlib.sha256(body).hexdigest() != sha:
+                    # keep the record; a body under the wrong address would mislead the audit
+                    log.warning("robots.txt body does not hash to %s; body not stored", sha)
+                    continue
+                conn.execute(
+                    "INSERT INTO robots_bodies (sha256, body, first_seen) VALUES (?, ?, ?)",
+                    (sha, body, ts),
+                )
+
+    def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult:
+        """One short transaction of retention: up to `limit` violations older than `before`;
+        once none is left, request-count hours wholly before it; then robots bodies no record
+        references. An empty result means the prune is complete."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        bound = normalize_ts(before)
+        with self._connection(write=True) as conn:
+            n = conn.execute(
+                "DELETE FROM violations WHERE id IN "
+                "(SELECT id FROM violations WHERE ts < ? ORDER BY ts LIMIT ?)",
+                (bound, limit),
+            ).rowcount
+            if n:
+                return PruneResult(violations=n)
+            n = conn.execute(  # WITHOUT ROWID: the primary key names the row
+                "DELETE FROM request_counts WHERE (hour, tenant, decision) IN "
+                "(SELECT hour, tenant, decision FROM request_counts WHERE hour < ? LIMIT ?)",
+                (hour_bucket(bound), limit),
+            ).rowcount
+            if n:
+                return PruneResult(request_counts=n)
+            n = conn.execute(
+                "DELETE FROM robots_bodies WHERE sha256 IN "
+                "(SELECT b.sha256 FROM robots_bodies AS b WHERE NOT EXISTS "
+                "(SELECT 1 FROM violations AS v WHERE v.robots_sha256 = b.sha256) LIMIT ?)",
+                (limit,),
+            ).rowcount
+            return PruneResult(robots_bodies=n)
+
+    def prune(self, before: str, *, batch: int = PRUNE_BATCH_ROWS) -> PruneResult:
+        """Retention in full: `prune_step` until nothing is left (each step its own commit)."""
+        total = PruneResult()
+        while step := self.prune_step(before, batch):
+            total += step
+        return total
+
+    def add_request_counts(self, counts: Mapping[tuple[str, str], int], ts: str) -> None:
+        hour = hour_bucket(ts)
+        rows = []
+        for (tenant, decision), n in counts.items():
+            if n < 0:
+                raise ValueError(f"negative request count for {tenant}/{decision}: {n}")
+            if n:
+                rows.append((hour, tenant, decision, n))
+        if not rows:
+            return
+        with self._connection(write=True) as conn:
+            conn.executemany(
+                "INSERT INTO request_counts (hour, tenant, decision, n) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (hour, tenant, decision) DO UPDATE SET n = n + excluded.n",
+                rows,
+            )
+
+    def query(
+        self,
+        *,
+        tenant: str | None = None,
+        kind: str | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+    ) -> list[ViolationRecord]:
+        """Newest first. `since` is inclusive and takes anything `parse_since` does."""
+        where: list[str] = []
+        params: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(parse_since(since))
+        sql = f"SELECT {_COLUMNS} FROM violations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC"
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit must be >= 0, not {limit}")
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._connection() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [ViolationRecord(*row) for row in rows]
+
+    def page(self, flt: ViolationFilter, *, limit: int, after: PageKey | None = None) -> Page:
+        """Up to `limit` records matching `flt`, ``ts DESC, id DESC`` (a total order, so pages
+        neither repeat nor skip a record, whatever share a timestamp), starting after `after`."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        where, params = _where(flt)
+        if after is not None:
+            where.append("(ts < ? OR (ts = ? AND id < ?))")
+            params += [after[0], after[0], after[1]]
+        sql = f"SELECT id, host, {_COLUMNS} FROM violations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+        with self._connection() as conn:
+            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+        items = [StoredViolation(row[0], row[1], ViolationRecord(*row[2:])) for row in rows]
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, (items[-1].record.ts, items[-1].id) if more else None)
+
+    def summary(self, flt: ViolationFilter, *, buckets: int, top_hosts: int = 10) -> Summary:
+        """Counts for a dashboard over [flt.since, flt.until) (both required). Without an
+        `action` filter, held records (action `delayed`) are left out: they are not violations;
+        `action="delayed"` counts only them."""
+        if flt.since is None or flt.until is None:
+            raise ValueError("summary needs both since and until")
+        since, until = normalize_ts(flt.since), normalize_ts(flt.until)
+        width = bucket_width_us(since, until, buckets)
+        where, params = _where(flt)
+        if flt.action is None:
+            where.append("action != 'delayed'")
+        cond = " AND ".join(where)
+        start = epoch_us(since)
+        # exact integer microseconds of the stored canonical form, relative to `since`
+        offset = (
+            "((CAST(strftime('%s', substr(ts, 1, 19)) AS INTEGER) - ?) * 1000000"
+            " + CAST(substr(ts, 21, 6) AS INTEGER) - ?)"
+        )
+        series: dict[str, list[int]] = {}
+        with self._connection() as conn:
+            conn.execute("BEGIN")  # one snapshot for every count below
+            try:
+                for tid, index, n in conn.execute(
+                    f"SELECT tenant, {offset} / ? AS b, COUNT(*) FROM violations "
+                    f"WHERE {cond} GROUP BY tenant, b",
+                    [start // 1_000_000, start % 1_000_000, width, *params],
+                ):
+                    if 0 <= index < buckets:
+                        series.setdefault(tid, [0] * buckets)[index] += int(n)
+                by_kind = [
+                    (kind, int(n))
+                    for kind, n in conn.execute(
+                        f"SELECT kind, COUNT(*) AS n FROM violations WHERE {cond} "
+                        "GROUP BY kind ORDER BY n DESC, kind",
+                        params,
+                    )
+                ]
+                hosts = [
+                    (tid, host, int(n))
+                    for tid, host, n in conn.execute(
+                        "SELECT tenant, host, n FROM (SELECT tenant, host, COUNT(*) AS n, "
+                        "ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY COUNT(*) DESC, host) "
+                        f"AS r FROM violations WHERE {cond} AND host IS NOT NULL "
+                        "GROUP BY tenant, host) WHERE r <= ? ORDER BY n DESC, tenant, host",
+                        [*params, top_hosts],
+                    )
+                ]
+            finally:
+                conn.execute("COMMIT")
+        return Summary(
+            since=since,
+            until=until,
+            bucket_us=width,
+            buckets=buckets,
+            series=dict(sorted(series.items())),
+            by_kind=by_kind,
+            top_hosts=hosts,
+            total=sum(n for _, n in by_kind),
+        )
+
+    def latest_violations(self, *, since: str | None = None) -> dict[str, str]:
+        """Tenant -> timestamp of its newest violation (held records are not violations)."""
+        with self._connection() as conn:
+            return {
+                tid: ts
+                for tid, ts in conn.execute(
+                    "SELECT tenant, MAX(ts) FROM violations WHERE ts >= ? "
+                    "AND action != 'delayed' GROUP BY tenant",
+                    (parse_since(since) if since is not None else "",),
+                )
+            }
+
+    def robots_body(self, sha256: str) -> bytes | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT body FROM robots_bodies WHERE sha256 = ?", (sha256.lower(),)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def report(self, *, since: str | None = None) -> Report:
+        bound = parse_since(since) if since is not None else None
+        tenants: dict[str, TenantReport] = {}
+
+        def entry(tid: str) -> TenantReport:
+            return tenants.setdefault(tid, TenantReport())
+
+        with self._connection() as conn:
+            hour_bound = bound[:13] + ":00:00.000000Z" if bound else ""
+            for tid, decision, n in conn.execute(
+                "SELECT tenant, decision, SUM(n) FROM request_counts WHERE hour >= ? "
+                "GROUP BY tenant, decision ORDER BY tenant, SUM(n) DESC, decision",
+                (hour_bound,),
+            ):
+                entry(tid).requests[decision] = int(n)
+            for tid, kind, n in conn.execute(
+                "SELECT tenant, kind, COUNT(*) FROM violations WHERE ts >= ? "
+                "AND action != 'delayed' "
+                "GROUP BY tenant, kind ORDER BY tenant, COUNT(*) DESC, kind",
+                (bound or "",),
+            ):
+                entry(tid).violations[kind] = int(n)
+            held = {
+                tid: int(n)
+                for tid, n in conn.execute(
+                    "SELECT tenant, COUNT(*) FROM violations WHERE ts >= ? "
+                    "AND action = 'delayed' GROUP BY tenant",
+                    (bound or "",),
+                )
+            }
+        for tid in held:
+            entry(tid)
+        tenants = {
+            tid: TenantReport(t.requests, t.violations, held.get(tid, 0))
+            for tid, t in tenants.items()
+        }
+        return Report(since=bound, tenants=tenants)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
