@@ -21,12 +21,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/crawlguard run --config $(CONFIG) $(ARGS)
 
-# Browser and Prometheus tests need Debian's chromium and promtool (package prometheus).
+# Browser and Prometheus tests need Debian's chromium, promtool (package prometheus) and
+# certutil (libnss3-tools: the Playwright guide's CA route).
 # Installed here when missing and apt-get can; otherwise those tests fail saying what is missing.
 system-tools:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v certutil >/dev/null 2>&1 || missing="$$missing libnss3-tools"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian packages:$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \

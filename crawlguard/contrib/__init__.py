@@ -1,0 +1,1 @@
+"""Helpers for crawlers that run through crawlguard (imported only by those crawlers)."""
