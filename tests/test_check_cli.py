@@ -256,3 +256,39 @@ def test_robots_file_from_stdin() -> None:
     proc = _run(["--robots-file", "-", "--user-agent", UA, "/private/x"], ROBOTS)
     assert proc.returncode == 1
     assert proc.stdout.startswith("disallowed\t/private/x\t")
+
+
+def test_cases_show_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    """A long --cases batch counts on a TTY's stderr; piped, stderr stays empty."""
+    import os
+    import pty
+
+    cases = tmp_path / "cases.jsonl"
+    line = {"robots": "User-agent: *\nDisallow: /x", "user_agent": "AcmeBot", "url": "/x"}
+    cases.write_text("\n".join(json.dumps(line) for _ in range(50)) + "\n")
+    cmd = [sys.executable, "-m", "crawlguard", "check", "--cases", str(cases)]
+
+    piped = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert len(piped.stdout.splitlines()) == 50
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=follower, text=True, timeout=60)
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 50
+    assert b"checking cases 50/50" in shown

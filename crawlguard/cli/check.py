@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from crawlguard.cli.progress import Progress
 from crawlguard.robots import MAX_BYTES, RobotsRules, RobotsVerdict
 from crawlguard.ua_policy import product_token_of
 
@@ -145,7 +146,9 @@ def _run_cases(name: str) -> int:
     cases = [_case(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     parsed: dict[str, RobotsRules] = {}  # a batch often repeats one robots.txt
     out = []
-    for robots, user_agent, url in cases:
+    progress = Progress("checking cases", len(cases))
+    for done, (robots, user_agent, url) in enumerate(cases, 1):
+        progress.update(done)
         rules = parsed.get(robots)
         if rules is None:
             rules = parsed[robots] = RobotsRules.parse(_utf8(robots))
@@ -160,6 +163,7 @@ def _run_cases(name: str) -> int:
                 ensure_ascii=False,
             )
         )
+    progress.done()
     if out:
         sys.stdout.write("\n".join(out) + "\n")
     return EXIT_ALLOWED
