@@ -1,7 +1,21 @@
 """Prometheus metrics (SPEC: "Admin HTTP server"). Labels hold tenant ids, kinds and results only,
-never a URL or host, so cardinality stays bounded by config."""
+never a URL or host, so cardinality stays bounded by config.
+
+`crawlguard run --workers N` (crawlguard.cli.workers): each worker process writes its metrics to
+prometheus-client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, a private directory the
+parent creates and removes) and the parent's ONE admin endpoint serves their aggregate
+(`AggregatedMetrics`): counters and histograms are summed over every worker that ever ran (a
+restarted worker's counts are kept, so they never go down); each gauge says how it combines
+(`multiprocess_mode`, used only in that mode): `livesum` for what adds up over the live
+workers, `livemax` for what each worker has on its own. A `set_function` gauge is computed at
+scrape time in its own process, which the parent cannot do: workers copy those into their
+files every `FUNCTION_GAUGE_SECONDS` (`publish_function_gauges`).
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -10,12 +24,25 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
 
 from crawlguard import __version__
 
 # `_created` series double the exposition for no use here.
 disable_created_metrics()
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FUNCTION_GAUGES = ("robots_cache_entries",)
+"""Gauges the Guard binds with `set_function` (read at scrape time in their own process)."""
+FUNCTION_GAUGE_SECONDS = 1.0
+"""How often a worker copies its `FUNCTION_GAUGES` into its multiprocess file."""
+
+
+def multiprocess_enabled() -> bool:
+    """True in a `--workers N` worker: prometheus-client picked its multiprocess value files
+    (it decides from the environment when it is imported)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
 
 
 class Metrics:
@@ -48,6 +75,7 @@ class Metrics:
         self.delayed = Gauge(
             "crawlguard_delayed_requests",
             "Requests currently held by delay pacing.",
+            multiprocess_mode="livesum",  # held by all live workers together
             registry=self.registry,
         )
         self.auth_failures = Counter(
@@ -64,6 +92,7 @@ class Metrics:
         self.store_queue_depth = Gauge(
             "crawlguard_store_queue_depth",
             "Violation records accepted and waiting for their store commit.",
+            multiprocess_mode="livesum",  # every worker has its own writer and queue
             registry=self.registry,
         )
         self.store_write_seconds = Histogram(
@@ -88,6 +117,7 @@ class Metrics:
         self.robots_cache_entries = Gauge(
             "crawlguard_robots_cache_entries",
             "Origins the robots.txt cache holds now (an entry, or its first fetch in flight).",
+            multiprocess_mode="livemax",  # each worker has its own cache: the largest one
             registry=self.registry,
         )
         self.robots_cache_lookups = Counter(
@@ -113,6 +143,7 @@ class Metrics:
         self.held_requests_limit = Gauge(
             "crawlguard_held_requests_limit",
             "pacing.max_held: requests delay pacing may hold at once (beyond it, 429).",
+            multiprocess_mode="livesum",  # per process: N workers may hold N times as many
             registry=self.registry,
         )
         self.origin_backoffs = Counter(
@@ -126,6 +157,7 @@ class Metrics:
             "crawlguard_build_info",
             "Always 1; the version label is the running crawlguard's.",
             ["version"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
         self.build_info.labels(__version__).set(1)
@@ -136,6 +168,43 @@ class Metrics:
             "from its own memory (state.on_error: open); one per outage.",
             registry=self.registry,
         )
+        self.store_spooled = Counter(
+            "crawlguard_store_spooled",
+            "Violation records written to the local spool (fsync'd) because the PostgreSQL "
+            "store was unavailable; replayed when it is back.",
+            registry=self.registry,
+        )
+        self.store_replayed = Counter(
+            "crawlguard_store_replayed",
+            "Spooled violation records replayed into the PostgreSQL store.",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def publish_function_gauges(self) -> None:
+        """Multiprocess mode: write the current value of each `set_function` gauge to this
+        process's file (the parent aggregates files, it cannot call a worker's function).
+        `collect` calls the bound function; `set` writes the file."""
+        for name in FUNCTION_GAUGES:
+            gauge: Gauge = getattr(self, name)
+            for family in gauge.collect():
+                for sample in family.samples:
+                    gauge.set(sample.value)
+
+
+class AggregatedMetrics:
+    """The parent of `--workers N`: the sum of the workers' multiprocess files in `path`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(self.registry, path=str(self.path))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def process_dead(self, pid: int) -> None:
+        """A worker exited: its `live*` gauges leave the aggregate (its counts stay)."""
+        multiprocess.mark_process_dead(pid, str(self.path))

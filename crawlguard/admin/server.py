@@ -2,11 +2,17 @@
 
 `/metrics`, `/healthz`, `/login`, `/logout` and `/static/*` are open; the dashboard (`/`) and
 the JSON API (`/api/*`) need the operator token or a login session (crawlguard.admin.auth).
+
+`crawlguard run --workers N` runs one AdminServer in the parent process (crawlguard.cli.workers)
+over a `source` that is not a Guard: the config, the store, and the workers' aggregated metrics.
+It answers `/healthz` from `health` (503 until every worker is ready) and `/api/robots` with a
+404 saying why: the robots.txt cache lives in each worker's memory.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,11 +26,24 @@ if TYPE_CHECKING:
 
 
 class AdminServer:
-    def __init__(self, guard: Guard) -> None:
+    def __init__(
+        self,
+        guard: Guard | Any,
+        *,
+        health: Callable[[], str | None] | None = None,
+        robots_unavailable: str | None = None,
+    ) -> None:
+        """`guard`: the Guard, or in the parent of `--workers N` an object with the Guard's
+        `cfg`, `store` and `metrics` (`render()`). `health`: None when ready, else why not
+        (a 503). `robots_unavailable`: `/api/robots` answers 404 with this message."""
         self.guard = guard
+        self._health = health
         # The token is read from the running config per request: a reload that changes it
         # revokes the old token and every session signed with it.
         self.app = web.Application(middlewares=[middleware(self._token_digest)])
+        self._robots_unavailable = robots_unavailable
+        if robots_unavailable is not None:  # before AdminAPI's: the router keeps this order
+            self.app.router.add_get("/api/robots", self.robots_unavailable)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/metrics", self.metrics)
         LoginRoutes(self._token_digest).add_routes(self.app)
@@ -53,7 +72,13 @@ class AdminServer:
         return self.guard.cfg.admin_token_digest()
 
     async def healthz(self, request: web.Request) -> web.Response:
+        problem = self._health() if self._health is not None else None
+        if problem is not None:
+            return web.Response(status=503, text=f"{problem}\n")
         return web.Response(text="ok\n")
+
+    async def robots_unavailable(self, request: web.Request) -> web.Response:
+        return web.json_response({"error": self._robots_unavailable}, status=404)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -27,7 +27,12 @@ def register(sub: Any) -> None:
     run.add_argument("--listen-host", help="proxy listen address (overrides proxy.listen_host)")
     run.add_argument("--listen-port", type=int, help="proxy port (overrides proxy.listen_port)")
     run.add_argument("--admin-port", type=int, help="admin port (overrides admin.port)")
-    run.add_argument("--workers", type=int, default=1, help="proxy processes (needs shared state)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="proxy processes sharing one port (N > 1 needs a shared state.url: redis://)",
+    )
     run.set_defaults(func=cmd_run)
 
     reload = sub.add_parser(
@@ -78,12 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"crawlguard: {exc}", file=sys.stderr)
         return 2
     if args.workers != 1:
-        print(
-            "crawlguard: --workers > 1 is not available in this version yet; run one process "
-            "per port with a shared state.url (redis://) instead",
-            file=sys.stderr,
-        )
-        return 2
+        from crawlguard.cli.workers import run_workers
+
+        return run_workers(cfg, args.workers, lambda: load_with_flags(args))
     for what, host, port, fix in (
         (
             "proxy",
@@ -124,9 +126,9 @@ def bind_problem(host: str, port: int) -> str | None:
     return None
 
 
-def lean_master(cfg: Config) -> tuple[Any, Any]:
+def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
     """A master with only the addons the proxy needs (a DumpMaster walks ~35 on every hook),
-    and the Guard it runs."""
+    and the Guard it runs. `serve_admin=False`: a `--workers N` worker (no admin port)."""
     from mitmproxy import options
     from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
@@ -158,7 +160,10 @@ def lean_master(cfg: Config) -> tuple[Any, Any]:
     # Before our addon (added last, so its next_layer runs after mitmproxy's): its configure
     # keeps the options crawlguard's guarantees rest on.
     apply_mitmproxy_options(opts, cfg, listen=True)
-    master.addons.add(ClientLimitsAddon(lambda: guard.cfg.proxy), CrawlGuardAddon(guard))
+    master.addons.add(
+        ClientLimitsAddon(lambda: guard.cfg.proxy),
+        CrawlGuardAddon(guard, serve_admin=serve_admin),
+    )
     return master, guard
 
 
@@ -182,20 +187,32 @@ def reload_config(guard: Any, load: Callable[[], Config]) -> None:
     )
 
 
-async def serve(cfg: Config, load: Callable[[], Config] | None = None) -> int:
+async def serve(
+    cfg: Config,
+    load: Callable[[], Config] | None = None,
+    *,
+    setup: Callable[[Any, Any], None] | None = None,
+    pid_file: bool = True,
+) -> int:
+    """Run the proxy until SIGTERM/SIGINT. `setup(master, guard)` runs before the master starts
+    (`crawlguard dev` adds its reporter there); `pid_file=False` leaves no pid file for
+    `crawlguard reload` (dev mode, which shares the default confdir with `run`)."""
     master, guard = lean_master(cfg)
+    if setup is not None:
+        setup(master, guard)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
     if load is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_config, guard, load)
-    pid = pid_path(cfg)
-    pid.write_text(f"{os.getpid()}\n")
+    pid = pid_path(cfg) if pid_file else None
+    if pid is not None:
+        pid.write_text(f"{os.getpid()}\n")
     try:
         await master.run()
     finally:
         with contextlib.suppress(OSError):
-            if pid.read_text().strip() == str(os.getpid()):
+            if pid is not None and pid.read_text().strip() == str(os.getpid()):
                 pid.unlink()
     log.info("crawlguard stopped")
     return 0
