@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ REALM = 'Basic realm="crawlguard"'
 META = "crawlguard"  # (TenantRuntime, Decision, RequestInfo) of the flow, set once per request
 REFUSED = "crawlguard_refused"
 AUTH_REQUIRED = "auth-required"  # X-Crawlguard-Decision of a 407: no tenant, so no decision kind
+DecisionHook = Callable[[TenantRuntime, Plan, RequestInfo], None]
 
 
 def refusal(decision: Decision) -> http.Response:
@@ -83,8 +85,10 @@ class _Close(layer.Layer):
 
 
 class CrawlGuardAddon:
-    def __init__(self, guard: Guard | None = None) -> None:
+    def __init__(self, guard: Guard | None = None, *, serve_admin: bool = True) -> None:
+        """`serve_admin=False`: a `run --workers N` worker; the parent serves the admin side."""
         self.guard = guard
+        self.serve_admin = serve_admin
         self._own_guard = guard is None
         self._tunnels: weakref.WeakKeyDictionary[connection.Client, Tunnel] = (
             weakref.WeakKeyDictionary()
@@ -96,6 +100,8 @@ class CrawlGuardAddon:
         # even while a hook for that connection (a pacing hold) is pending.
         self._gone: dict[str, asyncio.Event] = {}
         self._held = 0  # requests held by delay pacing now (bounded by pacing.max_held)
+        # called once per decided request, after its record (`crawlguard dev` prints it)
+        self.on_decision: DecisionHook | None = None
         mitm_patches.install()
 
     # -- mitmproxy lifecycle -----------------------------------------------------------------
@@ -142,6 +148,8 @@ class CrawlGuardAddon:
         self.guard.start()
         mitm_patches.HeadLimits.line = self.guard.cfg.proxy.max_request_line
         mitm_patches.HeadLimits.head = self.guard.cfg.proxy.max_request_head
+        if not self.serve_admin:
+            return  # a worker: crawlguard.cli.workers reports it ready to its parent
         self.admin = AdminServer(self.guard)
         await self.admin.start()
         proxy = ctx.master.addons.get("proxyserver")
@@ -211,10 +219,12 @@ class CrawlGuardAddon:
         meta = flow.metadata.get(META)
         if meta and self.guard:
             tenant, decision, info = meta
+            step = plan(tenant.cfg.mode, decision)
             try:
-                await self._effect(plan(tenant.cfg.mode, decision), tenant, info)
+                await self._effect(step, tenant, info)
             except StoreBacklogged as exc:  # already refused; say so in the log at least
                 log.error("CONNECT refusal unrecorded (%s): tenant %s %s", exc, tenant.id, info.url)
+            self._report(tenant, step, info)
 
     async def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Inside a tunnel, only TLS or HTTP/1 requests: never mitmproxy's raw TCP relay.
@@ -250,10 +260,12 @@ class CrawlGuardAddon:
             "crawlguard relays no raw bytes and closed it"
         )
         if self.guard is not None:
+            step = plan(tunnel.tenant.cfg.mode, decision)
             try:
-                await self._effect(plan(tunnel.tenant.cfg.mode, decision), tunnel.tenant, info)
+                await self._effect(step, tunnel.tenant, info)
             except StoreBacklogged as exc:  # the tunnel is closed either way
                 log.error("tunnel close unrecorded (%s): tenant %s", exc, tunnel.tenant.id)
+            self._report(tunnel.tenant, step, info)
 
     # -- the request path --------------------------------------------------------------------
 
@@ -289,9 +301,11 @@ class CrawlGuardAddon:
             log.error("request refused unrecorded (%s): tenant %s %s", exc, tenant.id, info.url)
             flow.metadata[REFUSED] = True
             flow.response = refusal(BACKLOGGED)
+            self._report(tenant, Plan(BACKLOGGED, None, refuse=True), info)
             return
         # Held, then forwarded (or its client left first): `held`, not a violation.
         guard.count(tenant, HELD if step.hold else step.decision.kind)
+        self._report(tenant, step, info)
         if step.refuse:
             guard.limits.release(flow.metadata)  # a refused request holds no concurrency slot
             flow.metadata[REFUSED] = True
@@ -353,6 +367,13 @@ class CrawlGuardAddon:
         if outcome.held:
             self._held += 1  # reserved now; `_hold` gives it back however the hold ends
         return info, pinned, plan(mode, decision, held=outcome.held), outcome
+
+    def _report(self, tenant: TenantRuntime, step: Plan, info: RequestInfo) -> None:
+        if self.on_decision is not None:
+            try:
+                self.on_decision(tenant, step, info)
+            except Exception:  # a reporter never breaks the request path
+                log.exception("crawlguard: decision hook failed")
 
     async def _effect(self, step: Plan, tenant: TenantRuntime, info: RequestInfo) -> None:
         """Record first (raises StoreBacklogged when the write queue is full)."""

@@ -131,6 +131,9 @@ class Guard:
         self.metrics = metrics or Metrics()
         self.tenants: dict[str, TenantRuntime] = {}
         self.auth: Authenticator[TenantRuntime] = Authenticator({})
+        # `crawlguard dev` (127.0.0.1 only): every request is this tenant's, with or without
+        # credentials. Never set from a config file.
+        self.open_tenant: str | None = None
         self._load_tenants(cfg)
         # postgresql://: records spool to <confdir>/store-spool while PostgreSQL is down
         self.store: ViolationStore = open_store(
@@ -272,6 +275,8 @@ class Guard:
     # -- the request path --------------------------------------------------------------------
 
     def authenticate(self, header: str | None) -> TenantRuntime | None:
+        if self.open_tenant is not None:
+            return self.tenants.get(self.open_tenant)
         tenant = self.auth.authenticate(header)
         if tenant is None:
             self.metrics.auth_failures.inc()

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from crawlguard import __version__
-    from crawlguard.cli import check, explain, lint, run, violations
+    from crawlguard.cli import check, dev, explain, lint, run, violations
 
     parser = argparse.ArgumentParser(
         prog="crawlguard", description="Crawler-etiquette enforcement proxy."
     )
     parser.add_argument("--version", action="version", version=f"crawlguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, check, lint, violations, explain):
+    for module in (run, check, lint, violations, explain, dev):
         module.register(sub)
     return parser
 
