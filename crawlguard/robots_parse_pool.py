@@ -18,6 +18,9 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -26,6 +29,26 @@ from crawlguard.robots import RobotsRules
 log = logging.getLogger("crawlguard")
 
 DEFAULT_WORKERS = 1
+
+
+def _follow_parent(parent: int) -> None:
+    """Worker initializer: exit when the proxy process is gone (even SIGKILLed), so no parser
+    process outlives it. Linux asks the kernel (PR_SET_PDEATHSIG); elsewhere a thread polls."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() == parent:
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
 
 
 def _parse(body: bytes) -> RobotsRules:
@@ -45,7 +68,12 @@ class RobotsParsePool:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=context,
+                initializer=_follow_parent,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     async def parse(self, body: bytes) -> RobotsRules:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from crawlguard.admin.metrics import Metrics
 from crawlguard.auth import Authenticator
-from crawlguard.config import Config, Tenant
+from crawlguard.config import Config, ConfigError, Tenant
 from crawlguard.decisions import Action, Decision, Kind
 from crawlguard.egress import EgressPolicy, Resolution
 from crawlguard.identity import Target
@@ -119,7 +119,13 @@ def pacing_rule(decision: Decision, outcome: PacingOutcome, default_min_interval
 def ssl_context(cfg: Config) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     if cfg.proxy.upstream_ca_file:
-        ctx.load_verify_locations(cfg.proxy.upstream_ca_file)
+        try:
+            ctx.load_verify_locations(cfg.proxy.upstream_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(
+                f"proxy.upstream_ca_file: cannot load {cfg.proxy.upstream_ca_file!r}: {reason}"
+            ) from None
     return ctx
 
 

@@ -267,3 +267,18 @@ def test_redis_state_url_loads_with_on_error_open() -> None:
     plain = parse_redis_url("redis://127.0.0.1")
     assert (plain.port, plain.db, plain.prefix, plain.namespace) == (6379, 0, "", "crawlguard:")
     assert parse_config({"state": {"url": "redis://127.0.0.1:6379/0"}}).state.on_error == "closed"
+
+
+def test_an_unreadable_upstream_ca_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    cfg = base_config(tmp_path, proxy={"upstream_ca_file": str(tmp_path / "missing.pem")})
+    path = tmp_path / "crawlguard.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "crawlguard", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "proxy.upstream_ca_file: cannot load" in done.stderr
+    assert "Traceback" not in done.stderr
