@@ -16,13 +16,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import yaml
-from harness import GOOD_UA, LocalOrigin, Proxy, base_config, tenant, wait_for
+from harness import GOOD_UA, LocalOrigin, Proxy, Route, base_config, tenant, wait_for
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -251,6 +252,32 @@ def test_both_workers_serve_the_port_and_pace_one_tenant_as_one_proxy(
         assert workers_proxy.admin("/healthz").status_code == 200
     finally:
         site.close()
+
+
+def test_concurrent_first_requests_through_both_workers_fetch_robots_txt_once(
+    workers_proxy: WorkersProxy,
+) -> None:
+    """A new origin with a slow robots.txt and a burst of first requests on separate
+    connections that both workers decide: the origin sees exactly one robots.txt fetch.
+    (A burst the kernel gave to one worker only proves nothing: retried with a new origin.)"""
+    pids = workers_proxy.worker_pids()
+    for _ in range(10):
+        site = LocalOrigin()
+        site.routes["/robots.txt"] = Route(
+            body=b"User-agent: *\nAllow: /\n", headers={"Content-Type": "text/plain"}, delay=1.0
+        )
+        try:
+            before = {pid: workers_proxy.served(pid) for pid in pids}
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                burst = [pool.submit(fetch, workers_proxy, site.url(f"/p{i}")) for i in range(8)]
+                assert all(f.result().status_code == 200 for f in burst)
+            if all(workers_proxy.served(pid) > before[pid] for pid in pids):
+                assert [h.path for h in site.hits].count("/robots.txt") == 1
+                assert len(site.page_hits()) == 8
+                return
+        finally:
+            site.close()
+    raise AssertionError("no burst of first requests reached both workers")
 
 
 def test_the_shared_queue_keeps_its_length(workers_proxy: WorkersProxy) -> None:
