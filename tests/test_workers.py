@@ -588,7 +588,7 @@ def test_a_worker_that_cannot_start_stops_the_proxy(tmp_path: Path, redis_url: s
     )  # fmt: skip
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
-    assert re.search(r"crawlguard: worker \d: \[Errno 2\] No such file or directory", err)
+    assert re.search(r"crawlguard: worker \d: proxy.upstream_ca_file: cannot load .*no\.pem", err)
     assert "while starting (its message is above); stopping" in err
     assert "crawlguard ready" not in err
     pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", err)]
