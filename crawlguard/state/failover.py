@@ -38,13 +38,11 @@ from crawlguard.state import (
     StateBackendError,
     StateUnavailable,
 )
+from crawlguard.state.outage import MAX_DOWN_INTERVAL, MIN_DOWN_INTERVAL, Outage
 
 log = logging.getLogger("crawlguard")
 
 T = TypeVar("T")
-
-MIN_DOWN_INTERVAL = 0.25
-MAX_DOWN_INTERVAL = 5.0
 
 
 class FailoverState:
@@ -69,15 +67,14 @@ class FailoverState:
         if on_error == "open":
             self.fallback = fallback if fallback is not None else MemoryState()
         self.on_fallback = on_fallback
-        self.min_interval = min_interval
-        self.max_interval = max_interval
         self._clock = clock
-        self._down_since: float | None = None
-        self._down_until = 0.0
-        self._interval = 0.0
-        self._probing = False
-        self._cause = ""
-        self.outages = 0  # outages seen since start
+        self._outage = Outage(
+            on_start=self._outage_started,
+            on_end=self._outage_ended,
+            min_interval=min_interval,
+            max_interval=max_interval,
+            clock=clock,
+        )
 
     def __repr__(self) -> str:
         return f"FailoverState({self.primary!r}, on_error={self.on_error!r})"
@@ -85,11 +82,16 @@ class FailoverState:
     @property
     def down(self) -> bool:
         """True while the shared backend is considered unreachable."""
-        return self._down_since is not None
+        return self._outage.down
+
+    @property
+    def outages(self) -> int:
+        """Outages seen since start."""
+        return self._outage.count
 
     def retry_after(self) -> int:
         """Whole seconds (≥ 1) until the backend is probed again."""
-        return max(1, math.ceil(self._down_until - self._clock() - 1e-9))
+        return max(1, math.ceil(self._outage.next_probe - self._clock() - 1e-9))
 
     # -- the PacingState calls -----------------------------------------------------------
 
@@ -130,63 +132,32 @@ class FailoverState:
     async def _call(self, op: Callable[[PacingState], Awaitable[T]], *, required: bool) -> T | None:
         """`op` on the primary unless it is down; else on the fallback (open), else raise
         `StateUnavailable` (closed, `required`) or return None (closed, feedback)."""
-        if not self._skip():
-            probe = self._down_since is not None
-            if probe:
-                self._probing = True
-            try:
-                result = await op(self.primary)
-            except Exception as exc:  # StateBackendError, or anything unforeseen: never crash
-                self._failed(exc, probe)
-            else:
-                self._recovered()
-                return result
-            finally:
-                if probe:
-                    self._probing = False
+        # any failure (StateBackendError, or anything unforeseen) is the outage's: never crash
+        ok, result = await self._outage.call(lambda: op(self.primary))
+        if ok:
+            return result
         if self.fallback is not None:
             return await op(self.fallback)
         if required:
-            raise StateUnavailable(self.retry_after(), self._cause)
+            error = self._outage.error
+            raise StateUnavailable(self.retry_after(), _cause(error) if error is not None else "")
         return None
 
-    def _skip(self) -> bool:
-        """Leave the backend alone: inside the down interval, or another call is probing."""
-        if self._down_since is None:
-            return False
-        return self._probing or self._clock() < self._down_until
+    def _outage_started(self, exc: Exception) -> None:
+        if self.fallback is not None:
+            what = "pacing per process (state.on_error: open) until it is back"
+        else:
+            what = "refusing paced requests with 503 state-unavailable (state.on_error: closed)"
+        log.warning("shared pacing state unreachable (%s); %s", _cause(exc), what)
+        if self.fallback is not None and self.on_fallback is not None:
+            self.on_fallback()
 
-    def _failed(self, exc: Exception, probe: bool) -> None:
-        if not isinstance(exc, StateBackendError):
-            exc = StateBackendError(f"{type(exc).__name__}: {exc}")
-        now = self._clock()
-        if self._down_since is None:  # a new outage
-            self._down_since = now
-            self._interval = self.min_interval
-            self.outages += 1
-            self._cause = str(exc)
-            if self.fallback is not None:
-                what = "pacing per process (state.on_error: open) until it is back"
-            else:
-                what = "refusing paced requests with 503 state-unavailable (state.on_error: closed)"
-            log.warning("shared pacing state unreachable (%s); %s", exc, what)
-            if self.fallback is not None and self.on_fallback is not None:
-                self.on_fallback()
-        elif probe:  # still down: wait longer before the next probe
-            self._interval = min(self._interval * 2, self.max_interval)
-            self._cause = str(exc)
-        else:  # a call already under way when the outage was noticed
-            return
-        self._down_until = now + self._interval
+    def _outage_ended(self, seconds: float) -> None:
+        log.info("shared pacing state reachable again after %.1f s; shared pacing resumed", seconds)
 
-    def _recovered(self) -> None:
-        if self._down_since is None:
-            return
-        log.info(
-            "shared pacing state reachable again after %.1f s; shared pacing resumed",
-            self._clock() - self._down_since,
-        )
-        self._down_since = None
-        self._down_until = 0.0
-        self._interval = 0.0
-        self._cause = ""
+
+def _cause(exc: Exception) -> str:
+    """How a failure of the shared backend is told (a `StateBackendError`'s own message)."""
+    if isinstance(exc, StateBackendError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -47,13 +47,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from crawlguard.robots_cache import Claim, Origin, SharedRecord
+from crawlguard.state.outage import MAX_DOWN_INTERVAL, MIN_DOWN_INTERVAL, Outage
 from crawlguard.state.redis import NAMESPACE, US, connect, parse_redis_url
 
 log = logging.getLogger("crawlguard")
 
 FORMAT = "1"
-MIN_DOWN_INTERVAL = 0.25
-MAX_DOWN_INTERVAL = 5.0
 _FIELDS = (
     "v", "expires_at", "fetched_at", "good_at", "result", "status", "sha256", "detail",
     "failures", "body",
@@ -139,14 +138,13 @@ class RedisRobots:
         self._claim = client.register_script(CLAIM)
         self._publish = client.register_script(PUBLISH)
         self._release = client.register_script(RELEASE)
-        self.min_interval = min_interval
-        self.max_interval = max_interval
-        self._clock = clock
-        self._down_since: float | None = None
-        self._down_until = 0.0
-        self._interval = 0.0
-        self._probing = False
-        self.outages = 0
+        self._outage = Outage(
+            on_start=self._outage_started,
+            on_end=self._outage_ended,
+            min_interval=min_interval,
+            max_interval=max_interval,
+            clock=clock,
+        )
 
     @classmethod
     def from_url(cls, url: str) -> RedisRobots:
@@ -158,7 +156,11 @@ class RedisRobots:
 
     @property
     def down(self) -> bool:
-        return self._down_since is not None
+        return self._outage.down
+
+    @property
+    def outages(self) -> int:
+        return self._outage.count
 
     def entry_key(self, origin: Origin) -> str:
         return f"{self.namespace}robots:{{{origin_key(origin)}}}"
@@ -235,52 +237,22 @@ class RedisRobots:
     # -- outages -----------------------------------------------------------------------------
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run a script unless Redis is considered down; None when skipped or failed."""
-        if self._down_since is not None and (self._probing or self._clock() < self._down_until):
-            return None
-        probe = self._down_since is not None
-        if probe:
-            self._probing = True
-        try:
-            reply = await script(keys=keys, args=args)
-        except Exception as exc:  # RedisError, OSError (timeouts) or anything unforeseen
-            self._failed(exc, probe)
-            return None
-        finally:
-            if probe:
-                self._probing = False
-        self._recovered()
+        """Run a script unless Redis is considered down; None when skipped or failed (any
+        failure: RedisError, OSError (timeouts) or anything unforeseen)."""
+        _, reply = await self._outage.call(lambda: script(keys=keys, args=args))
         return reply
 
-    def _failed(self, exc: Exception, probe: bool) -> None:
-        now = self._clock()
-        if self._down_since is None:
-            self._down_since = now
-            self._interval = self.min_interval
-            self.outages += 1
-            log.warning(
-                "shared robots.txt cache unreachable (%s: %s: %s); fetching robots.txt per "
-                "process until it is back (robots.txt decisions do not need it)",
-                self.description,
-                type(exc).__name__,
-                exc,
-            )
-        elif probe:
-            self._interval = min(self._interval * 2, self.max_interval)
-        else:  # a call already under way when the outage was noticed
-            return
-        self._down_until = now + self._interval
-
-    def _recovered(self) -> None:
-        if self._down_since is None:
-            return
-        log.info(
-            "shared robots.txt cache reachable again after %.1f s; sharing resumed",
-            self._clock() - self._down_since,
+    def _outage_started(self, exc: Exception) -> None:
+        log.warning(
+            "shared robots.txt cache unreachable (%s: %s: %s); fetching robots.txt per "
+            "process until it is back (robots.txt decisions do not need it)",
+            self.description,
+            type(exc).__name__,
+            exc,
         )
-        self._down_since = None
-        self._down_until = 0.0
-        self._interval = 0.0
+
+    def _outage_ended(self, seconds: float) -> None:
+        log.info("shared robots.txt cache reachable again after %.1f s; sharing resumed", seconds)
 
 
 def open_shared_robots(url: str) -> RedisRobots | None:

@@ -51,14 +51,11 @@ from crawlguard.store import (
     StoreError,
     StoreUnavailable,
     Summary,
-    TenantReport,
     ViolationFilter,
-    bucket_width_us,
     canonical_ts,
-    epoch_us,
     hour_bucket,
     normalize_ts,
-    parse_since,
+    sql,
     url_host,
 )
 
@@ -127,7 +124,7 @@ _SCHEMA = [
     )""",
 ]
 
-_COLUMNS = ", ".join(FIELDS)
+_COLUMNS = sql.COLUMNS
 _INSERT = (
     f"INSERT INTO violations (uid, {_COLUMNS}, host) "
     f"VALUES ({', '.join('%s' for _ in range(len(FIELDS) + 2))}) "
@@ -197,27 +194,13 @@ def _pg_text(value: str | None) -> str | None:
     return value
 
 
+_SQL = sql.Dialect(ph="%s", ts=_dt)
+_Rows = list[tuple[Any, ...]]
+
+
 def _record(row: Sequence[Any]) -> ViolationRecord:
     """A row of ``_COLUMNS`` -> the record, its timestamp in the canonical form."""
     return ViolationRecord(canonical_ts(row[0]), *row[1:])
-
-
-def _where(flt: ViolationFilter) -> tuple[list[str], list[Any]]:
-    """SQL conditions (ANDed) and parameters for `flt`; each one an indexed column."""
-    where: list[str] = []
-    params: list[Any] = []
-    for column in ("tenant", "kind", "action", "host"):
-        value = getattr(flt, column)
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    if flt.since is not None:
-        where.append("ts >= %s")
-        params.append(_dt(flt.since))
-    if flt.until is not None:
-        where.append("ts < %s")
-        params.append(_dt(flt.until))
-    return where, params
 
 
 class _Slot:
@@ -423,17 +406,11 @@ class PostgresStore:
             raise ValueError(f"limit must be >= 1, not {limit}")
         bound = _dt(before)
         with self._use(self._write) as conn, conn.transaction():
-            n = conn.execute(
-                "DELETE FROM violations WHERE id IN "
-                "(SELECT id FROM violations WHERE ts < %s ORDER BY ts LIMIT %s)",
-                (bound, limit),
-            ).rowcount
+            n = conn.execute(sql.prune_violations_sql(_SQL), (bound, limit)).rowcount
             if n:
                 return PruneResult(violations=n)
             n = conn.execute(
-                "DELETE FROM request_counts WHERE (hour, tenant, decision) IN "
-                "(SELECT hour, tenant, decision FROM request_counts WHERE hour < %s LIMIT %s)",
-                (_dt(hour_bucket(canonical_ts(bound))), limit),
+                sql.prune_request_counts_sql(_SQL), (_dt(hour_bucket(canonical_ts(bound))), limit)
             ).rowcount
             if n:
                 return PruneResult(request_counts=n)
@@ -493,70 +470,34 @@ class PostgresStore:
         limit: int | None = None,
     ) -> list[ViolationRecord]:
         """Newest first. `since` is inclusive and takes anything `parse_since` does."""
-        where: list[str] = []
-        params: list[Any] = []
-        if tenant is not None:
-            where.append("tenant = %s")
-            params.append(tenant)
-        if kind is not None:
-            where.append("kind = %s")
-            params.append(kind)
-        if since is not None:
-            where.append("ts >= %s")
-            params.append(_dt(parse_since(since)))
-        sql = f"SELECT {_COLUMNS} FROM violations"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, id DESC"
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must be >= 0, not {limit}")
-            sql += " LIMIT %s"
-            params.append(limit)
+        stmt, params = sql.query_sql(_SQL, tenant=tenant, kind=kind, since=since, limit=limit)
 
         def run(conn: psycopg.Connection[Any]) -> list[ViolationRecord]:
-            return [_record(row) for row in conn.execute(sql, params)]
+            return [_record(row) for row in conn.execute(stmt, params)]
 
         return self._read_call(run)
 
     def page(self, flt: ViolationFilter, *, limit: int, after: PageKey | None = None) -> Page:
         """Up to `limit` records matching `flt`, ``ts DESC, id DESC`` (a total order, so pages
         neither repeat nor skip a record, whatever share a timestamp), starting after `after`."""
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, not {limit}")
-        where, params = _where(flt)
+        cursor = None
         if after is not None:
-            where.append("(ts, id) < (%s, %s)")
-            params += [_dt(after[0]), after[1]]
-        sql = f"SELECT id, host, {_COLUMNS} FROM violations"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, id DESC LIMIT %s"
+            cursor = ("(ts, id) < (%s, %s)", [_dt(after[0]), after[1]])
+        stmt, params = sql.page_sql(_SQL, flt, limit, cursor)
 
         def run(conn: psycopg.Connection[Any]) -> list[StoredViolation]:
             return [
                 StoredViolation(int(row[0]), row[1], _record(row[2:]))
-                for row in conn.execute(sql, [*params, limit + 1])
+                for row in conn.execute(stmt, params)
             ]
 
-        items: list[StoredViolation] = self._read_call(run)
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, (items[-1].record.ts, items[-1].id) if more else None)
+        return sql.page_of(self._read_call(run), limit)
 
     def summary(self, flt: ViolationFilter, *, buckets: int, top_hosts: int = 10) -> Summary:
         """Counts for a dashboard over [flt.since, flt.until) (both required). Without an
         `action` filter, held records (action `delayed`) are left out: they are not violations;
         `action="delayed"` counts only them."""
-        if flt.since is None or flt.until is None:
-            raise ValueError("summary needs both since and until")
-        since, until = normalize_ts(flt.since), normalize_ts(flt.until)
-        width = bucket_width_us(since, until, buckets)
-        where, params = _where(flt)
-        if flt.action is None:
-            where.append("action <> 'delayed'")
-        cond = " AND ".join(where)
-        start = epoch_us(since)
+        q = sql.summary_query(_SQL, flt, buckets)
 
         def run(
             conn: psycopg.Connection[Any],
@@ -564,56 +505,25 @@ class PostgresStore:
             series: dict[str, list[int]] = {}
             with conn.transaction():  # one snapshot for every count below
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                for tid, index, n in conn.execute(
-                    f"SELECT tenant, {_OFFSET_US} / %s AS b, count(*) FROM violations "
-                    f"WHERE {cond} GROUP BY tenant, b",
-                    [start, width, *params],
-                ):
-                    if 0 <= index < buckets:
-                        series.setdefault(tid, [0] * buckets)[index] += int(n)
-                by_kind = [
-                    (kind, int(n))
-                    for kind, n in conn.execute(
-                        f"SELECT kind, count(*) AS n FROM violations WHERE {cond} "
-                        "GROUP BY kind ORDER BY n DESC, kind",
-                        params,
-                    )
-                ]
+                q.add_series(
+                    series,
+                    conn.execute(q.series_sql(_SQL, _OFFSET_US), [q.start, q.width, *q.params]),
+                )
+                by_kind = [(kind, int(n)) for kind, n in conn.execute(q.by_kind_sql(), q.params)]
                 hosts = [
                     (tid, host, int(n))
-                    for tid, host, n in conn.execute(
-                        "SELECT tenant, host, n FROM (SELECT tenant, host, count(*) AS n, "
-                        "row_number() OVER (PARTITION BY tenant ORDER BY count(*) DESC, host) "
-                        f"AS r FROM violations WHERE {cond} AND host IS NOT NULL "
-                        "GROUP BY tenant, host) AS t WHERE r <= %s ORDER BY n DESC, tenant, host",
-                        [*params, top_hosts],
-                    )
+                    for tid, host, n in conn.execute(q.top_hosts_sql(_SQL), [*q.params, top_hosts])
                 ]
             return series, by_kind, hosts
 
-        series, by_kind, hosts = self._read_call(run)
-        return Summary(
-            since=since,
-            until=until,
-            bucket_us=width,
-            buckets=buckets,
-            series=dict(sorted(series.items())),
-            by_kind=by_kind,
-            top_hosts=hosts,
-            total=sum(n for _, n in by_kind),
-        )
+        return q.result(*self._read_call(run))
 
     def latest_violations(self, *, since: str | None = None) -> dict[str, str]:
         """Tenant -> timestamp of its newest violation (held records are not violations)."""
-        sql = "SELECT tenant, max(ts) FROM violations WHERE action <> 'delayed'"
-        params: list[Any] = []
-        if since is not None:
-            sql += " AND ts >= %s"
-            params.append(_dt(parse_since(since)))
-        sql += " GROUP BY tenant"
+        stmt, params = sql.latest_sql(_SQL, since)
 
         def run(conn: psycopg.Connection[Any]) -> dict[str, str]:
-            return {tid: canonical_ts(ts) for tid, ts in conn.execute(sql, params)}
+            return {tid: canonical_ts(ts) for tid, ts in conn.execute(stmt, params)}
 
         return self._read_call(run)
 
@@ -627,59 +537,17 @@ class PostgresStore:
         return self._read_call(run)
 
     def report(self, *, since: str | None = None) -> Report:
-        bound = parse_since(since) if since is not None else None
-        ts_cond, hour_cond = "", ""
-        params: list[Any] = []
-        hour_params: list[Any] = []
-        if bound is not None:
-            ts_cond, params = " AND ts >= %s", [_dt(bound)]
-            hour_cond, hour_params = " WHERE hour >= %s", [_dt(hour_bucket(bound))]
+        q = sql.report_query(_SQL, since)
 
-        def run(
-            conn: psycopg.Connection[Any],
-        ) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]], dict[str, int]]:
+        def run(conn: psycopg.Connection[Any]) -> tuple[_Rows, _Rows, _Rows]:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                requests = [
-                    (tid, decision, int(n))
-                    for tid, decision, n in conn.execute(
-                        f"SELECT tenant, decision, sum(n) FROM request_counts{hour_cond} "
-                        "GROUP BY tenant, decision ORDER BY tenant, sum(n) DESC, decision",
-                        hour_params,
-                    )
-                ]
-                violations = [
-                    (tid, kind, int(n))
-                    for tid, kind, n in conn.execute(
-                        "SELECT tenant, kind, count(*) FROM violations "
-                        f"WHERE action <> 'delayed'{ts_cond} "
-                        "GROUP BY tenant, kind ORDER BY tenant, count(*) DESC, kind",
-                        params,
-                    )
-                ]
-                held = {
-                    tid: int(n)
-                    for tid, n in conn.execute(
-                        "SELECT tenant, count(*) FROM violations "
-                        f"WHERE action = 'delayed'{ts_cond} GROUP BY tenant",
-                        params,
-                    )
-                }
+                requests = conn.execute(*q.requests).fetchall()
+                violations = conn.execute(*q.violations).fetchall()
+                held = conn.execute(*q.held).fetchall()
             return requests, violations, held
 
-        requests, violations, held = self._read_call(run)
-        tenants: dict[str, TenantReport] = {}
-        for tid, decision, n in requests:
-            tenants.setdefault(tid, TenantReport()).requests[decision] = n
-        for tid, kind, n in violations:
-            tenants.setdefault(tid, TenantReport()).violations[kind] = n
-        for tid in held:
-            tenants.setdefault(tid, TenantReport())
-        tenants = {
-            tid: TenantReport(t.requests, t.violations, held.get(tid, 0))
-            for tid, t in tenants.items()
-        }
-        return Report(since=bound, tenants=tenants)
+        return q.result(*self._read_call(run))
 
     def close(self) -> None:
         self._closed = True

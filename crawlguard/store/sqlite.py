@@ -25,13 +25,10 @@ from crawlguard.store import (
     StoredViolation,
     StoreError,
     Summary,
-    TenantReport,
     ViolationFilter,
-    bucket_width_us,
-    epoch_us,
     hour_bucket,
     normalize_ts,
-    parse_since,
+    sql,
     url_host,
 )
 
@@ -82,7 +79,13 @@ CREATE TABLE IF NOT EXISTS request_counts (
 _HOST_INDEX = "CREATE INDEX IF NOT EXISTS violations_host_ts ON violations (host, ts)"
 MIGRATE_BATCH_ROWS = 10_000
 
-_COLUMNS = ", ".join(FIELDS)
+_COLUMNS = sql.COLUMNS
+_SQL = sql.Dialect(ph="?", ts=str)  # timestamps are stored in their canonical string form
+# exact integer microseconds of the stored canonical form, relative to `since`
+_OFFSET_US = (
+    "((CAST(strftime('%s', substr(ts, 1, 19)) AS INTEGER) - ?) * 1000000"
+    " + CAST(substr(ts, 21, 6) AS INTEGER) - ?)"
+)
 _INSERT = f"INSERT INTO violations ({_COLUMNS}, host) VALUES ({', '.join('?' for _ in FIELDS)}, ?)"
 
 
@@ -113,24 +116,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _where(flt: ViolationFilter) -> tuple[list[str], list[Any]]:
-    """SQL conditions (ANDed) and parameters for `flt`; each one an indexed column."""
-    where: list[str] = []
-    params: list[Any] = []
-    for column in ("tenant", "kind", "action", "host"):
-        value = getattr(flt, column)
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if flt.since is not None:
-        where.append("ts >= ?")
-        params.append(normalize_ts(flt.since))
-    if flt.until is not None:
-        where.append("ts < ?")
-        params.append(normalize_ts(flt.until))
-    return where, params
 
 
 class SQLiteStore:
@@ -233,17 +218,11 @@ class SQLiteStore:
             raise ValueError(f"limit must be >= 1, not {limit}")
         bound = normalize_ts(before)
         with self._connection(write=True) as conn:
-            n = conn.execute(
-                "DELETE FROM violations WHERE id IN "
-                "(SELECT id FROM violations WHERE ts < ? ORDER BY ts LIMIT ?)",
-                (bound, limit),
-            ).rowcount
+            n = conn.execute(sql.prune_violations_sql(_SQL), (bound, limit)).rowcount
             if n:
                 return PruneResult(violations=n)
             n = conn.execute(  # WITHOUT ROWID: the primary key names the row
-                "DELETE FROM request_counts WHERE (hour, tenant, decision) IN "
-                "(SELECT hour, tenant, decision FROM request_counts WHERE hour < ? LIMIT ?)",
-                (hour_bucket(bound), limit),
+                sql.prune_request_counts_sql(_SQL), (hour_bucket(bound), limit)
             ).rowcount
             if n:
                 return PruneResult(request_counts=n)
@@ -288,121 +267,53 @@ class SQLiteStore:
         limit: int | None = None,
     ) -> list[ViolationRecord]:
         """Newest first. `since` is inclusive and takes anything `parse_since` does."""
-        where: list[str] = []
-        params: list[Any] = []
-        if tenant is not None:
-            where.append("tenant = ?")
-            params.append(tenant)
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(kind)
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(parse_since(since))
-        sql = f"SELECT {_COLUMNS} FROM violations"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, id DESC"
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must be >= 0, not {limit}")
-            sql += " LIMIT ?"
-            params.append(limit)
+        stmt, params = sql.query_sql(_SQL, tenant=tenant, kind=kind, since=since, limit=limit)
         with self._connection() as conn:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.execute(stmt, params).fetchall()
         return [ViolationRecord(*row) for row in rows]
 
     def page(self, flt: ViolationFilter, *, limit: int, after: PageKey | None = None) -> Page:
         """Up to `limit` records matching `flt`, ``ts DESC, id DESC`` (a total order, so pages
         neither repeat nor skip a record, whatever share a timestamp), starting after `after`."""
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, not {limit}")
-        where, params = _where(flt)
+        cursor = None
         if after is not None:
-            where.append("(ts < ? OR (ts = ? AND id < ?))")
-            params += [after[0], after[0], after[1]]
-        sql = f"SELECT id, host, {_COLUMNS} FROM violations"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+            cursor = ("(ts < ? OR (ts = ? AND id < ?))", [after[0], after[0], after[1]])
+        stmt, params = sql.page_sql(_SQL, flt, limit, cursor)
         with self._connection() as conn:
-            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+            rows = conn.execute(stmt, params).fetchall()
         items = [StoredViolation(row[0], row[1], ViolationRecord(*row[2:])) for row in rows]
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, (items[-1].record.ts, items[-1].id) if more else None)
+        return sql.page_of(items, limit)
 
     def summary(self, flt: ViolationFilter, *, buckets: int, top_hosts: int = 10) -> Summary:
         """Counts for a dashboard over [flt.since, flt.until) (both required). Without an
         `action` filter, held records (action `delayed`) are left out: they are not violations;
         `action="delayed"` counts only them."""
-        if flt.since is None or flt.until is None:
-            raise ValueError("summary needs both since and until")
-        since, until = normalize_ts(flt.since), normalize_ts(flt.until)
-        width = bucket_width_us(since, until, buckets)
-        where, params = _where(flt)
-        if flt.action is None:
-            where.append("action != 'delayed'")
-        cond = " AND ".join(where)
-        start = epoch_us(since)
-        # exact integer microseconds of the stored canonical form, relative to `since`
-        offset = (
-            "((CAST(strftime('%s', substr(ts, 1, 19)) AS INTEGER) - ?) * 1000000"
-            " + CAST(substr(ts, 21, 6) AS INTEGER) - ?)"
-        )
+        q = sql.summary_query(_SQL, flt, buckets)
         series: dict[str, list[int]] = {}
         with self._connection() as conn:
             conn.execute("BEGIN")  # one snapshot for every count below
             try:
-                for tid, index, n in conn.execute(
-                    f"SELECT tenant, {offset} / ? AS b, COUNT(*) FROM violations "
-                    f"WHERE {cond} GROUP BY tenant, b",
-                    [start // 1_000_000, start % 1_000_000, width, *params],
-                ):
-                    if 0 <= index < buckets:
-                        series.setdefault(tid, [0] * buckets)[index] += int(n)
-                by_kind = [
-                    (kind, int(n))
-                    for kind, n in conn.execute(
-                        f"SELECT kind, COUNT(*) AS n FROM violations WHERE {cond} "
-                        "GROUP BY kind ORDER BY n DESC, kind",
-                        params,
-                    )
-                ]
+                q.add_series(
+                    series,
+                    conn.execute(
+                        q.series_sql(_SQL, _OFFSET_US),
+                        [q.start // 1_000_000, q.start % 1_000_000, q.width, *q.params],
+                    ),
+                )
+                by_kind = [(kind, int(n)) for kind, n in conn.execute(q.by_kind_sql(), q.params)]
                 hosts = [
                     (tid, host, int(n))
-                    for tid, host, n in conn.execute(
-                        "SELECT tenant, host, n FROM (SELECT tenant, host, COUNT(*) AS n, "
-                        "ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY COUNT(*) DESC, host) "
-                        f"AS r FROM violations WHERE {cond} AND host IS NOT NULL "
-                        "GROUP BY tenant, host) WHERE r <= ? ORDER BY n DESC, tenant, host",
-                        [*params, top_hosts],
-                    )
+                    for tid, host, n in conn.execute(q.top_hosts_sql(_SQL), [*q.params, top_hosts])
                 ]
             finally:
                 conn.execute("COMMIT")
-        return Summary(
-            since=since,
-            until=until,
-            bucket_us=width,
-            buckets=buckets,
-            series=dict(sorted(series.items())),
-            by_kind=by_kind,
-            top_hosts=hosts,
-            total=sum(n for _, n in by_kind),
-        )
+        return q.result(series, by_kind, hosts)
 
     def latest_violations(self, *, since: str | None = None) -> dict[str, str]:
         """Tenant -> timestamp of its newest violation (held records are not violations)."""
+        stmt, params = sql.latest_sql(_SQL, since)
         with self._connection() as conn:
-            return {
-                tid: ts
-                for tid, ts in conn.execute(
-                    "SELECT tenant, MAX(ts) FROM violations WHERE ts >= ? "
-                    "AND action != 'delayed' GROUP BY tenant",
-                    (parse_since(since) if since is not None else "",),
-                )
-            }
+            return {tid: ts for tid, ts in conn.execute(stmt, params)}
 
     def robots_body(self, sha256: str) -> bytes | None:
         with self._connection() as conn:
@@ -412,42 +323,12 @@ class SQLiteStore:
         return bytes(row[0]) if row else None
 
     def report(self, *, since: str | None = None) -> Report:
-        bound = parse_since(since) if since is not None else None
-        tenants: dict[str, TenantReport] = {}
-
-        def entry(tid: str) -> TenantReport:
-            return tenants.setdefault(tid, TenantReport())
-
+        q = sql.report_query(_SQL, since)
         with self._connection() as conn:
-            hour_bound = bound[:13] + ":00:00.000000Z" if bound else ""
-            for tid, decision, n in conn.execute(
-                "SELECT tenant, decision, SUM(n) FROM request_counts WHERE hour >= ? "
-                "GROUP BY tenant, decision ORDER BY tenant, SUM(n) DESC, decision",
-                (hour_bound,),
-            ):
-                entry(tid).requests[decision] = int(n)
-            for tid, kind, n in conn.execute(
-                "SELECT tenant, kind, COUNT(*) FROM violations WHERE ts >= ? "
-                "AND action != 'delayed' "
-                "GROUP BY tenant, kind ORDER BY tenant, COUNT(*) DESC, kind",
-                (bound or "",),
-            ):
-                entry(tid).violations[kind] = int(n)
-            held = {
-                tid: int(n)
-                for tid, n in conn.execute(
-                    "SELECT tenant, COUNT(*) FROM violations WHERE ts >= ? "
-                    "AND action = 'delayed' GROUP BY tenant",
-                    (bound or "",),
-                )
-            }
-        for tid in held:
-            entry(tid)
-        tenants = {
-            tid: TenantReport(t.requests, t.violations, held.get(tid, 0))
-            for tid, t in tenants.items()
-        }
-        return Report(since=bound, tenants=tenants)
+            requests = conn.execute(*q.requests).fetchall()
+            violations = conn.execute(*q.violations).fetchall()
+            held = conn.execute(*q.held).fetchall()
+        return q.result(requests, violations, held)
 
     def close(self) -> None:
         with self._lock:

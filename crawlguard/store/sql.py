@@ -1,0 +1,272 @@
+"""SQL both backends build alike: filters, keyset pages, summary and report statements.
+
+A `Dialect` says what differs where these statements are concerned: the driver's placeholder
+(``?`` for sqlite3, ``%s`` for psycopg) and how a canonical timestamp string becomes a
+parameter (SQLite stores the string itself, PostgreSQL a ``timestamptz``). What genuinely
+differs between the backends (schema, upserts, locking, the bucket offset, the page cursor)
+stays in each backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from crawlguard.records import FIELDS
+from crawlguard.store import (
+    Page,
+    Report,
+    StoredViolation,
+    Summary,
+    TenantReport,
+    ViolationFilter,
+    bucket_width_us,
+    epoch_us,
+    hour_bucket,
+    normalize_ts,
+    parse_since,
+)
+
+COLUMNS = ", ".join(FIELDS)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    ph: str  # the driver's parameter placeholder
+    ts: Callable[[str], Any]  # a canonical timestamp string -> the parameter for a ts column
+
+
+def conjunction(where: Iterable[str], keyword: str = " WHERE ") -> str:
+    """`keyword` and the conditions ANDed, or nothing when there are none."""
+    where = list(where)
+    return keyword + " AND ".join(where) if where else ""
+
+
+def filter_where(d: Dialect, flt: ViolationFilter) -> tuple[list[str], list[Any]]:
+    """SQL conditions (ANDed) and parameters for `flt`; each one an indexed column."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column in ("tenant", "kind", "action", "host"):
+        value = getattr(flt, column)
+        if value is not None:
+            where.append(f"{column} = {d.ph}")
+            params.append(value)
+    if flt.since is not None:
+        where.append(f"ts >= {d.ph}")
+        params.append(d.ts(normalize_ts(flt.since)))
+    if flt.until is not None:
+        where.append(f"ts < {d.ph}")
+        params.append(d.ts(normalize_ts(flt.until)))
+    return where, params
+
+
+def query_sql(
+    d: Dialect,
+    *,
+    tenant: str | None,
+    kind: str | None,
+    since: str | None,
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """`ViolationStore.query`'s statement: newest first, `since` inclusive."""
+    where: list[str] = []
+    params: list[Any] = []
+    if tenant is not None:
+        where.append(f"tenant = {d.ph}")
+        params.append(tenant)
+    if kind is not None:
+        where.append(f"kind = {d.ph}")
+        params.append(kind)
+    if since is not None:
+        where.append(f"ts >= {d.ph}")
+        params.append(d.ts(parse_since(since)))
+    sql = f"SELECT {COLUMNS} FROM violations{conjunction(where)} ORDER BY ts DESC, id DESC"
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        sql += f" LIMIT {d.ph}"
+        params.append(limit)
+    return sql, params
+
+
+def page_sql(
+    d: Dialect, flt: ViolationFilter, limit: int, after: tuple[str, list[Any]] | None
+) -> tuple[str, list[Any]]:
+    """`ViolationStore.page`'s statement: one row more than `limit` (to tell whether another
+    page follows), after the backend's keyset condition `after` (SQL, parameters)."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, not {limit}")
+    where, params = filter_where(d, flt)
+    if after is not None:
+        where.append(after[0])
+        params += after[1]
+    sql = (
+        f"SELECT id, host, {COLUMNS} FROM violations{conjunction(where)} "
+        f"ORDER BY ts DESC, id DESC LIMIT {d.ph}"
+    )
+    return sql, [*params, limit + 1]
+
+
+def page_of(items: list[StoredViolation], limit: int) -> Page:
+    """The page from up to `limit` + 1 rows of `page_sql`."""
+    more = len(items) > limit
+    items = items[:limit]
+    return Page(items, (items[-1].record.ts, items[-1].id) if more else None)
+
+
+@dataclass(frozen=True)
+class SummaryQuery:
+    """What `ViolationStore.summary` counts: the window, its buckets and the conditions."""
+
+    since: str
+    until: str
+    width: int  # microseconds a bucket
+    buckets: int
+    start: int  # `since` in microseconds since the epoch
+    cond: str
+    params: list[Any]
+
+    def series_sql(self, d: Dialect, offset: str) -> str:
+        """Counts per tenant and bucket; `offset` is the backend's expression for a row's
+        microseconds after `since` (its parameters come first, then the width)."""
+        return (
+            f"SELECT tenant, {offset} / {d.ph} AS b, count(*) FROM violations "
+            f"WHERE {self.cond} GROUP BY tenant, b"
+        )
+
+    def by_kind_sql(self) -> str:
+        return (
+            f"SELECT kind, count(*) AS n FROM violations WHERE {self.cond} "
+            "GROUP BY kind ORDER BY n DESC, kind"
+        )
+
+    def top_hosts_sql(self, d: Dialect) -> str:
+        """The top hosts per tenant; parameters: `params`, then how many."""
+        return (
+            "SELECT tenant, host, n FROM (SELECT tenant, host, count(*) AS n, "
+            "row_number() OVER (PARTITION BY tenant ORDER BY count(*) DESC, host) "
+            f"AS r FROM violations WHERE {self.cond} AND host IS NOT NULL "
+            f"GROUP BY tenant, host) AS t WHERE r <= {d.ph} ORDER BY n DESC, tenant, host"
+        )
+
+    def add_series(self, series: dict[str, list[int]], rows: Iterable[Any]) -> None:
+        """Add the rows of `series_sql` (tenant, bucket, count) to `series`."""
+        for tid, index, n in rows:
+            if 0 <= index < self.buckets:
+                series.setdefault(tid, [0] * self.buckets)[index] += int(n)
+
+    def result(
+        self,
+        series: dict[str, list[int]],
+        by_kind: list[tuple[str, int]],
+        hosts: list[tuple[str, str, int]],
+    ) -> Summary:
+        return Summary(
+            since=self.since,
+            until=self.until,
+            bucket_us=self.width,
+            buckets=self.buckets,
+            series=dict(sorted(series.items())),
+            by_kind=by_kind,
+            top_hosts=hosts,
+            total=sum(n for _, n in by_kind),
+        )
+
+
+def summary_query(d: Dialect, flt: ViolationFilter, buckets: int) -> SummaryQuery:
+    """Over [flt.since, flt.until) (both required). Without an `action` filter, held records
+    (action `delayed`) are left out: they are not violations."""
+    if flt.since is None or flt.until is None:
+        raise ValueError("summary needs both since and until")
+    since, until = normalize_ts(flt.since), normalize_ts(flt.until)
+    width = bucket_width_us(since, until, buckets)
+    where, params = filter_where(d, flt)
+    if flt.action is None:
+        where.append("action <> 'delayed'")
+    return SummaryQuery(since, until, width, buckets, epoch_us(since), " AND ".join(where), params)
+
+
+def latest_sql(d: Dialect, since: str | None) -> tuple[str, list[Any]]:
+    """Tenant, timestamp of its newest violation (held records are not violations)."""
+    sql = "SELECT tenant, max(ts) FROM violations WHERE action <> 'delayed'"
+    params: list[Any] = []
+    if since is not None:
+        sql += f" AND ts >= {d.ph}"
+        params.append(d.ts(parse_since(since)))
+    return sql + " GROUP BY tenant", params
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    """`ViolationStore.report`'s three statements, from `since` (parsed) on."""
+
+    since: str | None
+    requests: tuple[str, list[Any]]  # tenant, decision, requests
+    violations: tuple[str, list[Any]]  # tenant, kind, records (held excluded)
+    held: tuple[str, list[Any]]  # tenant, held records
+
+    def result(
+        self,
+        requests: Iterable[Any],
+        violations: Iterable[Any],
+        held_rows: Iterable[Any],
+    ) -> Report:
+        tenants: dict[str, TenantReport] = {}
+        for tid, decision, n in requests:
+            tenants.setdefault(tid, TenantReport()).requests[decision] = int(n)
+        for tid, kind, n in violations:
+            tenants.setdefault(tid, TenantReport()).violations[kind] = int(n)
+        held = {tid: int(n) for tid, n in held_rows}
+        for tid in held:
+            tenants.setdefault(tid, TenantReport())
+        tenants = {
+            tid: TenantReport(t.requests, t.violations, held.get(tid, 0))
+            for tid, t in tenants.items()
+        }
+        return Report(since=self.since, tenants=tenants)
+
+
+def report_query(d: Dialect, since: str | None) -> ReportQuery:
+    bound = parse_since(since) if since is not None else None
+    ts_cond, hour_cond = "", ""
+    params: list[Any] = []
+    hour_params: list[Any] = []
+    if bound is not None:
+        ts_cond, params = f" AND ts >= {d.ph}", [d.ts(bound)]
+        hour_cond, hour_params = f" WHERE hour >= {d.ph}", [d.ts(hour_bucket(bound))]
+    return ReportQuery(
+        since=bound,
+        requests=(
+            f"SELECT tenant, decision, sum(n) FROM request_counts{hour_cond} "
+            "GROUP BY tenant, decision ORDER BY tenant, sum(n) DESC, decision",
+            hour_params,
+        ),
+        violations=(
+            "SELECT tenant, kind, count(*) FROM violations "
+            f"WHERE action <> 'delayed'{ts_cond} "
+            "GROUP BY tenant, kind ORDER BY tenant, count(*) DESC, kind",
+            params,
+        ),
+        held=(
+            "SELECT tenant, count(*) FROM violations "
+            f"WHERE action = 'delayed'{ts_cond} GROUP BY tenant",
+            params,
+        ),
+    )
+
+
+def prune_violations_sql(d: Dialect) -> str:
+    """Delete up to N violations older than a bound; parameters: the bound, N."""
+    return (
+        "DELETE FROM violations WHERE id IN "
+        f"(SELECT id FROM violations WHERE ts < {d.ph} ORDER BY ts LIMIT {d.ph})"
+    )
+
+
+def prune_request_counts_sql(d: Dialect) -> str:
+    """Delete up to N request-count hours before a bound; parameters: the hour, N."""
+    return (
+        "DELETE FROM request_counts WHERE (hour, tenant, decision) IN "
+        f"(SELECT hour, tenant, decision FROM request_counts WHERE hour < {d.ph} LIMIT {d.ph})"
+    )
