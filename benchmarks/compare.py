@@ -68,6 +68,7 @@ from workers import (
     proc_stat,
     proxy_auth,
     sha256_hex,
+    wrk_totals,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,22 +311,12 @@ def run_wrk(tmp: Path, proxy: Proc | None, origin_port: int, conns: int, seconds
         timeout=seconds + 60,
         check=True,
     ).stdout
-    done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
-    if done is None:
-        raise SystemExit(f"cannot read wrk's output:\n{out}")
-    elapsed = float(done.group(2)) / (1000 if done.group(3) == "ms" else 1)
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock_err = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
-    )
-    errors = (int(bad.group(1)) if bad else 0) + (
-        sum(int(x) for x in sock_err.groups()) if sock_err else 0
-    )
+    requests, errors, elapsed = wrk_totals(out)
     pct = {
         m.group(1): _ms(m.group(2), m.group(3))
         for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     }
-    return Run(int(done.group(1)), errors, elapsed, pct.get("50", 0.0), pct.get("99", 0.0))
+    return Run(requests, errors, elapsed, pct.get("50", 0.0), pct.get("99", 0.0))
 
 
 async def _read_response(reader: asyncio.StreamReader) -> bytes:

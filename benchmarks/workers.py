@@ -252,6 +252,12 @@ def run_wrk(
          f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=seconds + 60, check=True,
     ).stdout  # fmt: skip
+    return Result(*wrk_totals(out))
+
+
+def wrk_totals(out: str) -> tuple[int, int, float]:
+    """(requests, errors, seconds) from wrk's summary: non-2xx/3xx answers and socket errors
+    both count as errors."""
     done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     if done is None:
         raise SystemExit(f"cannot read wrk's output:\n{out}")
@@ -263,7 +269,7 @@ def run_wrk(
     errors = (int(bad.group(1)) if bad else 0) + (
         sum(int(x) for x in sock_err.groups()) if sock_err else 0
     )
-    return Result(int(done.group(1)), errors, elapsed)
+    return int(done.group(1)), errors, elapsed
 
 
 async def _python_load(
