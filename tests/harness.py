@@ -13,12 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import requests
 import urllib3
 import yaml
+
+from crawlguard.records import ViolationRecord
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_UA = "AcmeBot/1.0 (+https://acme.example/bot)"
@@ -272,3 +275,24 @@ def running_proxy(config: dict[str, Any], tmp: Path) -> Iterator[Proxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+# -- violation records at fixed times (store and admin API tests) -------------------------------
+
+RECORD_T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def at(minutes: float) -> str:
+    """The record timestamp `minutes` after RECORD_T0, in the store's canonical form."""
+    return (RECORD_T0 + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def minute_record(
+    minutes: float,
+    tenant: str = "acme",
+    kind: str = "ua-generic",
+    action: str = "blocked",
+    url: str = "http://example.test/a",
+    **kw: Any,
+) -> ViolationRecord:
+    return ViolationRecord(at(minutes), tenant, kind, action, "GET", url, **kw)

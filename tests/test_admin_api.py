@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import requests
 import yaml
-from harness import LocalOrigin, Proxy, base_config, sha256_hex, wait_for
+from harness import LocalOrigin, Proxy, at, base_config, minute_record, sha256_hex, wait_for
 
 from crawlguard.admin import AdminServer
 from crawlguard.admin.auth import SESSION_COOKIE, make_session
@@ -98,22 +98,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
         await stop_admin(a)
 
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def at(minutes: float) -> str:
-    return (T0 + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def rec(
-    minutes: float,
-    tenant: str = "acme",
-    kind: str = "ua-generic",
-    action: str = "blocked",
-    url: str = "http://example.test/a",
-    **kw: Any,
-) -> ViolationRecord:
-    return ViolationRecord(at(minutes), tenant, kind, action, "GET", url, **kw)
+rec = minute_record
 
 
 # -- /api/violations --------------------------------------------------------------------------

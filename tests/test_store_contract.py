@@ -17,11 +17,11 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from harness import at, minute_record
 
 from crawlguard.records import FIELD_LIMITS, FIELDS, ViolationRecord, utc_now_iso
 from crawlguard.store import (
@@ -85,22 +85,7 @@ def rec(ts: str, tenant: str = "acme", kind: str = "ua-generic", **kw: object) -
     return ViolationRecord.from_dict({**base, **kw})
 
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def at(minutes: float) -> str:
-    return (T0 + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def mrec(
-    minutes: float,
-    tenant: str = "acme",
-    kind: str = "ua-generic",
-    action: str = "blocked",
-    url: str = "http://example.test/a",
-    **kw: Any,
-) -> ViolationRecord:
-    return ViolationRecord(at(minutes), tenant, kind, action, "GET", url, **kw)
+mrec = minute_record
 
 
 # -- records: round trip, order, filters ---------------------------------------------------------
