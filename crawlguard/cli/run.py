@@ -133,6 +133,7 @@ def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
     from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
 
+    from crawlguard import hook_dispatch
     from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
     from crawlguard.ca import ensure_ca
     from crawlguard.client_limits import ClientLimitsAddon
@@ -147,6 +148,8 @@ def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
             f"cannot create the CA in proxy.confdir {cfg.proxy.confdir}: {exc}"
         ) from None
     master = Master(opts)
+    hook_dispatch.install(master)
+    hook_dispatch.skip_debug_typechecks()
     try:
         guard = Guard(cfg)
     except Exception as exc:  # store or robots setup: report as a config problem
