@@ -452,6 +452,22 @@ def rules_3000() -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+def rules_3000_mixed() -> bytes:
+    """3,000 rules for BenchBot, the 900 "*" patterns in the three shapes the matcher indexes
+    differently: "$"-anchored (by tail), a literal head (by prefix), "/*..." (by trigram;
+    these 300 share the literal "?param", so only their digits tell them apart)."""
+    rnd = random.Random(13)
+    lines = [b"User-agent: BenchBot"]
+    for i in range(2100):
+        verb = b"Allow" if i % 7 == 0 else b"Disallow"
+        lines.append(b"%s: /section%d/%x/" % (verb, i, rnd.randrange(1 << 24)))
+    for i in range(300):
+        lines.append(b"Disallow: /*/%x*/item%d$" % (rnd.randrange(1 << 20), i))
+        lines.append(b"Disallow: /section%d/*/print" % i)
+        lines.append(b"Disallow: /*?param%d=" % i)
+    return b"\n".join(lines) + b"\n"
+
+
 PATHS = ("/products/item/12345?ref=home", "/section5/abc/def", "/search?q=robots&sort=asc")
 
 
@@ -466,7 +482,12 @@ def micro_decide() -> list[tuple[str, float, float]]:
     from crawlguard.robots import RobotsRules
 
     out = []
-    for name, body in (("20 rules", rules_20()), ("3,000 rules (900 with *)", rules_3000())):
+    files = (
+        ("20 rules", rules_20()),
+        ("3,000 rules (900 with *)", rules_3000()),
+        ("3,000 rules (900 with *, mixed shapes)", rules_3000_mixed()),
+    )
+    for name, body in files:
         rules = RobotsRules.parse(body)
         for path in PATHS:
             v = rules.decide("BenchBot", path)

@@ -25,8 +25,9 @@ RFC 9309 §2.2.2 one (escapes of unreserved characters decoded on both sides, so
 URL holds such an escape.
 
 Bounded cost (issue 9): `decide` runs on the proxy's event loop, so no file and no URL may
-make it slow. Plain and "$"-anchored literals cost dict probes; only patterns with "*" are
-tried one by one, each a left-to-right scan of the path, so their cost is rules x path
+make it slow. Plain and "$"-anchored literals cost dict probes; patterns with "*" are
+indexed by a literal a match needs (issue 12: `_Matcher`), and the candidates the index
+finds are tried one by one, each a left-to-right scan of the path: at worst rules x path
 length. Three limits bound it, each failing CLOSED for the one site (or URL) that exceeds it:
 
 - at most MAX_WILDCARD_RULES (1,000) distinct "*" patterns in any merged group, and none
@@ -34,8 +35,8 @@ length. Three limits bound it, each failing CLOSED for the one site (or URL) tha
   `RobotsRules.too_complex` (the reason) and every URL but /robots.txt is disallowed with
   the rule text "robots.txt exceeds crawlguard's limits (...)";
 - per decision (both readings of the URL together), at most MATCH_BUDGET (1 MiB) octets of
-  path are scanned by "*" patterns: each one tried costs the path's length (paths up to
-  2 KiB skip most of them with a trigram filter); a URL whose verdict would need more (e.g.
+  path are scanned by "*" patterns: each one tried costs the path's length (the index
+  skips those that cannot match); a URL whose verdict would need more (e.g.
   over 64 "*" patterns that all need a full look at a 16 KiB URL, or 6 at a 200 KB one) is
   disallowed with the rule text "robots.txt exceeds crawlguard's limits (N-octet URL x M
   wildcard rules)". Short URLs never reach it: 1,000 patterns x 1 KiB is within budget.
@@ -185,12 +186,15 @@ def _compile_rule(allow: bool, value: str, text: str, decode: bool = True) -> li
 
 
 _GRAM = 3
-_GRAM_PATH_MAX = 2048  # the trigram filter's set costs ~0.3 us per octet: short paths only
+_GRAM_PATH_MAX = 2048  # a path's trigram set costs ~0.3 us per octet: short paths only
+_GRAMS_PER_PART = 64  # trigrams of a literal considered for the index (bounds parse time)
 _OVER_BUDGET = sys.maxsize  # priority of the fail-closed hit when MATCH_BUDGET runs out
 _PLAIN_ENTRY_BYTES = 200
 _WILD_ENTRY_BYTES = 400
 _RULES_BASE_BYTES = 1024
 _SELECTION_BYTES = 200  # a _Selection and its agents tuple, beyond the matchers
+_VERDICTS_KEPT = 8  # verdicts a selection keeps for reuse (RobotsVerdict is immutable)
+_VERDICT_BYTES = 160  # one kept: the verdict, its key and its dict slot
 _NAME_ENTRY_BYTES = 120  # a product token's entry in the selections dict, beyond its text
 _Hit = tuple[int, bool, str]  # (priority, allow, rule text): the larger tuple[:2] wins
 
@@ -199,11 +203,31 @@ class _Matcher:
     """Longest match over one merged set of rules, indexed so a request costs few probes.
 
     Plain prefixes sit in a dict probed once per distinct pattern length; "$"-anchored
-    literals in a dict probed once; only patterns with "*" are tried one by one, best first,
-    within MATCH_BUDGET. `limit` says why the rules exceed crawlguard's limits, else None.
+    literals in a dict probed once. Patterns with "*" are kept best first and indexed by a
+    literal a matching path must hold: its tail when "$"-anchored (a suffix probe), else its
+    head when longer than "/" (a prefix probe), else the rarest trigram of its literals (one
+    probe per trigram of a path up to 2 KiB; longer paths try them all). Only the candidates
+    found, and the few patterns with no such literal, are tried, best first, within
+    MATCH_BUDGET. A pattern skipped this way cannot match: the verdict is the one trying
+    them all would give.
+    `limit` says why the rules exceed crawlguard's limits, else None.
     """
 
-    __slots__ = ("_exact", "_lengths", "_prefix", "_wild", "limit", "weight")
+    __slots__ = (
+        "_by_gram",
+        "_by_head",
+        "_by_tail",
+        "_exact",
+        "_gram_all",
+        "_head_lengths",
+        "_lengths",
+        "_prefix",
+        "_scan",
+        "_tail_lengths",
+        "_wild",
+        "limit",
+        "weight",
+    )
 
     def __init__(self, rules: list[_Rule]) -> None:
         prefix: dict[str, tuple[bool, str]] = {}
@@ -220,14 +244,12 @@ class _Matcher:
         self._prefix = prefix
         self._exact = exact
         self._lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-        # Flat tuples, best first: this loop is the one hostile files can make long. Each
-        # carries a trigram of its longest literal: a path lacking it is skipped unscanned.
+        # Flat tuples, best first: the order candidates are tried in.
         self._wild = [
             (
                 r.priority,
                 r.allow,
                 r.text,
-                max(r.parts, key=len)[:_GRAM],
                 r.parts[0],
                 r.parts[1:-1],
                 r.parts[-1],
@@ -235,6 +257,39 @@ class _Matcher:
             )
             for r in sorted(wild.values(), key=lambda r: (r.priority, r.allow), reverse=True)
         ]
+        by_tail: dict[str, list[int]] = {}
+        by_head: dict[str, list[int]] = {}
+        by_gram: dict[str, list[int]] = {}
+        scan: list[int] = []
+        grams: dict[int, set[str]] = {}  # per pattern left to the trigram index: its trigrams
+        for i, (_, _, _, head, middle, tail, anchored) in enumerate(self._wild):
+            if anchored and tail:
+                by_tail.setdefault(tail, []).append(i)
+            elif len(head) > 1:
+                by_head.setdefault(head, []).append(i)
+            elif own := {
+                part[j : j + _GRAM]
+                for part in (head, *middle, tail)
+                for j in range(min(len(part) - _GRAM + 1, _GRAMS_PER_PART))
+            }:
+                grams[i] = own
+            else:
+                scan.append(i)
+        # Each pattern under its rarest trigram, so that patterns sharing a literal (such as
+        # "/*?session=...") do not all land in one bucket.
+        counts: dict[str, int] = {}
+        for own in grams.values():
+            for gram in own:
+                counts[gram] = counts.get(gram, 0) + 1
+        for i, own in grams.items():
+            by_gram.setdefault(min(own, key=lambda g: (counts[g], g)), []).append(i)
+        self._by_tail = by_tail
+        self._tail_lengths = tuple(sorted({len(t) for t in by_tail}))
+        self._by_head = by_head
+        self._head_lengths = tuple(sorted({len(h) for h in by_head}))
+        self._by_gram = by_gram
+        self._gram_all = tuple(sorted(grams))
+        self._scan = tuple(scan)
         self.limit: str | None = None
         if len(self._wild) > MAX_WILDCARD_RULES:
             self.limit = f"{len(self._wild)} wildcard rules > {MAX_WILDCARD_RULES}"
@@ -248,6 +303,36 @@ class _Matcher:
             for table in (prefix, exact)
             for key, (_, text) in table.items()
         ) + sum(_WILD_ENTRY_BYTES + 2 * len(w[2]) for w in self._wild)
+
+    def _candidates(self, path: str) -> list[int]:
+        """Positions in `_wild` of the patterns that may match `path`, ascending (best first)."""
+        found = list(self._scan)
+        size = len(path)
+        if self._by_tail:
+            for length in self._tail_lengths:
+                if length > size:
+                    break
+                if (hit := self._by_tail.get(path[size - length :])) is not None:
+                    found += hit
+        if self._by_head:
+            for length in self._head_lengths:
+                if length > size:
+                    break
+                if (hit := self._by_head.get(path[:length])) is not None:
+                    found += hit
+        if by_gram := self._by_gram:
+            if size > _GRAM_PATH_MAX:  # all are candidates; MATCH_BUDGET bounds the work
+                found += self._gram_all
+            elif size < 4 * len(by_gram):  # one probe per distinct trigram of the path
+                for gram in {path[i : i + _GRAM] for i in range(size - _GRAM + 1)}:
+                    if (hit := by_gram.get(gram)) is not None:
+                        found += hit
+            else:  # few trigrams: look each up in the path (< size / 4 scans of it)
+                for gram, hit in by_gram.items():
+                    if gram in path:
+                        found += hit
+        found.sort()
+        return found
 
     def best(self, path: str, budget: int = MATCH_BUDGET) -> tuple[_Hit | None, int]:
         """The deciding rule for `path` (None if none matches), and what is left of `budget`
@@ -266,20 +351,16 @@ class _Matcher:
         if not self._wild:
             return best, budget
         floor = best[:2] if best is not None else (-1, False)
-        grams: set[str] | None = None
-        for priority, allow, text, gram, head, middle, tail, anchored in self._wild:
+        wild = self._wild
+        for i in self._candidates(path):
+            priority, allow, text, head, middle, tail, anchored = wild[i]
             if (priority, allow) <= floor:
                 break
             if not path.startswith(head):
                 continue
-            if len(gram) == _GRAM and size <= _GRAM_PATH_MAX:
-                if grams is None:
-                    grams = {path[i : i + _GRAM] for i in range(size - _GRAM + 1)}
-                if gram not in grams:
-                    continue
             budget -= size  # a pattern tried may scan the whole path
             if budget < 0:  # the verdict would need more work than a decision may cost
-                reason = f"{LIMITS} ({size}-octet URL x {len(self._wild)} wildcard rules)"
+                reason = f"{LIMITS} ({size}-octet URL x {len(wild)} wildcard rules)"
                 return (_OVER_BUDGET, False, reason), 0
             pos = len(head)
             for part in middle:  # leftmost placement of each literal is optimal for "*"
@@ -304,11 +385,14 @@ class _Selection:
     crawl_delay: float | None
     request_rate: tuple[int, float] | None
     agents: tuple[str, ...]
+    # The verdicts given so far, by (allow, rule text) of the deciding rule (None: no rule).
+    verdicts: dict[tuple[bool, str] | None, RobotsVerdict] = field(default_factory=dict)
 
     @property
     def weight(self) -> int:
         literal = self.literal.weight if self.literal is not None else 0
-        return self.matcher.weight + literal + _SELECTION_BYTES + 8 * len(self.agents)
+        kept = _VERDICTS_KEPT * _VERDICT_BYTES
+        return self.matcher.weight + literal + _SELECTION_BYTES + kept + 8 * len(self.agents)
 
 
 @dataclass(slots=True)
@@ -513,13 +597,19 @@ class RobotsRules:
                 other, _ = (sel.literal or sel.matcher).best(literal, budget)  # one budget
                 if other is not None and not other[1]:
                     hit = other
-        return RobotsVerdict(
-            allowed=hit is None or hit[1],
-            rule=None if hit is None else hit[2],
-            crawl_delay=sel.crawl_delay,
-            request_rate=sel.request_rate,
-            agents=sel.agents,
-        )
+        key = None if hit is None else (hit[1], hit[2])
+        verdict = sel.verdicts.get(key)
+        if verdict is None:  # one per rule that decides: building one costs ~1 us
+            verdict = RobotsVerdict(
+                allowed=hit is None or hit[1],
+                rule=None if hit is None else hit[2],
+                crawl_delay=sel.crawl_delay,
+                request_rate=sel.request_rate,
+                agents=sel.agents,
+            )
+            if len(sel.verdicts) < _VERDICTS_KEPT:
+                sel.verdicts[key] = verdict
+        return verdict
 
 
 def _select_all(

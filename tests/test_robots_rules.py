@@ -646,6 +646,35 @@ def test_match_budget_fails_closed_for_the_costly_url_only() -> None:
     )
 
 
+def test_wildcard_index_tries_only_patterns_whose_literal_the_path_holds() -> None:
+    """Issue 12: "*" patterns are indexed by a literal a match needs (the "$" tail, a head
+    longer than "/", the rarest trigram), so a decision tries the few that can match. What
+    is tried is read off the budget: every pattern tried costs the path's length."""
+    from crawlguard.robots import MATCH_BUDGET
+
+    body = (
+        "User-agent: *\n"
+        + "".join(f"Disallow: /*/{i:x}*/item{i}$\n" for i in range(300))  # tail index
+        + "".join(f"Disallow: /cat{i}/*/x\n" for i in range(300))  # head index
+        + "".join(f"Disallow: /*?session=s{i:03d}\n" for i in range(300))  # rarest trigram
+        + "Disallow: /*?a\n"  # no literal of 3 octets: always tried
+    )
+    rules = RobotsRules.parse(body.encode())
+    assert rules.too_complex is None
+    matcher = rules._selections["*"].matcher
+
+    def tried(path: str) -> int:
+        _, left = matcher.best(path)
+        return (MATCH_BUDGET - left) // len(path)
+
+    assert tried("/products/item/abcde?ref=home") == 1  # only "/*?a"
+    assert tried("/shop/1f/x/item31") == 1 and not rules.decide("A", "/shop/1f/x/item31").allowed
+    assert tried("/cat7/a/x") == 1  # "/cat7/*/x", the better candidate, matches
+    assert tried("/cat7/a/y") == 2 and rules.decide("A", "/cat7/a/y").allowed
+    assert not rules.decide("A", "/p?session=s123").allowed
+    assert tried("/p?session=s123") <= 3  # its bucket (s12 or 123), then it matches
+
+
 def test_parser_exception_fails_closed_for_that_site(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
