@@ -196,6 +196,7 @@ _SELECTION_BYTES = 200  # a _Selection and its agents tuple, beyond the matchers
 _VERDICTS_KEPT = 8  # verdicts a selection keeps for reuse (RobotsVerdict is immutable)
 _VERDICT_BYTES = 160  # one kept: the verdict, its key and its dict slot
 _NAME_ENTRY_BYTES = 120  # a product token's entry in the selections dict, beyond its text
+_NO_INDEX: dict[str, list[int]] = {}  # never written to
 _Hit = tuple[int, bool, str]  # (priority, allow, rule text): the larger tuple[:2] wins
 
 
@@ -283,11 +284,12 @@ class _Matcher:
                 counts[gram] = counts.get(gram, 0) + 1
         for i, own in grams.items():
             by_gram.setdefault(min(own, key=lambda g: (counts[g], g)), []).append(i)
-        self._by_tail = by_tail
+        # Empty indexes share one dict: a cache holds many matchers without "*" patterns.
+        self._by_tail = by_tail or _NO_INDEX
         self._tail_lengths = tuple(sorted({len(t) for t in by_tail}))
-        self._by_head = by_head
+        self._by_head = by_head or _NO_INDEX
         self._head_lengths = tuple(sorted({len(h) for h in by_head}))
-        self._by_gram = by_gram
+        self._by_gram = by_gram or _NO_INDEX
         self._gram_all = tuple(sorted(grams))
         self._scan = tuple(scan)
         self.limit: str | None = None
