@@ -30,6 +30,7 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 3600.0
 MAX_RETRY_AFTER = 86400.0  # an origin's Retry-After beyond this is treated as this
 THROTTLE_STATUSES = frozenset({429, 503})
+MAX_QUIET_KEYS = 100_000  # keys a Pacer remembers as having no back-off (see Pacer._quiet)
 
 Clock = Callable[[], float]
 
@@ -113,6 +114,11 @@ class Pacer:
         self.backoff_cap = backoff_cap
         self._clock = clock
         self._wallclock = wallclock
+        # Keys whose last back-off check in this process found none: a success there has
+        # nothing to decay, so it costs no state round trip (half of a shared state's
+        # per-request work). A back-off another process raised meanwhile is decayed once
+        # this process's next check sees it: until then it only stays longer (never shorter).
+        self._quiet: dict[str, None] = {}
 
     async def admit(
         self,
@@ -133,6 +139,10 @@ class Pacer:
         key = pacing_key(tenant, origin)
         now = self._clock()
         backoff = await self.state.get_backoff(key, now)
+        if backoff is None:
+            self._mark_quiet(key)
+        else:
+            self._quiet.pop(key, None)
         level = backoff.level if backoff else 0
         iv = interval(
             crawl_delay,
@@ -180,9 +190,17 @@ class Pacer:
         key = pacing_key(tenant, origin)
         now = self._clock()
         if status in THROTTLE_STATUSES:
+            self._quiet.pop(key, None)
             seconds = parse_retry_after(retry_after, self._wallclock())
             if seconds is not None:
                 seconds = min(seconds, MAX_RETRY_AFTER)
             await self.state.raise_backoff(key, now, seconds, self.backoff_base, self.backoff_cap)
-        elif 200 <= status < 400:
+        elif 200 <= status < 400 and key not in self._quiet:
             await self.state.decay_backoff(key, now)
+
+    def _mark_quiet(self, key: str) -> None:
+        quiet = self._quiet
+        if key not in quiet:
+            if len(quiet) >= MAX_QUIET_KEYS:  # bounded: forgetting one costs one round trip
+                del quiet[next(iter(quiet))]
+            quiet[key] = None

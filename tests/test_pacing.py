@@ -357,6 +357,43 @@ async def test_success_does_not_cut_a_running_window(state: MemoryState, clock: 
     assert (await admit(pacer, delay=None)).kind is Kind.ORIGIN_BACKOFF
 
 
+class CountingState(MemoryState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.decays = 0
+
+    async def decay_backoff(self, key: str, now: float) -> None:
+        self.decays += 1
+        await super().decay_backoff(key, now)
+
+
+async def test_a_success_without_backoff_costs_no_state_call(clock: FakeClock) -> None:
+    """Issue 12: with a shared state every call is a round trip; a success on an origin this
+    process last saw without back-off has nothing to decay."""
+    state = CountingState()
+    pacer = make_pacer(state, clock)
+    for _ in range(3):
+        await admit(pacer, delay=None)
+        await pacer.observe_response("acme", ORIGIN, 200, None)
+    assert state.decays == 0
+    await pacer.observe_response("acme", ORIGIN, 429, None)  # seen here: decayed from now on
+    await pacer.observe_response("acme", ORIGIN, 200, None)
+    assert state.decays == 1
+    # Another process raises a back-off: it is decayed once this one's next check sees it.
+    other = make_pacer(state, clock)
+    await pacer.observe_response("acme", OTHER_ORIGIN, 200, None)  # never checked here: decays
+    assert state.decays == 2
+    await admit(pacer, delay=None, origin=OTHER_ORIGIN)  # no back-off: quiet
+    await other.observe_response("acme", OTHER_ORIGIN, 503, None)
+    await pacer.observe_response("acme", OTHER_ORIGIN, 200, None)
+    assert state.decays == 2
+    clock.advance(5.0)
+    await admit(pacer, delay=None, origin=OTHER_ORIGIN)  # sees the back-off
+    await pacer.observe_response("acme", OTHER_ORIGIN, 200, None)
+    assert state.decays == 3
+    assert (await admit(pacer, delay=None, origin=OTHER_ORIGIN)).interval == 0.0  # decayed
+
+
 # -- monitor mode --------------------------------------------------------------------------
 
 
