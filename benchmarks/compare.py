@@ -439,14 +439,20 @@ def rules_20() -> bytes:
     )
 
 
-def rules_3000() -> bytes:
-    """3,000 rules for BenchBot: 2,100 plain prefixes and 900 "*" patterns (the parser's cap is
-    1,000 distinct "*" patterns per merged group, beyond which a file is "too complex")."""
-    rnd = random.Random(12)
+def _plain_rules(rnd: random.Random) -> list[bytes]:
+    """The group line and 2,100 plain prefix rules (every 7th an Allow)."""
     lines = [b"User-agent: BenchBot"]
     for i in range(2100):
         verb = b"Allow" if i % 7 == 0 else b"Disallow"
         lines.append(b"%s: /section%d/%x/" % (verb, i, rnd.randrange(1 << 24)))
+    return lines
+
+
+def rules_3000() -> bytes:
+    """3,000 rules for BenchBot: 2,100 plain prefixes and 900 "*" patterns (the parser's cap is
+    1,000 distinct "*" patterns per merged group, beyond which a file is "too complex")."""
+    rnd = random.Random(12)
+    lines = _plain_rules(rnd)
     for i in range(900):
         lines.append(b"Disallow: /*/%x*/item%d$" % (rnd.randrange(1 << 20), i))
     return b"\n".join(lines) + b"\n"
@@ -457,10 +463,7 @@ def rules_3000_mixed() -> bytes:
     differently: "$"-anchored (by tail), a literal head (by prefix), "/*..." (by trigram;
     these 300 share the literal "?param", so only their digits tell them apart)."""
     rnd = random.Random(13)
-    lines = [b"User-agent: BenchBot"]
-    for i in range(2100):
-        verb = b"Allow" if i % 7 == 0 else b"Disallow"
-        lines.append(b"%s: /section%d/%x/" % (verb, i, rnd.randrange(1 << 24)))
+    lines = _plain_rules(rnd)
     for i in range(300):
         lines.append(b"Disallow: /*/%x*/item%d$" % (rnd.randrange(1 << 20), i))
         lines.append(b"Disallow: /section%d/*/print" % i)
