@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import http.client
 import http.server
 import math
@@ -49,6 +48,9 @@ from typing import Any
 import yaml
 
 from crawlguard.robots import MATCH_BUDGET, MAX_BYTES, MAX_WILDCARD_PATTERN, MAX_WILDCARD_RULES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers import free_port, sha256_hex  # the benchmarks' shared helpers
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEST_LINE_CAP = 16 * 1024  # proxy.max_request_line default (414 beyond it)
@@ -144,16 +146,6 @@ def start_origin(ctx: Any, hostile: bool) -> Origin:
 
 
 # -- the proxy -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def sha256_hex(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def proxy_config(tmp: Path, ports: list[int]) -> dict[str, Any]:
