@@ -64,10 +64,12 @@ from workers import (
     UA,
     OriginProtocol,
     _serve_origin,
+    bench_config,
     free_port,
     proc_stat,
     proxy_auth,
     sha256_hex,
+    wrk_output,
     wrk_totals,
 )
 
@@ -205,28 +207,8 @@ def start_mitmdump(tmp: Path, origin_ca: Path) -> Proc:
 
 
 def crawlguard_config(home: Path, port: int, origin_ca: Path, **extra: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "proxy": {
-            "listen_host": "127.0.0.1",
-            "listen_port": port,
-            "confdir": str(home / "ca"),
-            "upstream_ca_file": str(origin_ca),
-        },
-        "admin": {"listen_host": "127.0.0.1", "port": free_port()},
-        "store": {"url": f"sqlite:///{home / 'crawlguard.db'}"},
-        "state": {"url": "memory://"},
-        "destinations": {"allow_private": True, "allowed_ports": list(ORIGIN_PORTS)},
-        "pacing": {"default_min_interval": 0},
-        "tenants": [
-            {
-                "id": "bench",
-                "token_sha256": sha256_hex(TOKEN),
-                "product_tokens": ["BenchBot"],
-                "mode": "enforce",
-                "pacing": "reject",
-            }
-        ],
-    }
+    cfg = bench_config(home, port, free_port(), "memory://", list(ORIGIN_PORTS))
+    cfg["proxy"]["upstream_ca_file"] = str(origin_ca)
     for key, value in extra.items():
         cfg.setdefault(key, {}).update(value) if isinstance(value, dict) else cfg.__setitem__(
             key, value
@@ -268,49 +250,23 @@ class Run:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-WRK_LUA = """
-wrk.method = "GET"
-wrk.path = "{target}"
-wrk.headers["Host"] = "{host}"
-wrk.headers["User-Agent"] = "{ua}"
-{auth}
-"""
-
-
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
 def run_wrk(tmp: Path, proxy: Proc | None, origin_port: int, conns: int, seconds: float) -> Run:
-    host = f"127.0.0.1:{origin_port}"
     script = tmp / f"wrk-{proxy.name if proxy else 'origin'}.lua"
-    auth = proxy is not None and proxy.auth
-    script.write_text(
-        WRK_LUA.format(
-            target=f"http://{host}/page" if proxy else "/page",
-            host=host,
-            ua=UA,
-            auth=f'wrk.headers["Proxy-Authorization"] = "{proxy_auth()}"' if auth else "",
-        )
-    )
     port = proxy.port if proxy else origin_port
-    threads = max(1, min(os.cpu_count() or 1, conns))
-    out = subprocess.run(
-        [
-            "wrk",
-            "--latency",
-            f"-t{threads}",
-            f"-c{conns}",
-            f"-d{seconds:g}s",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    ).stdout
+    out = wrk_output(
+        script,
+        port,
+        origin_port,
+        conns,
+        seconds,
+        proxied=proxy is not None,
+        auth=proxy is not None and proxy.auth,
+        latency=True,
+    )
     requests, errors, elapsed = wrk_totals(out)
     pct = {
         m.group(1): _ms(m.group(2), m.group(3))

@@ -44,6 +44,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 import yaml
@@ -159,16 +160,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def start_proxy(tmp: Path, workers: int, origin_port: int, prefix: str) -> Proxy:
-    home = tmp / f"workers-{workers}"
-    home.mkdir()
-    port, admin_port = free_port(), free_port()
-    cfg = {
+def bench_config(
+    home: Path, port: int, admin_port: int, state_url: str, allowed_ports: list[int]
+) -> dict[str, Any]:
+    """The benchmarks' crawlguard: one tenant in `enforce` mode, no pacing delay, SQLite."""
+    return {
         "proxy": {"listen_host": "127.0.0.1", "listen_port": port, "confdir": str(home / "ca")},
         "admin": {"listen_host": "127.0.0.1", "port": admin_port},
         "store": {"url": f"sqlite:///{home / 'crawlguard.db'}"},
-        "state": {"url": f"{REDIS}?prefix={prefix}-w{workers}"},
-        "destinations": {"allow_private": True, "allowed_ports": [origin_port]},
+        "state": {"url": state_url},
+        "destinations": {"allow_private": True, "allowed_ports": allowed_ports},
         "pacing": {"default_min_interval": 0},
         "tenants": [
             {
@@ -180,6 +181,14 @@ def start_proxy(tmp: Path, workers: int, origin_port: int, prefix: str) -> Proxy
             }
         ],
     }
+
+
+def start_proxy(tmp: Path, workers: int, origin_port: int, prefix: str) -> Proxy:
+    home = tmp / f"workers-{workers}"
+    home.mkdir()
+    port, admin_port = free_port(), free_port()
+    state_url = f"{REDIS}?prefix={prefix}-w{workers}"
+    cfg = bench_config(home, port, admin_port, state_url, [origin_port])
     path = home / "crawlguard.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log = home / "crawlguard.log"
@@ -233,25 +242,34 @@ wrk.headers["User-Agent"] = "{ua}"
 """
 
 
-def run_wrk(
-    tmp: Path, port: int, origin_port: int, conns: int, seconds: float, via_proxy: bool
-) -> Result:
+def wrk_output(
+    script: Path, port: int, origin_port: int, conns: int, seconds: float, *, proxied: bool,
+    auth: bool, latency: bool = False,
+) -> str:  # fmt: skip
+    """wrk's report of GET /page on the origin, through the proxy at `port` when `proxied`
+    (absolute-form request lines; `auth`: with the tenant's Proxy-Authorization)."""
     host = f"127.0.0.1:{origin_port}"
-    script = tmp / f"wrk-{via_proxy}.lua"
     script.write_text(
         WRK_SCRIPT.format(
-            target=f"http://{host}/page" if via_proxy else "/page",
+            target=f"http://{host}/page" if proxied else "/page",
             host=host,
             ua=UA,
-            auth=f'wrk.headers["Proxy-Authorization"] = "{proxy_auth()}"' if via_proxy else "",
+            auth=f'wrk.headers["Proxy-Authorization"] = "{proxy_auth()}"' if auth else "",
         )
     )
     threads = max(1, min(os.cpu_count() or 1, conns))
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds:g}s", "-s", str(script),
-         f"http://127.0.0.1:{port}/"],
+    return subprocess.run(
+        ["wrk", *(["--latency"] if latency else []), f"-t{threads}", f"-c{conns}",
+         f"-d{seconds:g}s", "-s", str(script), f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=seconds + 60, check=True,
     ).stdout  # fmt: skip
+
+
+def run_wrk(
+    tmp: Path, port: int, origin_port: int, conns: int, seconds: float, via_proxy: bool
+) -> Result:
+    script = tmp / f"wrk-{via_proxy}.lua"
+    out = wrk_output(script, port, origin_port, conns, seconds, proxied=via_proxy, auth=via_proxy)
     return Result(*wrk_totals(out))
 
 
