@@ -140,25 +140,24 @@ def gone(pid: int) -> bool:
     return fields is None or fields[0] in ("Z", "X")  # a zombie left to a reaper is gone too
 
 
-def group(pgid: int) -> list[int]:
-    """Live processes in process group `pgid` (each worker leads its own)."""
+def live(field: int, value: int) -> list[int]:
+    """Live processes whose /proc stat `field` (1: ppid, 2: pgrp) is `value`, sorted."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = stat(int(entry.name))
-            if fields is not None and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            if fields is not None and fields[field] == str(value) and fields[0] not in ("Z", "X"):
                 found.append(int(entry.name))
-    return found
+    return sorted(found)
+
+
+def group(pgid: int) -> list[int]:
+    """Live processes in process group `pgid` (each worker leads its own)."""
+    return live(2, pgid)
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = stat(int(entry.name))
-            if fields is not None and fields[1] == str(pid) and fields[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return sorted(found)
+    return live(1, pid)
 
 
 def fetch(proxy: Proxy, url: str, tid: str = "acme", ua: str = GOOD_UA) -> requests.Response:
