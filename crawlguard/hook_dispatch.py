@@ -61,24 +61,21 @@ class HookDispatch(AddonManager):
         return found
 
     def add(self, *addons: Any) -> None:
-        self._handlers.clear()
         try:
             super().add(*addons)
-        finally:
+        finally:  # also when it failed part-way, or a hook during it built a table
             self._handlers.clear()
 
     def remove(self, addon: Any) -> None:
-        self._handlers.clear()
         try:
             super().remove(addon)
-        finally:
+        finally:  # also when it failed part-way, or a hook during it built a table
             self._handlers.clear()
 
     def clear(self) -> None:
-        self._handlers.clear()
         try:
             super().clear()
-        finally:
+        finally:  # also when it failed part-way, or a hook during it built a table
             self._handlers.clear()
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
