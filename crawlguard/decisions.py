@@ -18,6 +18,7 @@ class Kind(StrEnum):
     UA_UNDESCRIPTIVE = "ua-undescriptive"
     UA_MISMATCH = "ua-mismatch"
     UA_IMPERSONATION = "ua-impersonation"
+    UA_AMBIGUOUS = "ua-ambiguous"
     ROBOTS_DISALLOW = "robots-disallow"
     ROBOTS_UNREACHABLE = "robots-unreachable"
     CRAWL_DELAY = "crawl-delay"
@@ -27,6 +28,7 @@ class Kind(StrEnum):
     DESTINATION_FORBIDDEN = "destination-forbidden"
     REQUEST_INVALID = "request-invalid"
     STORE_BACKLOGGED = "store-backlogged"
+    PROXY_BUSY = "proxy-busy"
 
 
 class Action(StrEnum):
@@ -41,6 +43,7 @@ STATUS: dict[Kind, int] = {
     Kind.UA_UNDESCRIPTIVE: 403,
     Kind.UA_MISMATCH: 403,
     Kind.UA_IMPERSONATION: 403,
+    Kind.UA_AMBIGUOUS: 403,
     Kind.ROBOTS_DISALLOW: 403,
     Kind.ROBOTS_UNREACHABLE: 503,
     Kind.CRAWL_DELAY: 429,
@@ -50,6 +53,7 @@ STATUS: dict[Kind, int] = {
     Kind.DESTINATION_FORBIDDEN: 403,
     Kind.REQUEST_INVALID: 400,
     Kind.STORE_BACKLOGGED: 503,
+    Kind.PROXY_BUSY: 503,
 }
 
 # How to comply, per kind: the second half of every body the proxy writes.
@@ -64,6 +68,8 @@ ADVICE: dict[Kind, str] = {
     "your tenant.",
     Kind.UA_IMPERSONATION: "Do not claim to be a well-known crawler you are not. Use your own "
     "registered product token.",
+    Kind.UA_AMBIGUOUS: "Send exactly one User-Agent header: with two, sites would see a "
+    "different client than the one crawlguard checked.",
     Kind.ROBOTS_DISALLOW: "The site's robots.txt disallows this URL for your product token. "
     "Do not request it.",
     Kind.ROBOTS_UNREACHABLE: "The site's robots.txt could not be fetched; RFC 9309 treats "
@@ -76,6 +82,8 @@ ADVICE: dict[Kind, str] = {
     Kind.DESTINATION_FORBIDDEN: "This destination (address or port) may not be crawled "
     "through the proxy.",
     Kind.STORE_BACKLOGGED: "The proxy answers no request it cannot record; retry shortly.",
+    Kind.PROXY_BUSY: "The proxy's shared capacity is taken by other traffic right now; this is "
+    "not a violation of yours. Retry after the indicated time.",
     Kind.REQUEST_INVALID: "Send one plain HTTP/1.1 request (or TLS carrying one) per request "
     "line, with a request target crawlguard can read in one canonical form.",
 }
