@@ -268,6 +268,41 @@ async def test_keys_are_independent(backend: Backend, state: PacingState) -> Non
     assert not (await state.reserve("a", 60.0, backend.clock(), 0.0)).granted
 
 
+async def test_a_slot_on_several_keys_waits_for_the_latest_of_them(
+    backend: Backend, state: PacingState
+) -> None:
+    """`also` (pacing.scope: address): one request, one slot on the host's and the address's
+    key; the busiest key decides, and both are taken."""
+    assert (await state.reserve("addr", 30.0, backend.clock(), 0.0)).granted
+    both = await state.reserve("host", 10.0, backend.clock(), 100.0, also=("addr",))
+    assert both.granted and backend.near(both.wait, 30.0)
+    host_only = await state.reserve("host", 10.0, backend.clock(), 0.0)
+    assert not host_only.granted and host_only.slot == pytest.approx(both.slot + 10.0, abs=US)
+    refused = await state.reserve("other", 10.0, backend.clock(), 0.0, also=("addr",))
+    assert not refused.granted
+    assert (await state.reserve("other", 10.0, backend.clock(), 0.0)).granted  # nothing taken
+
+
+async def test_release_on_several_keys_frees_each_where_it_is_the_latest(
+    backend: Backend, state: PacingState
+) -> None:
+    await state.reserve("host", 10.0, backend.clock(), 100.0)
+    held = await state.reserve("host", 10.0, backend.clock(), 100.0, also=("addr",))
+    await state.release("host", held.slot, 10.0, also=("addr",))
+    assert (await state.reserve("host", 10.0, backend.clock(), 100.0)).slot == held.slot
+    assert (await state.reserve("addr", 10.0, backend.clock(), 100.0)).slot == held.slot
+
+
+async def test_force_on_several_keys_paces_each_from_now(
+    backend: Backend, state: PacingState
+) -> None:
+    forced = await state.reserve("host", 60.0, backend.clock(), 0.0, force=True, also=("addr",))
+    assert forced.granted and forced.wait == 0.0
+    for key in ("host", "addr"):
+        nxt = await state.reserve(key, 60.0, backend.clock(), 0.0)
+        assert not nxt.granted and backend.near(nxt.wait, 60.0)
+
+
 # -- back-off ------------------------------------------------------------------------------
 
 

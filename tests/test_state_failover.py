@@ -58,14 +58,23 @@ class FlakyState:
             raise StateBackendError("redis://127.0.0.1:1/0: ConnectionError: refused")
 
     async def reserve(
-        self, key: str, interval: float, now: float, max_wait: float, *, force: bool = False
+        self,
+        key: str,
+        interval: float,
+        now: float,
+        max_wait: float,
+        *,
+        force: bool = False,
+        also: tuple[str, ...] = (),
     ) -> Reservation:
         await self._enter()
-        return await self.inner.reserve(key, interval, now, max_wait, force=force)
+        return await self.inner.reserve(key, interval, now, max_wait, force=force, also=also)
 
-    async def release(self, key: str, slot: float, interval: float) -> None:
+    async def release(
+        self, key: str, slot: float, interval: float, *, also: tuple[str, ...] = ()
+    ) -> None:
         await self._enter()
-        await self.inner.release(key, slot, interval)
+        await self.inner.release(key, slot, interval, also=also)
 
     async def get_backoff(self, key: str, now: float) -> Backoff | None:
         await self._enter()

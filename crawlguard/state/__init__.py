@@ -67,21 +67,33 @@ class PacingState(Protocol):
     """What the pacer needs from storage. Implementations must make each call atomic per key."""
 
     async def reserve(
-        self, key: str, interval: float, now: float, max_wait: float, *, force: bool = False
+        self,
+        key: str,
+        interval: float,
+        now: float,
+        max_wait: float,
+        *,
+        force: bool = False,
+        also: tuple[str, ...] = (),
     ) -> Reservation:
-        """Take the next slot for `key`, atomically.
+        """Take the next slot for `key` (and every key in `also`), atomically.
 
-        ``slot = max(now, next_free)``. If ``slot - now > max_wait`` and not `force`: not
-        granted, nothing changes. Otherwise granted and ``next_free = slot + interval``.
-        With `force` (the request is forwarded *now* whatever the pacing says: monitor mode)
-        the would-be slot is still reported, but ``next_free = max(next_free, now + interval)``.
+        ``slot = max(now, next_free)``, `next_free` being the latest of the keys'. If
+        ``slot - now > max_wait`` and not `force`: not granted, nothing changes. Otherwise
+        granted and every key's ``next_free = slot + interval``. With `force` (the request is
+        forwarded *now* whatever the pacing says: monitor mode) the would-be slot is still
+        reported, but each key's ``next_free = max(its next_free, now + interval)``. `also`
+        lets one request take one slot on several keys (`pacing.scope: address`: the host's
+        and the dialled address's), so the strictest of them decides.
         """
         ...
 
-    async def release(self, key: str, slot: float, interval: float) -> None:
-        """A held request gave up its slot. Best effort: frees it only if it is the latest one
-        (``next_free == slot + interval``); earlier holders keep their place, later ones do not
-        move up."""
+    async def release(
+        self, key: str, slot: float, interval: float, *, also: tuple[str, ...] = ()
+    ) -> None:
+        """A held request gave up its slot. Best effort, per key: frees it only where it is the
+        latest one (``next_free == slot + interval``); earlier holders keep their place, later
+        ones do not move up."""
         ...
 
     async def get_backoff(self, key: str, now: float) -> Backoff | None:

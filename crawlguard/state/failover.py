@@ -96,14 +96,24 @@ class FailoverState:
     # -- the PacingState calls -----------------------------------------------------------
 
     async def reserve(
-        self, key: str, interval: float, now: float, max_wait: float, *, force: bool = False
+        self,
+        key: str,
+        interval: float,
+        now: float,
+        max_wait: float,
+        *,
+        force: bool = False,
+        also: tuple[str, ...] = (),
     ) -> Reservation:
         return await self._call(
-            lambda s: s.reserve(key, interval, now, max_wait, force=force), required=True
+            lambda s: s.reserve(key, interval, now, max_wait, force=force, also=also),
+            required=True,
         )
 
-    async def release(self, key: str, slot: float, interval: float) -> None:
-        await self._call(lambda s: s.release(key, slot, interval), required=False)
+    async def release(
+        self, key: str, slot: float, interval: float, *, also: tuple[str, ...] = ()
+    ) -> None:
+        await self._call(lambda s: s.release(key, slot, interval, also=also), required=False)
 
     async def get_backoff(self, key: str, now: float) -> Backoff | None:
         return await self._call(lambda s: s.get_backoff(key, now), required=True)

@@ -55,23 +55,36 @@ class MemoryState:
     # -- slots ---------------------------------------------------------------------------
 
     async def reserve(
-        self, key: str, interval: float, now: float, max_wait: float, *, force: bool = False
+        self,
+        key: str,
+        interval: float,
+        now: float,
+        max_wait: float,
+        *,
+        force: bool = False,
+        also: tuple[str, ...] = (),
     ) -> Reservation:
         self._maybe_sweep(now)
-        next_free = self._slots.get(key, now)
-        slot = max(now, next_free)
+        keys = (key, *also)
+        frees = [self._slots.get(k, now) for k in keys]
+        slot = max(now, *frees)
         wait = slot - now
         if force:
-            self._touch_slot(key, max(next_free, now + interval), now)
+            for k, next_free in zip(keys, frees, strict=True):
+                self._touch_slot(k, max(next_free, now + interval), now)
             return Reservation(True, slot, wait)
         if wait > max_wait:
             return Reservation(False, slot, wait)
-        self._touch_slot(key, slot + interval, now)
+        for k in keys:
+            self._touch_slot(k, slot + interval, now)
         return Reservation(True, slot, wait)
 
-    async def release(self, key: str, slot: float, interval: float) -> None:
-        if self._slots.get(key) == slot + interval:
-            self._slots[key] = slot
+    async def release(
+        self, key: str, slot: float, interval: float, *, also: tuple[str, ...] = ()
+    ) -> None:
+        for k in (key, *also):
+            if self._slots.get(k) == slot + interval:
+                self._slots[k] = slot
 
     def _touch_slot(self, key: str, next_free: float, now: float) -> None:
         self._slots.pop(key, None)

@@ -64,48 +64,57 @@ local function num(x) return string.format('%.0f', x) end
 local function expire_at(key, us) redis.call('PEXPIREAT', key, num(math.ceil(us / 1000))) end
 """
 
-# KEYS[1] slot key. ARGV: interval µs, max_wait µs, force (1/0) -> {granted, slot µs, wait µs}
+# KEYS: the slot keys one request takes a slot on (usually one). ARGV: interval µs, max_wait µs,
+# force (1/0) -> {granted, slot µs, wait µs}
 RESERVE = (
     _PRELUDE
     + """
 local interval = tonumber(ARGV[1])
-local stored = redis.call('GET', KEYS[1])
-local next_free = now
-if stored then next_free = tonumber(stored) end
-local slot = math.max(now, next_free)
-local wait = slot - now
-local new_free
-if ARGV[3] == '1' then
-  new_free = math.max(next_free, now + interval)
-elseif wait > tonumber(ARGV[2]) then
-  return {0, slot, wait}
-else
-  new_free = slot + interval
+local frees = {}
+local slot = now
+for i, key in ipairs(KEYS) do
+  local stored = redis.call('GET', key)
+  local next_free = now
+  if stored then next_free = tonumber(stored) end
+  frees[i] = next_free
+  slot = math.max(slot, next_free)
 end
-if new_free > now then
-  redis.call('SET', KEYS[1], num(new_free))
-  expire_at(KEYS[1], new_free)
-else
-  redis.call('DEL', KEYS[1])
+local wait = slot - now
+if ARGV[3] ~= '1' and wait > tonumber(ARGV[2]) then return {0, slot, wait} end
+for i, key in ipairs(KEYS) do
+  local new_free
+  if ARGV[3] == '1' then new_free = math.max(frees[i], now + interval)
+  else new_free = slot + interval end
+  if new_free > now then
+    redis.call('SET', key, num(new_free))
+    expire_at(key, new_free)
+  else
+    redis.call('DEL', key)
+  end
 end
 return {1, slot, wait}
 """
 )
 
-# KEYS[1] slot key. ARGV: slot µs, interval µs -> 1 if the slot was given back
+# KEYS: slot keys. ARGV: slot µs, interval µs -> how many keys gave the slot back
 RELEASE = (
     _PRELUDE
     + """
-local stored = redis.call('GET', KEYS[1])
 local slot = tonumber(ARGV[1])
-if not stored or tonumber(stored) ~= slot + tonumber(ARGV[2]) then return 0 end
-if slot > now then
-  redis.call('SET', KEYS[1], num(slot))
-  expire_at(KEYS[1], slot)
-else
-  redis.call('DEL', KEYS[1])
+local freed = 0
+for _, key in ipairs(KEYS) do
+  local stored = redis.call('GET', key)
+  if stored and tonumber(stored) == slot + tonumber(ARGV[2]) then
+    if slot > now then
+      redis.call('SET', key, num(slot))
+      expire_at(key, slot)
+    else
+      redis.call('DEL', key)
+    end
+    freed = freed + 1
+  end
 end
-return 1
+return freed
 """
 )
 
@@ -340,24 +349,35 @@ class RedisState:
     def backoff_key(self, key: str) -> str:
         return f"{self.namespace}backoff:{key}"
 
-    async def _run(self, script: Any, key: str, *args: int | str) -> Any:
+    async def _run(self, script: Any, key: str | list[str], *args: int | str) -> Any:
         try:
-            return await script(keys=[key], args=list(args))
+            return await script(keys=[key] if isinstance(key, str) else key, args=list(args))
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             raise StateBackendError(f"{self.description}: {type(exc).__name__}: {exc}") from exc
 
     # -- slots ---------------------------------------------------------------------------
 
     async def reserve(
-        self, key: str, interval: float, now: float, max_wait: float, *, force: bool = False
+        self,
+        key: str,
+        interval: float,
+        now: float,
+        max_wait: float,
+        *,
+        force: bool = False,
+        also: tuple[str, ...] = (),
     ) -> Reservation:
+        keys = [self.slot_key(k) for k in (key, *also)]
         granted, slot, wait = await self._run(
-            self._reserve, self.slot_key(key), _us(interval), _us(max_wait), int(force)
+            self._reserve, keys, _us(interval), _us(max_wait), int(force)
         )
         return Reservation(bool(granted), int(slot) / US, int(wait) / US)
 
-    async def release(self, key: str, slot: float, interval: float) -> None:
-        await self._run(self._release, self.slot_key(key), round(slot * US), _us(interval))
+    async def release(
+        self, key: str, slot: float, interval: float, *, also: tuple[str, ...] = ()
+    ) -> None:
+        keys = [self.slot_key(k) for k in (key, *also)]
+        await self._run(self._release, keys, round(slot * US), _us(interval))
 
     # -- back-off ------------------------------------------------------------------------
 
