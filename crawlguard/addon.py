@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -28,13 +29,14 @@ from crawlguard import ca, mitm_patches
 from crawlguard.admin import AdminServer
 from crawlguard.config import Config, ConfigError, load_config
 from crawlguard.decisions import DECISION_HEADER, Decision, Kind
-from crawlguard.headers import strip_request, strip_response
+from crawlguard.headers import head_problem, strip_request, strip_response
 from crawlguard.identity import IdentityError, Target, canonical_host, request_identity
 from crawlguard.pacing import PacingOutcome
 from crawlguard.plan import Plan, plan
 from crawlguard.service import HELD, Guard, RequestInfo, TenantRuntime
 from crawlguard.sniff import FirstBytes, classify, leading_empty_lines
 from crawlguard.store import StoreBacklogged
+from crawlguard.ua_policy import UAVerdict
 
 log = logging.getLogger("crawlguard")
 
@@ -52,28 +54,41 @@ def refusal(decision: Decision) -> http.Response:
     return http.Response.make(decision.status, decision.body(), headers)
 
 
-def auth_required() -> http.Response:
+def auth_required(*, close: bool = False) -> http.Response:
+    """407. `close`: a tunnel whose credentials no longer hold ends with it."""
+    headers = {
+        "Proxy-Authenticate": REALM,
+        DECISION_HEADER: AUTH_REQUIRED,
+        "Content-Type": "text/plain; charset=utf-8",
+    }
+    if close:
+        headers["Connection"] = "close"
     return http.Response.make(
         407,
         "crawlguard: proxy authentication required.\n"
-        "Send Proxy-Authorization: Basic base64(tenant_id:token) "
+        + ("The credentials this tunnel was opened with are no longer valid.\n" if close else "")
+        + "Send Proxy-Authorization: Basic base64(tenant_id:token) "
         "(e.g. http://tenant:token@proxy:port as the proxy URL).\n",
-        {
-            "Proxy-Authenticate": REALM,
-            DECISION_HEADER: AUTH_REQUIRED,
-            "Content-Type": "text/plain; charset=utf-8",
-        },
+        headers,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Tunnel:
-    """An accepted CONNECT: whose it is, the authority it names (canonical) and where it goes."""
+    """An accepted CONNECT: who opened it and with which credential (every request in it is
+    re-authenticated against the running config by those), the authority it names (canonical)
+    and the address it was resolved to (re-checked against the running destination policy)."""
 
-    tenant: TenantRuntime
+    tenant_id: str
+    credential: bytes | None  # the token digest it was opened with (None: `crawlguard dev`)
     host: str
     port: int
     pinned: str  # the checked address every request in the tunnel is sent to
+
+    @property
+    def info(self) -> RequestInfo:
+        target = Target("https", self.host, self.port, "")
+        return RequestInfo("TUNNEL", target, None, f"{self.host}:{self.port}")
 
 
 class _Close(layer.Layer):
@@ -99,7 +114,6 @@ class CrawlGuardAddon:
         # client id -> set when that client leaves; mitmproxy delivers client_disconnected
         # even while a hook for that connection (a pacing hold) is pending.
         self._gone: dict[str, asyncio.Event] = {}
-        self._held = 0  # requests held by delay pacing now (bounded by pacing.max_held)
         # called once per decided request, after its record (`crawlguard dev` prints it)
         self.on_decision: DecisionHook | None = None
         mitm_patches.install()
@@ -201,7 +215,9 @@ class CrawlGuardAddon:
         if isinstance(admitted, Decision):
             self._refuse(flow, tenant, info, admitted)
             return
-        self._tunnels[flow.client_conn] = Tunnel(tenant, host, target.port, admitted.pinned)
+        self._tunnels[flow.client_conn] = Tunnel(
+            tenant.id, guard.credential(tenant), host, target.port, admitted.pinned
+        )
         self._pin(flow.client_conn, admitted.pinned, target.port, host)
         # mitmproxy dials flow.request.host after this hook; the upstream TLS name is ours too.
         flow.request.data.host = admitted.pinned
@@ -219,12 +235,7 @@ class CrawlGuardAddon:
         meta = flow.metadata.get(META)
         if meta and self.guard:
             tenant, decision, info = meta
-            step = plan(tenant.cfg.mode, decision)
-            try:
-                await self._effect(step, tenant, info)
-            except StoreBacklogged as exc:  # already refused; say so in the log at least
-                log.error("CONNECT refusal unrecorded (%s): tenant %s %s", exc, tenant.id, info.url)
-            self._report(tenant, step, info)
+            await self._refused_outside_a_flow(tenant, info, decision)
 
     async def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Inside a tunnel, only TLS or HTTP/1 requests: never mitmproxy's raw TCP relay.
@@ -249,23 +260,54 @@ class CrawlGuardAddon:
                 nextlayer.layer = layers.HttpLayer(nextlayer.context, HTTPMode.transparent)
             return
         nextlayer.layer = _Close(nextlayer.context)
-        info = RequestInfo(
-            "TUNNEL",
-            Target("https", tunnel.host, tunnel.port, ""),
-            None,
-            f"{tunnel.host}:{tunnel.port}",
-        )
         decision = invalid(
             f"the tunnel carried {len(data)} byte(s) that are neither TLS nor an HTTP request; "
             "crawlguard relays no raw bytes and closed it"
         )
-        if self.guard is not None:
-            step = plan(tunnel.tenant.cfg.mode, decision)
-            try:
-                await self._effect(step, tunnel.tenant, info)
-            except StoreBacklogged as exc:  # the tunnel is closed either way
-                log.error("tunnel close unrecorded (%s): tenant %s", exc, tunnel.tenant.id)
-            self._report(tunnel.tenant, step, info)
+        guard = self.guard
+        tenant = guard.tunnel_tenant(tunnel.tenant_id, tunnel.credential) if guard else None
+        if tenant is not None:
+            await self._refused_outside_a_flow(tenant, tunnel.info, decision)
+
+    async def _refused_outside_a_flow(
+        self, tenant: TenantRuntime, info: RequestInfo, decision: Decision, *, count: bool = True
+    ) -> None:
+        """Record and count a refusal made without a flow of ours (a tunnel closed on its
+        first bytes, an error response of mitmproxy's engine): the connection ends either way.
+        `count=False`: the request already has its decision in the request counts."""
+        assert self.guard is not None
+        step = plan(tenant.cfg.mode, decision)
+        try:
+            await self._effect(step, tenant, info)
+        except StoreBacklogged as exc:  # refused either way; say so in the log at least
+            log.error("refusal unrecorded (%s): tenant %s %s", exc, tenant.id, info.url)
+        if count and step.record is not None:
+            self.guard.count(tenant, decision.kind)
+        self._report(tenant, step, info)
+
+    async def crawlguard_engine_refusal(self, refusal: mitm_patches.EngineRefusal) -> None:
+        """mitmproxy's HTTP/1 server is about to refuse a request itself (a request line or
+        head it cannot read or that is over its caps, a nested CONNECT, headers that would
+        smuggle, a connect crawlguard's last gate refused): a decision about a tenant's
+        request like any other when the tenant is known — inside its tunnel, or from the
+        head's own `Proxy-Authorization`. The engine sends its answer once this returns."""
+        guard = self.guard
+        if guard is None:
+            return
+        tunnel = self._tunnels.get(refusal.client)
+        info = engine_request_info(refusal, tunnel)
+        if tunnel is not None:
+            tenant = guard.tunnel_tenant(tunnel.tenant_id, tunnel.credential)
+        else:
+            tenant = guard.authenticate(engine_header(refusal, "Proxy-Authorization"), count=False)
+        if tenant is None:
+            return  # no tenant to hold it against: an unauthenticated request is not recorded
+        kind = Kind(mitm_patches.decision_for_error(refusal.status, refusal.message))
+        decision = Decision(kind, rule=f"engine: {refusal.status}", reason=refusal.message[:500])
+        # a connect refused at the dial was already counted under the decision it had
+        await self._refused_outside_a_flow(
+            tenant, info, decision, count=kind is not Kind.DESTINATION_FORBIDDEN
+        )
 
     # -- the request path --------------------------------------------------------------------
 
@@ -273,18 +315,25 @@ class CrawlGuardAddon:
         guard = self.guard
         if flow.response is not None or flow.request.method == "CONNECT":
             return
-        tunnel = self._tunnels.get(flow.client_conn)
-        if tunnel is not None and guard is not None:
-            # by id: a reload may have changed the tenant's settings, or removed the tenant
-            tenant: TenantRuntime | None = guard.tenants.get(tunnel.tenant.id)
-        elif guard is not None:
-            tenant = guard.authenticate(flow.request.headers.get("Proxy-Authorization"))
-        else:
-            tenant = None
-        if guard is None or tenant is None:
+        if flow.error is not None:  # mitmproxy refuses it itself: `crawlguard_engine_refusal`
+            return
+        if guard is None:
             flow.response = auth_required()
             return
-        strip_request(flow.request.headers)
+        tunnel = self._tunnels.get(flow.client_conn)
+        if tunnel is not None:
+            # Re-authenticated against the running config: a reload that rotated the token
+            # or removed the tenant ends the tunnel; its mode and limits are the current ones.
+            tenant = guard.tunnel_tenant(tunnel.tenant_id, tunnel.credential)
+            if tenant is None:
+                guard.metrics.auth_failures.inc()
+                flow.response = auth_required(close=True)
+                return
+        else:
+            tenant = guard.authenticate(flow.request.headers.get("Proxy-Authorization"))
+            if tenant is None:
+                flow.response = auth_required()
+                return
         started = time.perf_counter()
         info, pinned, step, outcome = await self._decide(flow, guard, tenant, tunnel)
         guard.metrics.decision_seconds.observe(time.perf_counter() - started)
@@ -296,7 +345,7 @@ class CrawlGuardAddon:
             guard.limits.release(flow.metadata)
             if step.hold:
                 assert outcome is not None
-                self._held -= 1
+                guard.give_back_hold(tenant)
                 await guard.pacer.cancel(outcome)
             log.error("request refused unrecorded (%s): tenant %s %s", exc, tenant.id, info.url)
             flow.metadata[REFUSED] = True
@@ -313,7 +362,7 @@ class CrawlGuardAddon:
             return
         if step.hold:
             assert outcome is not None
-            if not await self._hold(flow, outcome):
+            if not await self._hold(flow, tenant, outcome):
                 guard.limits.release(flow.metadata)
                 return
         assert info.target is not None and pinned is not None
@@ -322,17 +371,26 @@ class CrawlGuardAddon:
     async def _decide(
         self, flow: http.HTTPFlow, guard: Guard, tenant: TenantRuntime, tunnel: Tunnel | None
     ) -> tuple[RequestInfo, str | None, Plan, PacingOutcome | None]:
-        """Identity → destination (the tenant's host globs, then the address) → user agent →
-        tenant limits → robots.txt → pacing; the first refusal decides.
+        """Head → identity → destination (the tenant's host globs, then the address, checked
+        against the running policy in a tunnel too) → user agent → tenant limits → robots.txt
+        → pacing → the held pool; the first refusal decides.
 
-        Tenant limits come before robots.txt and pacing, so a request over them fetches no
-        robots.txt and takes no pacing slot; a forwarded request keeps its concurrency slot in
-        the flow metadata until `response` or `error`.
+        The head comes first: a head the origin could read differently from the proxy
+        (control characters, a `Connection` header naming framing) is refused before anything
+        reads it. Tenant limits come before robots.txt and pacing, so a request over them
+        fetches no robots.txt and takes no pacing slot; a forwarded request keeps its
+        concurrency slot in the flow metadata until `response` or `error`.
         """
         req = flow.request
-        ua = req.headers.get("User-Agent")
+        user_agents = req.headers.get_all("User-Agent")
+        ua = ", ".join(user_agents) if user_agents else None
         mode = tenant.cfg.mode
         host, port = (tunnel.host, tunnel.port) if tunnel else (req.host, req.port)
+        problem = head_problem(req.headers.fields)
+        if problem is not None:
+            raw = RequestInfo(req.method, None, ua, f"{req.scheme}://{host}:{port}{req.path}")
+            return raw, None, plan(mode, invalid(problem)), None
+        strip_request(req.headers)
         try:
             target = request_identity(req.scheme, host, port, req.path)
         except IdentityError as exc:
@@ -344,6 +402,9 @@ class CrawlGuardAddon:
             return info, None, plan(mode, denied), None
         if tunnel is not None:
             pinned: str | None = tunnel.pinned
+            refused = guard.dial_refusal(tunnel.pinned, tunnel.port)
+            if refused is not None:
+                return info, None, plan(mode, refused), None
         else:
             admitted = await guard.admit(target)
             if isinstance(admitted, Decision):
@@ -351,7 +412,7 @@ class CrawlGuardAddon:
             pinned = admitted.pinned
         if mode == "off":
             return info, pinned, plan(mode, Decision(Kind.ALLOWED)), None
-        verdict = tenant.ua.evaluate(ua)
+        verdict = AMBIGUOUS if len(user_agents) > 1 else tenant.ua.evaluate(ua)
         if verdict.allowed:  # else guard.decide refuses with the UA rule
             limited = guard.limits.check(tenant.cfg, flow.metadata)
             if not limited.allowed:
@@ -360,12 +421,12 @@ class CrawlGuardAddon:
                     guard.limits.hold_for(tenant.id, flow.metadata)
                 return info, pinned, step, None
         decision = await guard.decide(tenant, info, verdict)
-        if not decision.allowed or info.is_robots_txt:
+        if not decision.allowed:
             return info, pinned, plan(mode, decision), None
-        may_hold = self._held < guard.cfg.pacing.max_held
-        decision, outcome = await guard.pace(tenant, info, decision, may_hold=may_hold)
-        if outcome.held:
-            self._held += 1  # reserved now; `_hold` gives it back however the hold ends
+        decision, outcome = await guard.pace(tenant, info, decision, pinned=pinned)
+        if outcome.held and (busy := guard.take_hold(tenant)) is not None:
+            await guard.pacer.cancel(outcome)  # no room to hold it: its slot goes back
+            return info, pinned, plan(mode, pool_refusal(busy, outcome, decision)), None
         return info, pinned, plan(mode, decision, held=outcome.held), outcome
 
     def _report(self, tenant: TenantRuntime, step: Plan, info: RequestInfo) -> None:
@@ -398,17 +459,25 @@ class CrawlGuardAddon:
             del pins[next(iter(pins))]
 
     def server_connect(self, data: Any) -> None:
-        """The last gate: connect only to an address a decision pinned for this client."""
+        """The last gate: connect only to an address a decision pinned for this client, and
+        only while the running destination policy still allows it (a reload in between)."""
         server = data.server
-        host = self._pins.get(data.client.id, {}).get(tuple(server.address or ()))
+        address = tuple(server.address or ())
+        host = self._pins.get(data.client.id, {}).get(address)
         if host is None:
             server.error = (
                 f"crawlguard: {server.address} was not decided for this client; refusing to connect"
             )
             return
+        refused = self.guard.dial_refusal(*address) if self.guard is not None else None
+        if refused is not None:
+            server.error = f"crawlguard: refusing to connect: {refused.reason}"
+            return
         server.sni = host  # TLS upstream is verified for the decided name, not the client's SNI
 
-    async def _hold(self, flow: http.HTTPFlow, outcome: PacingOutcome) -> bool:
+    async def _hold(
+        self, flow: http.HTTPFlow, tenant: TenantRuntime, outcome: PacingOutcome
+    ) -> bool:
         """Hold a delay-paced request until its slot (no CPU); False if the client left."""
         assert self.guard is not None
         started = time.monotonic()
@@ -431,7 +500,7 @@ class CrawlGuardAddon:
                 flow.kill()
             return False
         finally:
-            self._held -= 1
+            self.guard.give_back_hold(tenant)
             self.guard.metrics.hold_seconds.observe(time.monotonic() - started)
 
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -446,7 +515,7 @@ class CrawlGuardAddon:
             return  # our own refusal is not the origin's answer
         await self.guard.observe_response(
             tenant,
-            info.origin,
+            self.guard.pacing_site(info.target),
             flow.response.status_code,
             flow.response.headers.get("Retry-After"),
         )
@@ -455,6 +524,23 @@ class CrawlGuardAddon:
         """A flow that ends without a response (origin failure, client gone, killed)."""
         if self.guard is not None:
             self.guard.limits.release(flow.metadata)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The body has been read whole: frame what is sent from what was read.
+
+        mitmproxy framed the body with the head's `Content-Length` / `Transfer-Encoding`;
+        they must reach the origin exactly so (a body sent without them would be read as a
+        next request). Chunked bodies are re-chunked by mitmproxy; any other body gets the
+        `Content-Length` of the bytes actually read. Streamed bodies (over 1 MiB) keep the
+        head they were framed with, which no `Connection` token can change (`head_problem`).
+        """
+        req = flow.request
+        if flow.response is not None or req.stream or req.raw_content is None:
+            return
+        if "transfer-encoding" in req.headers:
+            req.headers.pop("Content-Length", None)
+        elif req.raw_content or "content-length" in req.headers:
+            req.headers["Content-Length"] = str(len(req.raw_content))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
@@ -470,6 +556,33 @@ class CrawlGuardAddon:
             headers["X-Crawlguard-Monitor"] = decision.kind.value
 
 
+AMBIGUOUS = UAVerdict(
+    Kind.UA_AMBIGUOUS,
+    "ambiguous:several-user-agents",
+    "The request carries more than one User-Agent header; the site would see a client "
+    "crawlguard did not check.",
+)
+
+
+def pool_refusal(kind: Kind, outcome: PacingOutcome, paced: Decision) -> Decision:
+    """A request delay pacing would hold, refused for want of room in the held pool: 503
+    `proxy-busy` when others' holds fill it, 429 `crawl-delay` when this tenant already
+    holds its share (`HeldPool.take`)."""
+    busy = kind is Kind.PROXY_BUSY
+    return Decision(
+        kind,
+        rule="pacing.max_held" if busy else f"{paced.rule}; pacing.max_held: fair share held",
+        reason="the requests other tenants hold for their crawl delays fill the proxy's held "
+        "pool right now; this request would have been held for its slot."
+        if busy
+        else f"{paced.reason} Your tenant already holds its fair share of the proxy's held "
+        "requests.",
+        retry_after=outcome.retry_after,
+        crawl_delay=outcome.interval,
+        robots_sha256=paced.robots_sha256,
+    )
+
+
 BACKLOGGED = Decision(
     Kind.STORE_BACKLOGGED,
     rule="store write queue full",
@@ -480,6 +593,38 @@ BACKLOGGED = Decision(
 
 def invalid(reason: str) -> Decision:
     return Decision(Kind.REQUEST_INVALID, rule="canonical request", reason=reason)
+
+
+def engine_header(refusal: mitm_patches.EngineRefusal, name: str) -> str | None:
+    """A header of a request the engine refused: parsed, or found in the raw head read."""
+    if refusal.request is not None:
+        return refusal.request.headers.get(name)
+    wanted = name.lower().encode() + b":"
+    for line in refusal.head.split(b"\n")[1:]:
+        if line[: len(wanted)].lower() == wanted:
+            return line[len(wanted) :].strip().decode("latin-1")
+    return None
+
+
+def engine_request_info(refusal: mitm_patches.EngineRefusal, tunnel: Tunnel | None) -> RequestInfo:
+    """What the record says of a request the engine refused: its method and target as sent
+    (it has no canonical form; a tunnel's authority stands in for a missing one)."""
+    req = refusal.request
+    if req is not None:
+        method = req.method
+        target = req.authority if method == "CONNECT" else req.path
+    else:
+        line = refusal.head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+        method, _, rest = line.partition(" ")
+        target = rest.rpartition(" ")[0] or rest
+    if tunnel is not None and target.startswith("/"):
+        target = f"https://{tunnel.host}:{tunnel.port}{target}"
+    ua = engine_header(refusal, "User-Agent")
+    target = _USERINFO.sub(r"\1", target)  # a password in the URL is not for the record
+    return RequestInfo(method[:32] or "?", None, ua, target[:2048])
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
 
 
 def _drop_leading_empty_lines(nextlayer: layer.NextLayer) -> None:

@@ -52,3 +52,9 @@ class Authenticator[T]:
         if hmac.compare_digest(presented, digest) and tenant is not None:
             return tenant
         return None
+
+    def credential(self, tenant_id: str) -> bytes | None:
+        """The token digest `tenant_id` authenticates with now (None: no such tenant). A tunnel
+        keeps the one it was opened with and compares per request: a rotated token ends it."""
+        entry = self._tenants.get(tenant_id)
+        return entry[0] if entry is not None else None

@@ -205,7 +205,13 @@ class PacingSection(_Strict):
     default_min_interval: Annotated[float, Field(ge=0, le=86400)] = 0
     max_hold: Annotated[float, Field(ge=0, le=3600)] = 30
     max_held: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
-    """Requests held by `delay` pacing at once, all tenants together; beyond it, 429."""
+    """Requests held by `delay` pacing at once, all tenants together. Shared fairly
+    (crawlguard.pacing.HeldPool): a tenant over its share gets 429 `crawl-delay`, one within
+    it that finds the pool full gets 503 `proxy-busy`."""
+    scope: Literal["origin", "host", "address"] = "host"
+    """What one pacing slot covers: an origin (scheme, host, port: RFC 9309's scope), a host
+    (default: every scheme and port of one name share the slot, since Crawl-delay protects a
+    server), or a host and, besides, every dialled IP address (names of one server share it)."""
 
 
 class Tenant(_Strict):

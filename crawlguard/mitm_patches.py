@@ -3,6 +3,10 @@
 * mitmproxy writes some HTTP/1 error responses itself (an unreadable request: 400; an origin
   it could not reach: 502), bypassing every hook. crawlguard's contract is that every response
   it or its engine makes says `X-Crawlguard-Decision`; `make_error_response` is wrapped.
+* Those engine-made refusals are also decisions about a tenant's request when the tenant is
+  known (inside its tunnel, or from the head's `Proxy-Authorization`): before the engine sends
+  one, `Http1Server` yields an `EngineRefusalHook`, a blocking hook like mitmproxy's own, so
+  crawlguard records it (durably, before the answer) like any refusal it makes itself.
 * mitmproxy buffers a client's request head without limit before any hook (and so before
   authentication) runs: one client could make it hold gigabytes. `Http1Server.read_headers`
   is wrapped to answer 414 / 431 and close once the request line or head passes its cap.
@@ -10,7 +14,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mitmproxy.proxy import commands
 
 from crawlguard.decisions import DECISION_HEADER, Kind
 
@@ -22,6 +30,25 @@ class HeadLimits:
 
     line = 16 * 1024
     head = 64 * 1024
+
+
+@dataclass
+class EngineRefusal:
+    """An error response mitmproxy's HTTP/1 server is about to send on its own."""
+
+    client: Any  # mitmproxy.connection.Client
+    status: int
+    message: str
+    request: Any | None  # mitmproxy.http.Request, when the head could be parsed
+    head: bytes  # the raw head bytes read so far, when it could not
+
+
+@dataclass
+class EngineRefusalHook(commands.StartHook):
+    """Calls `crawlguard_engine_refusal(refusal)` on the addons and waits for it."""
+
+    refusal: EngineRefusal
+    name: ClassVar[str] = "crawlguard_engine_refusal"
 
 
 def head_problem(data: bytes | bytearray) -> tuple[int, str] | None:
@@ -49,8 +76,29 @@ def decision_for_error(status: int, message: str) -> str:
     return Kind.ALLOWED.value
 
 
+# id(bytes) -> (those bytes, status, message) of error responses made and not yet sent: lets
+# the read_headers wrapper tell an engine refusal from other data without parsing it back.
+_MADE: dict[int, tuple[bytes, int, str]] = {}
+
+
+def _made(raw: bytes) -> tuple[int, str] | None:
+    entry = _MADE.pop(id(raw), None)
+    if entry is None or entry[0] is not raw:
+        return None
+    return entry[1], entry[2]
+
+
+def _refusal_hook(
+    conn: Any, status: int, message: str, request: Any | None, head: bytes
+) -> EngineRefusalHook | None:
+    if decision_for_error(status, message) == Kind.ALLOWED.value:
+        return None  # the origin failed: nothing was refused
+    return EngineRefusalHook(EngineRefusal(conn, status, message, request, head))
+
+
 def install() -> None:
-    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.layers.http import ResponseProtocolError, _http1
 
     original = _http1.make_error_response
     if getattr(original, _MARK, False):
@@ -60,29 +108,69 @@ def install() -> None:
         raw = original(status_code, message)
         head, sep, body = raw.partition(b"\r\n\r\n")
         header = f"\r\n{DECISION_HEADER}: {decision_for_error(status_code, message)}".encode()
-        return head + header + sep + body
+        made = head + header + sep + body
+        if len(_MADE) > 64:  # never sent (the connection went first): forget them
+            _MADE.clear()
+        _MADE[id(made)] = (made, status_code, message)
+        return made
 
     setattr(make_error_response, _MARK, True)
     _http1.make_error_response = make_error_response
 
-    from mitmproxy.proxy import commands, events
-
     read_headers = _http1.Http1Server.read_headers
 
-    def capped_read_headers(self: Any, event: Any) -> Any:
+    def capped_read_headers(self: Any, event: Any) -> Generator[Any, Any, None]:
         if getattr(self, _MARK, False):  # refused: hold nothing more, ask again to close
             self.buf = type(self.buf)()
             yield commands.CloseConnection(self.conn)
             return
+        head = b""
         if isinstance(event, events.DataReceived):
-            problem = head_problem(self.buf._data)
+            head = bytes(self.buf)
+            problem = head_problem(head)
             if problem is not None:
                 status, message = problem
                 setattr(self, _MARK, True)
                 self.buf = type(self.buf)()  # drop what was held
+                hook = _refusal_hook(self.conn, status, message, None, head)
+                if hook is not None:
+                    yield hook
                 yield commands.SendData(self.conn, make_error_response(status, message))
                 yield commands.CloseConnection(self.conn)
                 return
-        yield from read_headers(self, event)
+        yield from _announce_refusals(read_headers(self, event), self, head)
 
     _http1.Http1Server.read_headers = capped_read_headers  # type: ignore[method-assign]
+
+    send = _http1.Http1Server.send
+
+    def announced_send(self: Any, event: Any) -> Generator[Any, Any, None]:
+        if isinstance(event, ResponseProtocolError) and self.response is None:
+            status = event.code.http_status_code()
+            if status is not None:
+                hook = _refusal_hook(self.conn, status, event.message, self.request, b"")
+                if hook is not None:
+                    yield hook
+        yield from send(self, event)
+
+    _http1.Http1Server.send = announced_send  # type: ignore[method-assign]
+
+
+def _announce_refusals(
+    gen: Generator[Any, Any, None], server: Any, head: bytes
+) -> Generator[Any, Any, None]:
+    """Pass `gen`'s commands through, with an `EngineRefusalHook` before each error response
+    it sends (a request line or head mitmproxy could not parse)."""
+    sent: Any = None
+    while True:
+        try:
+            command = gen.send(sent)
+        except StopIteration:
+            return
+        if isinstance(command, commands.SendData) and command.connection is server.conn:
+            made = _made(command.data)
+            if made is not None:
+                hook = _refusal_hook(server.conn, made[0], made[1], server.request, head)
+                if hook is not None:
+                    yield hook
+        sent = yield command

@@ -58,9 +58,10 @@ def retry_after_seconds(wait: float) -> int:
     return max(1, math.ceil(wait - 1e-9))
 
 
-def pacing_key(tenant: str, origin: str) -> str:
-    """State key per (tenant, origin). Neither a tenant id nor an origin contains a space."""
-    return f"{tenant} {origin}"
+def pacing_key(tenant: str, site: str) -> str:
+    """State key per (tenant, site): `site` is what one slot covers (`pacing.scope`: an origin,
+    a host, a dialled address). A tenant id contains no space, so keys cannot collide."""
+    return f"{tenant} {site}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class PacingOutcome:
         back-off; it is the header value when refused, informative otherwise. None if ALLOWED.
     interval: the interval in force (for records: `crawl_delay`).
     key, slot: the held reservation, so `Pacer.cancel` can free it; slot is None unless held.
+    also: the further keys the slot was taken on (`pacing.scope: address`).
     """
 
     kind: Kind
@@ -83,6 +85,7 @@ class PacingOutcome:
     interval: float
     key: str
     slot: float | None = None
+    also: tuple[str, ...] = ()
 
     @property
     def held(self) -> bool:
@@ -125,6 +128,7 @@ class Pacer:
         tenant: str,
         origin: str,
         *,
+        also: tuple[str, ...] = (),
         crawl_delay: float | None,
         request_rate: tuple[int, float] | None,
         hold: bool,
@@ -135,8 +139,11 @@ class Pacer:
         hold: the tenant's pacing is `delay` (hold up to `max_hold`) rather than `reject`.
         enforce: False in monitor mode — always forward (consuming the slot now, since the
         request does go now), but report the kind that enforcement would have chosen.
+        `origin` names the slot (and the back-off) the request is paced on; `also` further
+        sites whose slot it takes at the same time (the strictest of them decides).
         """
         key = pacing_key(tenant, origin)
+        extra = tuple(pacing_key(tenant, site) for site in also)
         now = self._clock()
         backoff = await self.state.get_backoff(key, now)
         if backoff is None:
@@ -156,32 +163,34 @@ class Pacer:
             if enforce:
                 return PacingOutcome(Kind.ORIGIN_BACKOFF, False, 0.0, retry, iv, key)
             if iv > 0:
-                await self.state.reserve(key, iv, now, 0.0, force=True)
+                await self.state.reserve(key, iv, now, 0.0, force=True, also=extra)
             return PacingOutcome(Kind.ORIGIN_BACKOFF, True, 0.0, retry, iv, key)
 
         if iv <= 0:
             return PacingOutcome(Kind.ALLOWED, True, 0.0, None, iv, key)
 
         if not enforce:
-            res = await self.state.reserve(key, iv, now, 0.0, force=True)
+            res = await self.state.reserve(key, iv, now, 0.0, force=True, also=extra)
             if res.wait > 0:
                 retry = retry_after_seconds(res.wait)
                 return PacingOutcome(Kind.CRAWL_DELAY, True, 0.0, retry, iv, key)
             return PacingOutcome(Kind.ALLOWED, True, 0.0, None, iv, key)
 
-        res = await self.state.reserve(key, iv, now, self.max_hold if hold else 0.0)
+        res = await self.state.reserve(key, iv, now, self.max_hold if hold else 0.0, also=extra)
         if not res.granted:
             retry = retry_after_seconds(res.wait)
             return PacingOutcome(Kind.CRAWL_DELAY, False, 0.0, retry, iv, key)
         if res.wait > 0:
             retry = retry_after_seconds(res.wait)
-            return PacingOutcome(Kind.CRAWL_DELAY, True, res.wait, retry, iv, key, res.slot)
+            return PacingOutcome(
+                Kind.CRAWL_DELAY, True, res.wait, retry, iv, key, res.slot, also=extra
+            )
         return PacingOutcome(Kind.ALLOWED, True, 0.0, None, iv, key)
 
     async def cancel(self, outcome: PacingOutcome) -> None:
         """A held client disconnected before its slot: give the slot back if nobody queued after."""
         if outcome.slot is not None:
-            await self.state.release(outcome.key, outcome.slot, outcome.interval)
+            await self.state.release(outcome.key, outcome.slot, outcome.interval, also=outcome.also)
 
     async def observe_response(
         self, tenant: str, origin: str, status: int, retry_after: str | None
@@ -204,3 +213,58 @@ class Pacer:
             if len(quiet) >= MAX_QUIET_KEYS:  # bounded: forgetting one costs one round trip
                 del quiet[next(iter(quiet))]
             quiet[key] = None
+
+
+class HeldPool:
+    """`pacing.max_held` requests held by `delay` pacing at once, shared fairly by tenants.
+
+    A tenant is *active* while it holds a request or asked for a hold in the last `window`
+    seconds (`pacing.max_hold`: no hold outlives it). Each active tenant is guaranteed
+    ``share = max_held // active`` holds; beyond its share it borrows idle capacity, but never
+    the part of the pool the other active tenants' unused shares need. So a tenant filling the
+    pool cannot make another one's request wait in a 429 it did not earn.
+
+    `take` answers None (held), `Kind.CRAWL_DELAY` (the tenant is at or over its share: it
+    asks for more than its fair part, a violation of its pacing as before) or
+    `Kind.PROXY_BUSY` (the pool is full with others' borrowed holds, typically just after
+    this tenant became active: not this tenant's making). Pure: the clock is injected.
+    """
+
+    def __init__(self, limit: int, window: float, clock: Clock = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self.held: dict[str, int] = {}  # tenant -> requests it holds now (> 0 only)
+        self._asked: dict[str, float] = {}  # tenant -> last time it asked for a hold
+        self.total = 0
+
+    def _active(self, now: float) -> list[str]:
+        cutoff = now - self.window
+        stale = [t for t, at in self._asked.items() if at < cutoff and t not in self.held]
+        for tenant in stale:
+            del self._asked[tenant]
+        return list(self._asked)
+
+    def take(self, tenant: str) -> Kind | None:
+        now = self._clock()
+        self._asked[tenant] = now
+        active = self._active(now)
+        share = self.limit // max(1, len(active))
+        mine = self.held.get(tenant, 0)
+        reserved = sum(max(0, share - self.held.get(t, 0)) for t in active if t != tenant)
+        # within its share a tenant may take any free place; beyond it, none another's needs
+        free = self.total if mine < share else self.total + reserved
+        if free < self.limit:
+            self.held[tenant] = mine + 1
+            self.total += 1
+            return None
+        return Kind.PROXY_BUSY if mine < share else Kind.CRAWL_DELAY
+
+    def give_back(self, tenant: str) -> None:
+        mine = self.held.get(tenant, 0)
+        if mine <= 1:
+            self.held.pop(tenant, None)
+        else:
+            self.held[tenant] = mine - 1
+        self.total = max(0, self.total - (mine > 0))
+        self._asked[tenant] = self._clock()  # stays active while its holds end

@@ -11,6 +11,8 @@ from crawlguard.decisions import Action, Decision, Kind
 # Refused in every mode, `off` included: the proxy must never be an open proxy, and a request
 # it cannot read canonically cannot be forwarded as decided.
 ALWAYS_REFUSED = frozenset({Kind.DESTINATION_FORBIDDEN, Kind.REQUEST_INVALID})
+# Refused, but not the tenant's violation: the proxy's shared capacity was taken by others.
+NOT_VIOLATIONS = frozenset({Kind.PROXY_BUSY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,8 @@ def plan(mode: str, decision: Decision, *, held: bool = False) -> Plan:
         return Plan(decision, Action.DELAYED, refuse=False, hold=True)
     if decision.allowed:
         return Plan(decision, None, refuse=False)
+    if decision.kind in NOT_VIOLATIONS:
+        return Plan(decision, None, refuse=True)
     if decision.kind in ALWAYS_REFUSED:
         return Plan(decision, None if mode == "off" else Action.BLOCKED, refuse=True)
     if mode == "off":

@@ -575,13 +575,15 @@ class RobotsRules:
             return cls(body, sha256, too_complex=reason)  # selections dropped: never used
         return cls(body, sha256, selections)
 
-    def decide(self, product_token: str, url: str) -> RobotsVerdict:
-        """Verdict for `url` (absolute URL or path+query) for the crawler's product token."""
+    def decide(self, product_token: str, url: str, *, fetch: bool = True) -> RobotsVerdict:
+        """Verdict for `url` (absolute URL or path+query) for the crawler's product token.
+        /robots.txt itself is always allowed to be fetched (RFC 9309 §2.2.2); `fetch=False`
+        (another method than GET/HEAD) matches it like any other path."""
         sel = self._selections.get(product_token.strip().lower(), self._default)
         target = _target(url)
         path = normalize_path(target, encode_non_ascii=False)
         hit = None
-        if path == "/robots.txt" or path.startswith("/robots.txt?"):
+        if fetch and (path == "/robots.txt" or path.startswith("/robots.txt?")):
             pass
         elif self._closed is not None:
             hit = (_OVER_BUDGET, False, self._closed)

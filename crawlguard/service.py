@@ -7,6 +7,7 @@ The mitmproxy addon (crawlguard.addon) is a thin adapter over this, so the same 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import ssl
@@ -22,7 +23,7 @@ from crawlguard.config import Config, ConfigError, Tenant
 from crawlguard.decisions import Action, Decision, Kind
 from crawlguard.egress import EgressPolicy, Resolution
 from crawlguard.identity import Target
-from crawlguard.pacing import THROTTLE_STATUSES, Pacer, PacingOutcome, pacing_key
+from crawlguard.pacing import THROTTLE_STATUSES, HeldPool, Pacer, PacingOutcome, pacing_key
 from crawlguard.records import ViolationRecord, utc_now_iso
 from crawlguard.robots_cache import RobotsCache
 from crawlguard.state import OnError, PacingState, StateUnavailable
@@ -35,6 +36,8 @@ log = logging.getLogger("crawlguard")
 violation_log = logging.getLogger("crawlguard.violations")
 
 COUNT_FLUSH_SECONDS = 10.0
+ROBOTS_METHODS = frozenset({"GET", "HEAD"})
+ROBOTS_LANE = "/robots.txt"  # suffix of the pacing site a tenant's own robots.txt fetches use
 
 HELD = "held"
 """The request-count decision of a request that `delay` pacing held until its slot (its record
@@ -89,8 +92,15 @@ class RequestInfo:
 
     @property
     def is_robots_txt(self) -> bool:
-        """Exactly /robots.txt: exempt from robots rules and pacing (a query makes it a page)."""
-        return self.target is not None and self.target.path == "/robots.txt"
+        """A GET or HEAD of exactly /robots.txt: exempt from robots rules (RFC 9309 §2.2.2:
+        the file is always allowed), and paced on a lane of its own (`pacing_sites`), so a
+        crawler's one robots.txt fetch does not take its first page's slot, and a loop of
+        them is paced all the same. Other methods and a query make it an ordinary request."""
+        return (
+            self.target is not None
+            and self.target.path == "/robots.txt"
+            and self.method in ROBOTS_METHODS
+        )
 
 
 def open_state(
@@ -168,6 +178,7 @@ class Guard:
             max_hold=cfg.pacing.max_hold,
         )
         self.metrics.held_requests_limit.set(cfg.pacing.max_held)
+        self.held = HeldPool(cfg.pacing.max_held, cfg.pacing.max_hold)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
         from crawlguard.store import StoreWriter
 
@@ -225,6 +236,7 @@ class Guard:
         self._load_tenants(cfg)
         self.pacer.default_min_interval = cfg.pacing.default_min_interval
         self.pacer.max_hold = cfg.pacing.max_hold
+        self.held.limit, self.held.window = cfg.pacing.max_held, cfg.pacing.max_hold
         self.metrics.held_requests_limit.set(cfg.pacing.max_held)
         self._bind_gauges()
         if cfg.destinations != self.cfg.destinations:
@@ -280,13 +292,64 @@ class Guard:
 
     # -- the request path --------------------------------------------------------------------
 
-    def authenticate(self, header: str | None) -> TenantRuntime | None:
+    def authenticate(self, header: str | None, *, count: bool = True) -> TenantRuntime | None:
+        """The tenant of a `Proxy-Authorization` value. `count=False`: not a request the proxy
+        answers with 407 (the engine refuses it anyway), so not an auth failure either."""
         if self.open_tenant is not None:
             return self.tenants.get(self.open_tenant)
         tenant = self.auth.authenticate(header)
-        if tenant is None:
+        if tenant is None and count:
             self.metrics.auth_failures.inc()
         return tenant
+
+    def take_hold(self, tenant: TenantRuntime) -> Kind | None:
+        """A place in the held pool for one `delay`-paced request (`HeldPool.take`)."""
+        refused = self.held.take(tenant.id)
+        if refused is None:
+            self.metrics.held_by_tenant.labels(tenant.id).set(self.held.held[tenant.id])
+        return refused
+
+    def give_back_hold(self, tenant: TenantRuntime) -> None:
+        self.held.give_back(tenant.id)
+        self.metrics.held_by_tenant.labels(tenant.id).set(self.held.held.get(tenant.id, 0))
+
+    def credential(self, tenant: TenantRuntime) -> bytes | None:
+        """What `tenant` authenticates with now (None in `crawlguard dev`: no credentials)."""
+        if self.open_tenant is not None:
+            return None
+        return self.auth.credential(tenant.id)
+
+    def tunnel_tenant(self, tenant_id: str, credential: bytes | None) -> TenantRuntime | None:
+        """The running config's tenant for a tunnel opened by `tenant_id` with `credential`;
+        None once that tenant is gone or its token was rotated (the tunnel must end)."""
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            return None
+        current = self.credential(tenant)
+        if credential is None or current is None:
+            return tenant if credential is current else None
+        return tenant if hmac.compare_digest(current, credential) else None
+
+    def dial_refusal(self, address: str, port: int) -> Decision | None:
+        """The running destination policy on an address already resolved and pinned (a tunnel
+        opened before a reload, the connection mitmproxy is about to dial)."""
+        reason = self.egress.dial_reason(address, port)
+        if reason is None:
+            return None
+        return Decision(Kind.DESTINATION_FORBIDDEN, rule="destinations", reason=reason)
+
+    def pacing_site(self, target: Target) -> str:
+        """The site of `target` one pacing slot (and an origin back-off) covers."""
+        return target.origin if self.cfg.pacing.scope == "origin" else target.host
+
+    def pacing_sites(self, req: RequestInfo, pinned: str | None) -> tuple[str, tuple[str, ...]]:
+        """The slot a request is paced on, and further ones it also takes (`pacing.scope`)."""
+        assert req.target is not None
+        site = self.pacing_site(req.target)
+        also = (f"@{pinned}",) if self.cfg.pacing.scope == "address" and pinned else ()
+        if req.is_robots_txt:
+            return site + ROBOTS_LANE, tuple(a + ROBOTS_LANE for a in also)
+        return site, also
 
     async def admit(self, target: Target) -> Resolution | Decision:
         """The checked address to dial for `target`, or the `destination-forbidden` decision."""
@@ -306,9 +369,17 @@ class Guard:
             verdict = tenant.ua.evaluate(req.user_agent)
         if verdict.kind is not Kind.ALLOWED:
             return Decision(verdict.kind, rule=verdict.rule, reason=verdict.reason)
-        if req.is_robots_txt:
-            return Decision(Kind.ALLOWED)
         entry = await self.robots.get(req.robots_origin)
+        if req.is_robots_txt:  # always allowed; its Crawl-delay still paces the fetch's lane
+            if not entry.available:
+                return Decision(Kind.ALLOWED)
+            rv = entry.rules.decide(verdict.token or "", req.target.path)
+            return Decision(
+                Kind.ALLOWED,
+                crawl_delay=rv.crawl_delay,
+                request_rate=rv.request_rate,
+                robots_sha256=entry.sha256,
+            )
         if not entry.available:
             return Decision(
                 Kind.ROBOTS_UNREACHABLE,
@@ -317,7 +388,7 @@ class Guard:
                 retry_after=entry.retry_after(time.monotonic()),
             )
         token = verdict.token or ""  # the registered token this UA carries
-        rv = entry.rules.decide(token, req.target.path)
+        rv = entry.rules.decide(token, req.target.path, fetch=req.method in ROBOTS_METHODS)
         if not rv.allowed:
             return Decision(
                 Kind.ROBOTS_DISALLOW,
@@ -335,18 +406,26 @@ class Guard:
         )
 
     async def pace(
-        self, tenant: TenantRuntime, req: RequestInfo, decision: Decision, *, may_hold: bool = True
+        self,
+        tenant: TenantRuntime,
+        req: RequestInfo,
+        decision: Decision,
+        *,
+        pinned: str | None = None,
     ) -> tuple[Decision, PacingOutcome]:
-        """Pacing for a request the rest of the policy allows; /robots.txt itself is not paced.
-        `may_hold=False` (the proxy holds `pacing.max_held` already) answers 429 instead.
-        A shared state that is down with `state.on_error: closed` decides `state-unavailable`."""
+        """Pacing for a request the rest of the policy allows, on the slots `pacing_sites`
+        names (`pinned`: the address it is dialled at). A held outcome still needs its place
+        in the held pool (`take_hold`). A shared state that is down with
+        `state.on_error: closed` decides `state-unavailable`."""
+        site, also = self.pacing_sites(req, pinned)
         try:
             outcome = await self.pacer.admit(
                 tenant.id,
-                req.origin,
+                site,
+                also=also,
                 crawl_delay=decision.crawl_delay,
                 request_rate=decision.request_rate,
-                hold=tenant.cfg.pacing == "delay" and may_hold,
+                hold=tenant.cfg.pacing == "delay",
                 enforce=tenant.enforce,
             )
         except StateUnavailable as exc:  # the cause is logged once per outage, not told here
@@ -359,7 +438,7 @@ class Guard:
                 crawl_delay=decision.crawl_delay,
                 robots_sha256=decision.robots_sha256,
             )
-            key = pacing_key(tenant.id, req.origin)
+            key = pacing_key(tenant.id, site)
             return unavailable, PacingOutcome(
                 Kind.STATE_UNAVAILABLE, False, 0.0, exc.retry_after, 0.0, key
             )
@@ -368,8 +447,8 @@ class Guard:
         paced = Decision(
             outcome.kind,
             rule=pacing_rule(decision, outcome, self.cfg.pacing.default_min_interval),
-            reason=f"at most one request every {outcome.interval:g} s to {req.origin} "
-            f"for tenant {tenant.id}.",
+            reason=f"at most one request every {outcome.interval:g} s to {site} "
+            f"for tenant {tenant.id} (pacing.scope: {self.cfg.pacing.scope}).",
             retry_after=outcome.retry_after,
             crawl_delay=outcome.interval,
             robots_sha256=decision.robots_sha256,
@@ -385,10 +464,11 @@ class Guard:
         self._counts[(tenant.id, label)] += 1
 
     async def observe_response(
-        self, tenant: TenantRuntime, origin: str, status: int, retry_after: str | None
+        self, tenant: TenantRuntime, site: str, status: int, retry_after: str | None
     ) -> None:
-        """An origin's answer to this tenant: 429/503 start (or extend) a back-off."""
-        await self.pacer.observe_response(tenant.id, origin, status, retry_after)
+        """An origin's answer to this tenant: 429/503 start (or extend) a back-off on the
+        pacing site it was paced on (`pacing_sites`, not its robots.txt lane)."""
+        await self.pacer.observe_response(tenant.id, site, status, retry_after)
         if status in THROTTLE_STATUSES:
             self.metrics.origin_backoffs.labels(tenant.id).inc()
 

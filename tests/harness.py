@@ -150,7 +150,8 @@ def base_config(tmp: Path, **sections: Any) -> dict[str, Any]:
         "state": {"url": "memory://"},
         "robots": {"user_agent": "crawlguard-test/1.0 (+https://ops.example)", "fetch_timeout": 2},
         "destinations": {"allow_private": True, "allowed_ports": ["1-65535"]},
-        "pacing": {"default_min_interval": 0, "max_hold": 5},
+        # one slot per origin: the tests' sites are ports of 127.0.0.1, each standing for a site
+        "pacing": {"default_min_interval": 0, "max_hold": 5, "scope": "origin"},
         "tenants": [
             tenant("acme", ["AcmeBot"]),
             tenant("globex", ["GlobexCrawler"], mode="monitor"),
@@ -218,6 +219,16 @@ class Proxy:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def reload(self, **sections: Any) -> None:
+        """Rewrite the config file with `sections` replaced, SIGHUP, wait until applied."""
+        import signal
+
+        self.config = {**self.config, **sections}
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        seen = self.log().count("config reloaded")
+        self.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: self.log().count("config reloaded") > seen, 20), self.log()
 
     def json_lines(self) -> str:
         return self.out_path.read_text(errors="replace")

@@ -111,3 +111,100 @@ def closed_without_reply(sock: socket.socket | ssl.SSLSocket) -> bool:
     except TimeoutError:
         return False
     return data == b""
+
+
+@dataclass
+class Received:
+    """One request as an origin parsed it off the wire: what the proxy really sent."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]  # as sent: names in their case, in order
+    body: bytes
+
+
+class WireOrigin:
+    """A threaded HTTP/1.1 origin on 127.0.0.1 that frames requests with h11 (a strict parser,
+    like a careful origin) and logs each one exactly as it arrived, plus any bytes it could
+    not parse as a request. A smuggled request shows up as one more entry in `requests`."""
+
+    def __init__(self, robots: bytes = b"User-agent: *\nAllow: /\n") -> None:
+        import threading
+
+        self.robots = robots
+        self.requests: list[Received] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        import h11
+
+        parser = h11.Connection(h11.SERVER)
+        with conn:
+            conn.settimeout(30)
+            try:
+                while True:
+                    event = parser.next_event()
+                    if event is h11.NEED_DATA:
+                        data = conn.recv(65536)
+                        parser.receive_data(data)
+                        if not data:
+                            return
+                        continue
+                    if isinstance(event, h11.ConnectionClosed):
+                        return
+                    assert isinstance(event, h11.Request)
+                    body = b""
+                    while True:
+                        more = parser.next_event()
+                        if more is h11.NEED_DATA:
+                            parser.receive_data(conn.recv(65536))
+                            continue
+                        if isinstance(more, h11.Data):
+                            body += bytes(more.data)
+                            continue
+                        break
+                    got = Received(
+                        event.method, event.target, list(event.headers.raw_items()), body
+                    )
+                    if event.target != b"/robots.txt":
+                        with self._lock:
+                            self.requests.append(got)
+                    payload = self.robots if event.target == b"/robots.txt" else b"ok\n"
+                    conn.sendall(
+                        parser.send(
+                            h11.Response(
+                                status_code=200,
+                                headers=[("Content-Length", str(len(payload)))],
+                            )
+                        )
+                        + parser.send(h11.Data(data=payload))
+                        + parser.send(h11.EndOfMessage())
+                    )
+                    parser.start_next_cycle()
+            except h11.RemoteProtocolError as exc:
+                with self._lock:
+                    self.errors.append(f"{exc}")
+            except (OSError, h11.LocalProtocolError):
+                return
+
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self.requests)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -619,3 +619,25 @@ def test_pins_per_client_are_bounded() -> None:
     pins = addon._pins[client.id]
     assert len(pins) == MAX_PINS_PER_CLIENT
     assert ("10.0.0.0", 80) not in pins and pins[("10.0.1.49", 80)] == "h305.example"
+
+
+async def test_the_last_gate_classifies_a_pinned_address_against_the_running_policy(
+    env: Env, origin: RecordingOrigin
+) -> None:
+    """A pin made before a reload that forbids the address no longer opens a connection:
+    `server_connect` asks the running destination policy, as Smokescreen's dialer does."""
+    flow = make_flow("127.0.0.1", origin.port, "/page")
+    await env.addon.requestheaders(flow)
+    assert flow.response is None
+    cfg = env.guard.cfg
+    for narrowed in ({"allow_private": False}, {"allowed_ports": [80, 443]}):
+        env.guard.reload(
+            cfg.model_copy(update={"destinations": cfg.destinations.model_copy(update=narrowed)})
+        )
+        data = hook_data(flow.client_conn, "127.0.0.1", origin.port)
+        env.addon.server_connect(data)
+        assert data.server.error and "crawlguard: refusing to connect" in data.server.error
+        env.guard.reload(cfg)
+    data = hook_data(flow.client_conn, "127.0.0.1", origin.port)
+    env.addon.server_connect(data)
+    assert data.server.error is None

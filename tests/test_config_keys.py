@@ -121,7 +121,14 @@ KEY_TESTS: dict[str, list[str]] = {
     "pacing.max_hold": [
         "tests/test_pacing_e2e.py::test_delay_beyond_max_hold_is_refused_and_not_forwarded",
     ],
-    "pacing.max_held": ["tests/test_client_limits.py::test_held_requests_are_capped"],
+    "pacing.max_held": [
+        "tests/test_client_limits.py::test_held_requests_are_capped",
+        "tests/test_integrity.py::test_a_tenant_filling_the_held_pool_cannot_make_another_one_a_violator",
+    ],
+    "pacing.scope": [
+        "tests/test_integrity.py::test_two_ports_of_one_host_share_a_slot_unless_scope_is_origin",
+        "tests/test_integrity.py::test_names_of_one_address_share_a_slot_with_scope_address",
+    ],
     # tenants
     "tenants[].id": [
         "tests/test_proxy_e2e.py::test_allowed_request_reaches_origin_without_proxy_credentials",

@@ -11,6 +11,7 @@ import pytest
 from crawlguard.decisions import Kind
 from crawlguard.pacing import (
     MAX_RETRY_AFTER,
+    HeldPool,
     Pacer,
     PacingOutcome,
     interval,
@@ -476,3 +477,45 @@ async def test_many_origins_stay_bounded(clock: FakeClock) -> None:
     clock.advance(120.0)
     await admit(pacer, origin="https://late.example:443")
     assert len(state) == 1
+
+
+# -- the held pool (pacing.max_held), shared fairly ---------------------------------------------
+
+
+def take_all(pool: HeldPool, tenant: str, n: int) -> list[Kind | None]:
+    return [pool.take(tenant) for _ in range(n)]
+
+
+def test_a_lone_tenant_may_borrow_the_whole_pool(clock: FakeClock) -> None:
+    pool = HeldPool(4, window=30, clock=clock)
+    assert take_all(pool, "a", 5) == [None, None, None, None, Kind.CRAWL_DELAY]
+    assert pool.total == 4 and pool.held == {"a": 4}
+
+
+def test_a_newly_active_tenant_is_busy_not_a_violator_until_borrowed_holds_end(
+    clock: FakeClock,
+) -> None:
+    pool = HeldPool(4, window=30, clock=clock)
+    take_all(pool, "a", 4)
+    assert pool.take("b") is Kind.PROXY_BUSY  # within its share (2), the pool is full
+    pool.give_back("a")
+    assert pool.take("b") is None  # the first place that frees is b's
+    pool.give_back("a")
+    assert pool.take("a") is Kind.CRAWL_DELAY  # a holds 2 = its share; b's other one is kept
+    assert pool.take("b") is None
+    assert pool.take("b") is Kind.CRAWL_DELAY  # b at its share, and the pool is full
+    assert pool.held == {"a": 2, "b": 2}
+
+
+def test_borrowing_leaves_room_for_every_active_tenants_unused_share(clock: FakeClock) -> None:
+    pool = HeldPool(6, window=30, clock=clock)
+    assert pool.take("a") is None
+    assert pool.take("b") is None
+    pool.give_back("b")  # b stays active for the window: its share (3) stays reserved
+    assert take_all(pool, "a", 4) == [None, None, Kind.CRAWL_DELAY, Kind.CRAWL_DELAY]
+    clock.advance(31)  # b has held nothing for a whole window: no longer reserved
+    assert take_all(pool, "a", 4) == [None, None, None, Kind.CRAWL_DELAY]
+
+
+def test_an_empty_pool_holds_nothing(clock: FakeClock) -> None:
+    assert HeldPool(0, window=30, clock=clock).take("a") is Kind.CRAWL_DELAY

@@ -180,6 +180,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        # -- issue 18 item 10: the held pool, by tenant --------------------------------------
+        self.held_by_tenant = Gauge(
+            "crawlguard_held_requests",
+            "Requests each tenant has held by delay pacing now: whose requests fill "
+            "pacing.max_held (crawlguard_delayed_requests is their sum).",
+            ["tenant"],
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -245,6 +245,12 @@ class EgressPolicy:
             return _refused(normalize_host(host), reason)
         return await self.resolver.resolve(host, port)
 
+    def dial_reason(self, address: str, port: int) -> str | None:
+        """Why an address already resolved may not be dialled now, or None. Asked where the
+        connection is made, against the running policy (a reload may have narrowed it since
+        the address was pinned), as Smokescreen's dialer classifies every address it dials."""
+        return self.port_reason(port) or self.resolver.judge(address, (address,)).reason
+
     def reconfigure(self, cfg: DestinationsSection) -> None:
         """A reloaded `destinations` section; the resolver (and its cache) starts afresh."""
         self.cfg = cfg
