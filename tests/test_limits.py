@@ -326,11 +326,11 @@ async def test_limit_refused_before_robots_and_pacing(tmp_path: Path) -> None:
         {"/robots.txt": respond(body=b"User-agent: *\nCrawl-delay: 5\n")},
         default=respond(200, b"page\n"),
     )
-    async with RecordingOrigin(handler) as slow:
+    async with RecordingOrigin(handler) as slow, RecordingOrigin(handler) as other:
         tenants = [tenant("acme", ["AcmeBot"], max_rps=1)]
         async with running(tmp_path, tenants) as (guard, addon):
-            # spend the tenant's token on another origin's robots.txt (exempt from pacing)
-            warm = flow_for(slow.port, "/robots.txt")
+            # spend the tenant's token on another origin's robots.txt (its own pacing lane)
+            warm = flow_for(other.port, "/robots.txt")
             await addon.requestheaders(warm)
             assert warm.response is None
             addon.error(warm)
