@@ -27,7 +27,7 @@ import yaml
 from harness import LocalOrigin, Proxy, at, base_config, minute_record, sha256_hex, wait_for
 
 from crawlguard.admin import AdminServer
-from crawlguard.admin.auth import SESSION_COOKIE, make_session
+from crawlguard.admin.auth import SESSION_COOKIE
 from crawlguard.config import parse_config
 from crawlguard.decisions import Kind
 from crawlguard.records import FIELDS, ViolationRecord
@@ -73,10 +73,12 @@ class Admin:
         self.guard.store.record_many([(rec, None) for rec in records])
 
 
-async def start_admin(tmp_path: Path, **sections: Any) -> Admin:
+async def start_admin(
+    tmp_path: Path, server_kw: dict[str, Any] | None = None, **sections: Any
+) -> Admin:
     guard = Guard(parse_config(base_config(tmp_path, **sections)))
     guard.start()
-    server = AdminServer(guard)
+    server = AdminServer(guard, **(server_kw or {}))
     await server.start()
     # no cookie jar: every test says exactly which cookie it sends
     session = aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
@@ -356,13 +358,16 @@ async def test_login_cookie_flow(admin: Admin) -> None:
     for attribute in ("HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"):
         assert attribute in set_cookie, set_cookie
     value = cookie_of(r)
-    expiry, _, mac = value.partition(".")
+    expiry, sid, mac = value.split(".")
     assert abs(int(expiry) - (time.time() + 12 * 3600)) < 3600
+    assert len(sid) == 43  # 32 random bytes: the server-side record's name
     digest = hashlib.sha256(OP.encode()).digest()
-    signed = b"crawlguard-session:" + expiry.encode()
+    signed = f"crawlguard-session:{expiry}:{sid}".encode()
     # keyed on a per-process secret too: the digest alone (it is in the config) cannot forge one
     assert mac != hmac.new(digest, signed, hashlib.sha256).hexdigest()
-    assert value == make_session(digest, now=int(expiry) - 12 * 3600)
+    assert value == admin.server.auth.make_session(digest, sid, now=int(expiry) - 12 * 3600)
+    other = "A" * 43  # well signed, but no such session was ever recorded
+    unrecorded = admin.server.auth.make_session(digest, other)
 
     cookie = {"Cookie": f"{SESSION_COOKIE}={value}"}
     assert (await admin.get("/api/violations", token=None, headers=cookie)).status == 200
@@ -374,17 +379,23 @@ async def test_login_cookie_flow(admin: Admin) -> None:
         return admin.get("/api/violations", token=None, headers={"Cookie": f"{SESSION_COOKIE}={v}"})
 
     later = str(int(expiry) + 3600)
+    make = admin.server.auth.make_session
     for bad in (
-        f"{later}.{mac}",  # expiry moved: the MAC no longer fits
-        f"{expiry}.{mac[:-1]}{'0' if mac[-1] != '0' else '1'}",
-        f"{expiry}.",
+        f"{later}.{sid}.{mac}",  # expiry moved: the MAC no longer fits
+        f"{expiry}.{sid}.{mac[:-1]}{'0' if mac[-1] != '0' else '1'}",
+        f"{expiry}.{other}.{mac}",  # another id under this MAC
+        f"{expiry}.{sid}.",
+        f"{expiry}.{mac}",  # the old stateless form
         mac,
         "",
-        make_session(digest, now=time.time() - 13 * 3600),  # well signed, expired
-        make_session(hashlib.sha256(b"acme-secret").digest()),  # signed with another key
+        unrecorded,
+        make(digest, sid, now=time.time() - 13 * 3600),  # well signed, expired
+        make(hashlib.sha256(b"acme-secret").digest(), sid),  # signed with another key
     ):
         assert (await refused(bad)).status == 401, bad
-    r = await admin.get("/", token=None, headers={"Cookie": f"{SESSION_COOKIE}={later}.{mac}"})
+    r = await admin.get(
+        "/", token=None, headers={"Cookie": f"{SESSION_COOKIE}={later}.{sid}.{mac}"}
+    )
     assert (r.status, r.headers["Location"]) == (303, "/login")
 
     r = await admin.post("/logout", {}, headers=cookie)

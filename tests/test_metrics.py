@@ -30,7 +30,7 @@ import crawlguard
 SLOW_UA = "SlowBot/1.0 (+https://slow.example/bot)"
 LEAVE_UA = "LeaveBot/1.0 (+https://leave.example/bot)"
 HOOLI_UA = "HooliBot/2.0 (+https://hooli.example/bot)"
-ALLOWED_LABELS = {"tenant", "kind", "decision", "result", "table", "version", "le"}
+ALLOWED_LABELS = {"tenant", "kind", "decision", "result", "table", "version", "le", "reason"}
 NEW_SERIES = {
     "crawlguard_robots_cache_entries": "gauge",
     "crawlguard_robots_cache_lookups": "counter",

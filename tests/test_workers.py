@@ -34,7 +34,7 @@ from crawlguard.admin.metrics import Metrics
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 
 HOOLI_UA = "HooliBot/2.0 (+https://hooli.example/bot)"
-ALLOWED_LABELS = {"tenant", "kind", "decision", "result", "table", "version", "le"}
+ALLOWED_LABELS = {"tenant", "kind", "decision", "result", "table", "version", "le", "reason"}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

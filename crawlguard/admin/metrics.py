@@ -189,6 +189,8 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
+        # -- issue 18 item 16: wrong operator credentials on the admin server -------------------
+        self.admin_auth_failures = admin_auth_failures(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -218,3 +220,20 @@ class AggregatedMetrics:
     def process_dead(self, pid: int) -> None:
         """A worker exited: its `live*` gauges leave the aggregate (its counts stay)."""
         multiprocess.mark_process_dead(pid, str(self.path))
+
+
+ADMIN_AUTH_REASONS = ("bearer", "login", "throttled")
+
+
+def admin_auth_failures(registry: CollectorRegistry) -> Counter:
+    """`crawlguard_admin_auth_failures_total{reason}` in `registry`. The parent of `--workers N`
+    makes its own (its /metrics is the workers' aggregate, and no worker runs an admin server);
+    the admin server sets every `ADMIN_AUTH_REASONS` child, so a worker writes none."""
+    return Counter(
+        "crawlguard_admin_auth_failures",
+        "Operator credentials refused by the admin server: bearer (a wrong Authorization "
+        "header), login (a wrong token posted to /login), throttled (an attempt answered 429 "
+        "unchecked: its source failed too often).",
+        ["reason"],
+        registry=registry,
+    )

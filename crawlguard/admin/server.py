@@ -2,11 +2,14 @@
 
 `/metrics`, `/healthz`, `/login`, `/logout` and `/static/*` are open; the dashboard (`/`) and
 the JSON API (`/api/*`) need the operator token or a login session (crawlguard.admin.auth).
+Sessions live in the store ``state.url`` names (crawlguard.state.sessions), opened here.
 
 `crawlguard run --workers N` runs one AdminServer in the parent process (crawlguard.cli.workers)
 over a `source` that is not a Guard: the config, the store, and the workers' aggregated metrics.
 It answers `/healthz` from `health` (503 until every worker is ready) and `/api/robots` with a
-404 saying why: the robots.txt cache lives in each worker's memory.
+404 saying why: the robots.txt cache lives in each worker's memory. Its `metrics` is the
+workers' aggregate, which has no admin server metrics: those are kept in a registry of the
+server's own and served after it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from crawlguard.admin import dashboard
 from crawlguard.admin.api import AdminAPI
-from crawlguard.admin.auth import LoginRoutes, middleware
+from crawlguard.admin.auth import LoginRoutes, OperatorAuth, middleware
+from crawlguard.admin.metrics import Metrics, admin_auth_failures
+from crawlguard.admin.throttle import AuthThrottle
+from crawlguard.state.sessions import SessionStore, open_sessions
 
 if TYPE_CHECKING:
     from crawlguard.service import Guard
@@ -32,21 +38,37 @@ class AdminServer:
         *,
         health: Callable[[], str | None] | None = None,
         robots_unavailable: str | None = None,
+        sessions: SessionStore | None = None,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         """`guard`: the Guard, or in the parent of `--workers N` an object with the Guard's
         `cfg`, `store` and `metrics` (`render()`). `health`: None when ready, else why not
-        (a 503). `robots_unavailable`: `/api/robots` answers 404 with this message."""
+        (a 503). `robots_unavailable`: `/api/robots` answers 404 with this message.
+        `sessions`: the login session store (default: the one `state.url` names, closed by
+        `stop`); `throttle`: the back-off on wrong credentials (default: the module's)."""
         self.guard = guard
         self._health = health
+        self._own_sessions = sessions is None
+        self.sessions = sessions if sessions is not None else open_sessions(guard.cfg.state.url)
+        # the parent of --workers N: its metrics are the workers' aggregate (see above)
+        self._own_registry: CollectorRegistry | None = None
+        if isinstance(guard.metrics, Metrics):
+            failures = guard.metrics.admin_auth_failures
+        else:
+            self._own_registry = CollectorRegistry()
+            failures = admin_auth_failures(self._own_registry)
         # The token is read from the running config per request: a reload that changes it
         # revokes the old token and every session signed with it.
-        self.app = web.Application(middlewares=[middleware(self._token_digest)])
+        self.auth = OperatorAuth(
+            lambda: self.guard.cfg, self.sessions, throttle=throttle, failures=failures
+        )
+        self.app = web.Application(middlewares=[middleware(self.auth)])
         self._robots_unavailable = robots_unavailable
         if robots_unavailable is not None:  # before AdminAPI's: the router keeps this order
             self.app.router.add_get("/api/robots", self.robots_unavailable)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/metrics", self.metrics)
-        LoginRoutes(self._token_digest).add_routes(self.app)
+        LoginRoutes(self.auth).add_routes(self.app)
         AdminAPI(lambda: self.guard).add_routes(self.app)
         dashboard.add_routes(self.app)
         self._runner: web.AppRunner | None = None
@@ -67,9 +89,8 @@ class AdminServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    def _token_digest(self) -> bytes | None:
-        return self.guard.cfg.admin_token_digest()
+        if self._own_sessions:
+            await self.sessions.close()
 
     async def healthz(self, request: web.Request) -> web.Response:
         problem = self._health() if self._health is not None else None
@@ -81,6 +102,7 @@ class AdminServer:
         return web.json_response({"error": self._robots_unavailable}, status=404)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.guard.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        body = self.guard.metrics.render()
+        if self._own_registry is not None:
+            body += generate_latest(self._own_registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
