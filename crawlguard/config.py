@@ -70,10 +70,23 @@ class AdminSection(_Strict):
 
 class StoreSection(_Strict):
     url: str = "sqlite:///var/crawlguard.db"
-    retention_days: Annotated[int, Field(ge=1, le=36500)] | None = None
+    retention_days: Annotated[int, Field(ge=1, le=36500)] | None = 30
     """Keep violation records (and request-count hours) this many days; older ones, and
     robots.txt bodies no kept record references, are pruned hourly in the background (first
-    run a minute after start). None keeps everything. Needs a restart to change."""
+    run a minute after start). An explicit null keeps everything (the disk then only grows).
+    Needs a restart to change."""
+    fold_after: Annotated[int, Field(ge=1, le=1_000_000)] = 10
+    """Identical refusals (tenant, kind, action, host, rule) recorded one by one per
+    `fold_interval`; further ones are counted into one record per interval
+    (crawlguard.store.fold)."""
+    fold_tenant_after: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    """Per tenant and `fold_interval`: individual records at most (across all its keys), and
+    distinct folded keys at most (beyond it, one overflow record per kind and action)."""
+    fold_interval: Annotated[float, Field(ge=0.1, le=86400)] = 60
+    """Seconds of one folding interval: a folded record is written when its interval ends."""
+    min_free_bytes: Annotated[int, Field(ge=0)] = 1024**3
+    """Below this much free space on the store's filesystem (SQLite: the database's; PostgreSQL:
+    the spool's) `/healthz` adds a warning line and `crawlguard_store_disk_low` is 1. 0: never."""
 
     @field_validator("url")
     @classmethod

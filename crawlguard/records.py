@@ -4,10 +4,15 @@ Fields a client or an origin controls are bounded (`ViolationRecord.bounded`), s
 with a 1 MB URL or User-Agent cannot put a megabyte into the store and the log. A cut value
 keeps its head and ends, within the limit, with a marker naming the original length:
 ``http://example.test/aaaa…[cut, 1048576 chars]``.
+
+A record may stand for many identical refusals (`count`, `first_ts`, `last_ts`): beyond
+`store.fold_after` a key's refusals are folded into one record per interval
+(crawlguard.store.fold), so a client refused in a loop cannot fill the disk.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +31,9 @@ FIELDS: tuple[str, ...] = (
     "robots_sha256",
     "delay_seconds",
     "reason",
+    "count",
+    "first_ts",
+    "last_ts",
 )
 
 
@@ -57,6 +65,11 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def log_line(rec: ViolationRecord) -> str:
+    """The record as the `crawlguard.violations` log's JSON line."""
+    return json.dumps(rec.to_dict(), separators=(",", ":"))
+
+
 @dataclass(frozen=True, slots=True)
 class ViolationRecord:
     ts: str
@@ -72,6 +85,12 @@ class ViolationRecord:
     robots_sha256: str | None = None
     delay_seconds: float | None = None  # how long an `action: delayed` request was held
     reason: str | None = None
+    # A folded record (crawlguard.store.fold) stands for `count` identical refusals seen from
+    # `first_ts` to `last_ts`; `url` and `user_agent` are those of one of them. A single
+    # refusal has count 1 and no first_ts/last_ts (its `ts` is both).
+    count: int = 1
+    first_ts: str | None = None
+    last_ts: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import ssl
 import time
@@ -24,7 +23,7 @@ from crawlguard.decisions import Action, Decision, Kind
 from crawlguard.egress import EgressPolicy, Resolution
 from crawlguard.identity import Target
 from crawlguard.pacing import THROTTLE_STATUSES, HeldPool, Pacer, PacingOutcome, pacing_key
-from crawlguard.records import ViolationRecord, utc_now_iso
+from crawlguard.records import ViolationRecord, log_line, utc_now_iso
 from crawlguard.robots_cache import RobotsCache
 from crawlguard.state import OnError, PacingState, StateUnavailable
 from crawlguard.state import open_state as open_pacing_state
@@ -181,13 +180,23 @@ class Guard:
         self.held = HeldPool(cfg.pacing.max_held, cfg.pacing.max_hold)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
         from crawlguard.store import StoreWriter
+        from crawlguard.store.disk import store_disk_path
+        from crawlguard.store.fold import Folder
 
-        # violation records: bounded queue, group commit, retention (same thread as the counts)
+        # violation records: bounded queue, group commit, retention (same thread as the
+        # counts), folding of repeated refusals, disk gauges
         self.store_writer = StoreWriter(
             self.store,
             self._writer,
             metrics=self.metrics,
             retention_days=cfg.store.retention_days,
+            folder=Folder(
+                after=cfg.store.fold_after,
+                tenant_after=cfg.store.fold_tenant_after,
+                interval=cfg.store.fold_interval,
+            ),
+            disk_path=store_disk_path(cfg.store.url, cfg.proxy.confdir),
+            min_free_bytes=cfg.store.min_free_bytes,
         )
         self._counts: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
@@ -479,7 +488,9 @@ class Guard:
 
         The record is bounded (`ViolationRecord.bounded`) for both copies. Raises
         `crawlguard.store.StoreBacklogged` when the store's write queue is full: then nothing
-        was recorded or logged, and the caller must refuse the request instead.
+        was recorded or logged, and the caller must refuse the request instead. A refusal
+        beyond the fold rate (`store.fold_after`) returns at once: it is counted into the
+        folded record its interval writes (and logs) when it ends.
         """
         rec = ViolationRecord(
             ts=utc_now_iso(),
@@ -501,11 +512,15 @@ class Guard:
             entry = self.robots.peek(req.robots_origin)
             if entry is not None and entry.sha256 == decision.robots_sha256:
                 body = entry.body
+        if self.store_writer.fold(rec, body):
+            if action is not Action.DELAYED:
+                self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
+            return
         # Queued first: StoreBacklogged leaves no half-made record behind.
         committed = self.store_writer.submit(rec, body)
         if action is not Action.DELAYED:  # held, then forwarded: paced as asked, no violation
             self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
-        violation_log.info(json.dumps(rec.to_dict(), separators=(",", ":")))
+        violation_log.info(log_line(rec))
         # A failed batch is counted and logged by the writer; the JSON line above is the
         # second copy, so the caller answers all the same.
         await committed

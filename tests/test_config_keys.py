@@ -83,6 +83,19 @@ KEY_TESTS: dict[str, list[str]] = {
     "store.retention_days": [
         "tests/test_records_bounded.py::test_guard_runs_retention_in_the_background",
         "tests/test_records_bounded.py::test_guard_without_retention_starts_no_prune",
+        "tests/test_records_folded.py::test_retention_is_set_by_default_and_in_every_shipped_config",
+    ],
+    "store.fold_after": [
+        "tests/test_records_folded.py::test_a_client_refused_in_a_loop_leaves_n_plus_one_records",
+    ],
+    "store.fold_tenant_after": [
+        "tests/test_records_folded.py::test_a_tenant_cycling_through_hosts_is_bounded_per_tenant",
+    ],
+    "store.fold_interval": [
+        "tests/test_records_folded.py::test_folded_records_are_written_when_their_interval_ends",
+    ],
+    "store.min_free_bytes": [
+        "tests/test_records_folded.py::test_healthz_and_the_gauges_report_a_store_disk_nearly_full",
     ],
     # state
     "state.url": ["tests/test_state_e2e.py::test_two_proxies_sharing_redis_pace_a_tenant_as_one"],

@@ -102,7 +102,9 @@ def test_store_bounds_records_too(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def guard(tmp_path: Path) -> AsyncIterator[Guard]:
-    g = Guard(parse_config(base_config(tmp_path)))
+    # every record on its own: these tests count individual records (folding: test_records_folded)
+    store = {"fold_after": 1000, "fold_tenant_after": 1000}
+    g = Guard(parse_config(base_config(tmp_path, store=store)))
     g.start()
     try:
         yield g
@@ -338,7 +340,8 @@ async def test_guard_runs_retention_in_the_background(tmp_path: Path) -> None:
 
 
 async def test_guard_without_retention_starts_no_prune(tmp_path: Path) -> None:
-    guard = Guard(parse_config(base_config(tmp_path)))
+    """`retention_days: null` (explicitly: the default is 30) keeps everything."""
+    guard = Guard(parse_config(base_config(tmp_path, store={"retention_days": None})))
     assert guard.store_writer.retention_days is None
     guard.store.record(
         ViolationRecord(

@@ -15,6 +15,7 @@ import pytest
 
 from crawlguard.records import ViolationRecord, utc_now_iso
 from crawlguard.store import (
+    SCHEMA_VERSION,
     SQLiteStore,
     StoreError,
     ViolationStore,
@@ -204,8 +205,73 @@ def test_a_version_1_store_is_migrated(url: str) -> None:
         s.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "violations_robots_sha256" in names
     finally:
         db.close()
+
+
+# The schema crawlguard wrote before folded records (version 3), verbatim.
+VERSION_3_SCHEMA = """
+CREATE TABLE violations (
+    id INTEGER PRIMARY KEY, ts TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+    action TEXT NOT NULL, method TEXT NOT NULL, url TEXT NOT NULL, user_agent TEXT, rule TEXT,
+    crawl_delay REAL, retry_after INTEGER, robots_sha256 TEXT, delay_seconds REAL, reason TEXT,
+    host TEXT
+);
+CREATE INDEX violations_tenant_ts ON violations (tenant, ts);
+CREATE INDEX violations_kind_ts ON violations (kind, ts);
+CREATE INDEX violations_ts ON violations (ts);
+CREATE INDEX violations_robots_sha256 ON violations (robots_sha256)
+    WHERE robots_sha256 IS NOT NULL;
+CREATE INDEX violations_host_ts ON violations (host, ts);
+CREATE TABLE robots_bodies (
+    sha256 TEXT PRIMARY KEY, body BLOB NOT NULL, first_seen TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE request_counts (
+    hour TEXT NOT NULL, tenant TEXT NOT NULL, decision TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (hour, tenant, decision)) WITHOUT ROWID;
+INSERT INTO violations (ts, tenant, kind, action, method, url, host) VALUES
+    ('2024-05-01T00:00:00.000000Z', 'acme', 'ua-generic', 'blocked', 'GET', 'http://v3/', 'v3'),
+    ('2024-05-01T00:00:01.000000Z', 'acme', 'ua-generic', 'blocked', 'GET', 'http://v3/', 'v3');
+PRAGMA user_version = 3;
+"""
+
+
+def test_a_version_3_store_gets_fold_columns_and_keeps_its_records(url: str) -> None:
+    path = url.removeprefix("sqlite:///")
+    Path(path).parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    db.executescript(VERSION_3_SCHEMA)
+    db.close()
+    s = open_store(url)
+    try:
+        old = s.query()
+        assert [(r.url, r.count, r.first_ts, r.last_ts) for r in old] == [
+            ("http://v3/", 1, None, None)
+        ] * 2
+        folded = rec(
+            "2024-05-01T00:01:00Z",
+            url="http://v3/",
+            count=40,
+            first_ts="2024-05-01T00:01:00Z",
+            last_ts="2024-05-01T00:01:59.5Z",
+        )
+        s.record(folded)
+        assert s.query(limit=1)[0] == rec(
+            "2024-05-01T00:01:00.000000Z",
+            url="http://v3/",
+            count=40,
+            first_ts="2024-05-01T00:01:00.000000Z",
+            last_ts="2024-05-01T00:01:59.500000Z",
+        )
+        assert s.report().tenants["acme"].violations == {"ua-generic": 42}
+    finally:
+        s.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert db.execute("SELECT count(*), sum(count) FROM violations").fetchone() == (3, 42)
+    finally:
+        db.close()
+    open_store(url).close()  # opening the migrated file again changes nothing

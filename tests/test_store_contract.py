@@ -106,6 +106,9 @@ def test_round_trip_keeps_every_field(store: ViolationStore) -> None:
         robots_sha256=ROBOTS_SHA,
         delay_seconds=1.25,
         reason="request came 1.25 s early",
+        count=7,
+        first_ts="2024-05-01T12:00:00.123456Z",
+        last_ts="2024-05-01T12:00:59.999999Z",
     )
     assert all(getattr(full, f) is not None for f in FIELDS)
     store.record(full, ROBOTS)
@@ -378,6 +381,45 @@ def test_held_records_are_counted_apart_from_violations(store: ViolationStore) -
     assert store.latest_violations() == {"acme": at(5), "globex": at(1)}
     assert store.latest_violations(since=at(2)) == {"acme": at(5)}
     assert store.latest_violations(since="1h") == {}
+
+
+def test_folded_records_count_as_many_everywhere(store: ViolationStore) -> None:
+    """A folded record (count N) is N refusals in every count: report, summary series, kinds,
+    top hosts; the newest violation is its last_ts; its fields round trip."""
+    folded = mrec(
+        30,
+        "acme",
+        "ua-generic",
+        url="http://a.example/sample",
+        count=500,
+        first_ts=at(30),
+        last_ts=at(89.5),
+    )
+    store.record_many(
+        [
+            (mrec(0, "acme", "ua-generic", url="http://a.example/1"), None),
+            (folded, None),
+            (mrec(1, "acme", "robots-disallow", url="http://b.example/"), None),
+            (
+                mrec(2, "acme", "crawl-delay", "delayed", count=7, first_ts=at(2), last_ts=at(3)),
+                None,
+            ),
+        ]
+    )
+    assert store.query(kind="ua-generic", limit=1) == [folded]
+    page = store.page(ViolationFilter(kind="ua-generic"), limit=1)
+    assert page.items[0].to_dict()["count"] == 500
+    assert page.items[0].to_dict()["last_ts"] == at(89.5)
+    report = store.report()
+    acme = report.tenants["acme"]
+    assert acme.violations == {"ua-generic": 501, "robots-disallow": 1}
+    assert (acme.violations_total, acme.held) == (502, 7)
+    s = store.summary(ViolationFilter(since=at(0), until=at(120)), buckets=2)
+    assert s.series == {"acme": [502, 0]}
+    assert s.by_kind == [("ua-generic", 501), ("robots-disallow", 1)]
+    assert s.total == 502
+    assert s.top_hosts[0] == ("acme", "a.example", 501)
+    assert store.latest_violations() == {"acme": at(89.5)}
 
 
 # -- robots.txt bodies -------------------------------------------------------------------------

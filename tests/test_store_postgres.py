@@ -161,6 +161,61 @@ def test_a_newer_schema_is_refused(pg_schema: PgSchema) -> None:
         PostgresStore(pg_schema.url())
 
 
+# The schema crawlguard created before folded records (version 1), verbatim.
+VERSION_1_SCHEMA = [
+    """CREATE TABLE schema_version (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        version   integer NOT NULL)""",
+    """CREATE TABLE violations (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, uid uuid NOT NULL,
+        ts timestamptz NOT NULL, tenant text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL, action text COLLATE "C" NOT NULL,
+        method text NOT NULL, url text NOT NULL, user_agent text, rule text,
+        crawl_delay double precision, retry_after bigint, robots_sha256 text COLLATE "C",
+        delay_seconds double precision, reason text, host text COLLATE "C",
+        CONSTRAINT violations_uid_key UNIQUE (uid))""",
+    "CREATE INDEX violations_tenant_ts ON violations (tenant, ts)",
+    "CREATE INDEX violations_kind_ts ON violations (kind, ts)",
+    "CREATE INDEX violations_host_ts ON violations (host, ts)",
+    "CREATE INDEX violations_ts ON violations (ts, id)",
+    "CREATE INDEX violations_robots_sha256 ON violations (robots_sha256) "
+    "WHERE robots_sha256 IS NOT NULL",
+    """CREATE TABLE robots_bodies (sha256 text COLLATE "C" PRIMARY KEY, body bytea NOT NULL,
+        first_seen timestamptz NOT NULL)""",
+    """CREATE TABLE request_counts (hour timestamptz NOT NULL, tenant text COLLATE "C" NOT NULL,
+        decision text COLLATE "C" NOT NULL, n bigint NOT NULL,
+        PRIMARY KEY (hour, tenant, decision))""",
+    "INSERT INTO schema_version (version) VALUES (1)",
+    "INSERT INTO violations (uid, ts, tenant, kind, action, method, url, host) VALUES "
+    "(gen_random_uuid(), '2024-05-01T00:00:00Z', 'acme', 'ua-generic', 'blocked', 'GET', "
+    "'http://v1/', 'v1')",
+]
+
+
+def test_a_version_1_store_gets_fold_columns_and_keeps_its_records(pg_schema: PgSchema) -> None:
+    for statement in VERSION_1_SCHEMA:
+        pg_schema.execute(statement)
+    store = PostgresStore(pg_schema.url())
+    try:
+        [old] = store.query()
+        assert (old.url, old.count, old.first_ts, old.last_ts) == ("http://v1/", 1, None, None)
+        store.record(
+            rec(60, count=9, first_ts="2024-05-01T00:01:00Z", last_ts="2024-05-01T00:01:30Z")
+        )
+        newest = store.query(limit=1)[0]
+        assert (newest.count, newest.first_ts, newest.last_ts) == (
+            9,
+            "2024-05-01T00:01:00.000000Z",
+            "2024-05-01T00:01:30.000000Z",
+        )
+        assert store.report().tenants["acme"].violations == {"ua-generic": 10}
+    finally:
+        store.close()
+    assert pg_schema.rows("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    PostgresStore(pg_schema.url()).close()  # opening the migrated schema again changes nothing
+    assert pg_schema.rows("SELECT count(*), sum(count) FROM violations") == [(2, 10)]
+
+
 def test_a_table_crawlguard_did_not_create_is_refused(pg_schema: PgSchema) -> None:
     pg_schema.execute("CREATE TABLE violations (x integer)")
     with pytest.raises(StoreError, match="did not create"):
@@ -478,7 +533,9 @@ def test_the_proxy_spools_while_postgresql_is_down_and_replays_exactly_once(
     site: LocalOrigin,
     tmp_path: Path,
 ) -> None:
-    cfg = base_config(tmp_path, store={"url": pg_schema.url(port=relay.port)})
+    # every refusal on its own record (fold_after): this test follows each one through the spool
+    store = {"url": pg_schema.url(port=relay.port), "fold_after": 100}
+    cfg = base_config(tmp_path, store=store)
     proxy = Proxy(cfg, tmp_path)
     try:
         assert proxy.get(site.url("/before"), ua=GENERIC_UA).status_code == 403

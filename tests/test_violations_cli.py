@@ -149,7 +149,7 @@ def test_table_is_aligned_and_safe_for_terminals(tmp_path: Path, config: Path) -
     proc = violations(tmp_path, config)  # table is the default
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["TS", "TENANT", "KIND", "ACTION", "METHOD", "URL", "RULE"]
+    assert lines[0].split() == ["TS", "TENANT", "KIND", "ACTION", "COUNT", "METHOD", "URL", "RULE"]
     assert len(lines) == 4
     assert "\x1b" not in proc.stdout and "\\x1b[31mred" in lines[1]
     kind_col = lines[0].index("KIND")
@@ -455,3 +455,44 @@ def test_robots_txt_unknown_or_bad_digest(
     assert out.returncode == code
     assert needle in out.stderr
     assert out.stdout == ""
+
+
+def test_folded_records_show_their_count_in_every_format_and_report(
+    tmp_path: Path, config: Path
+) -> None:
+    """A folded record stands for `count` refusals: the table shows it, json and csv carry
+    count/first_ts/last_ts, and `report` counts the refusals, not the rows."""
+    cfg = yaml.safe_load(config.read_text())
+    store = open_store(cfg["store"]["url"])
+    try:
+        store.record(
+            ViolationRecord(
+                ts="2024-05-04T10:00:00.000000Z",
+                tenant="globex",
+                kind="ua-generic",
+                action="logged",
+                method="GET",
+                url="http://news.example/loop",
+                rule="python-requests",
+                count=250,
+                first_ts="2024-05-04T10:00:00.000000Z",
+                last_ts="2024-05-04T10:00:59.000000Z",
+            )
+        )
+    finally:
+        store.close()
+    table = violations(tmp_path, config, "--tenant", "globex").stdout.splitlines()
+    count_col = table[0].index("COUNT")
+    assert [line[count_col:].split()[0] for line in table[1:]] == ["250", "1"]
+    data = json.loads(violations(tmp_path, config, "--format", "json", "--limit", "1").stdout)
+    assert (data[0]["count"], data[0]["first_ts"], data[0]["last_ts"]) == (
+        250,
+        "2024-05-04T10:00:00.000000Z",
+        "2024-05-04T10:00:59.000000Z",
+    )
+    rows = list(csv.DictReader(io.StringIO(violations(tmp_path, config, "--format", "csv").stdout)))
+    assert [r["count"] for r in rows] == ["250", "1", "1", "1"]
+    assert rows[0]["last_ts"] == "2024-05-04T10:00:59.000000Z" and rows[1]["last_ts"] == ""
+    report = json.loads(cli(tmp_path, "report", "--config", str(config), "--format", "json").stdout)
+    assert report["tenants"]["globex"]["violations"] == {"ua-generic": 251}
+    assert report["tenants"]["globex"]["violations_total"] == 251

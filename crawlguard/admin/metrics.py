@@ -191,6 +191,28 @@ class Metrics:
         )
         # -- issue 18 item 16: wrong operator credentials on the admin server -------------------
         self.admin_auth_failures = admin_auth_failures(self.registry)
+        # -- issue 18 item 13: records by the million (folding, disk space) -------------------
+        self.violations_folded = Counter(
+            "crawlguard_violations_folded",
+            "Refusals counted into a folded record instead of a record of their own "
+            "(store.fold_after / fold_tenant_after); crawlguard_violations_total still counts "
+            "every refusal.",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.store_disk_free_bytes = Gauge(
+            "crawlguard_store_disk_free_bytes",
+            "Free bytes on the filesystem of the violation store (SQLite) or of its spool "
+            "(PostgreSQL), refreshed every 10 s.",
+            multiprocess_mode="livemin",
+            registry=self.registry,
+        )
+        self.store_disk_low = Gauge(
+            "crawlguard_store_disk_low",
+            "1 while crawlguard_store_disk_free_bytes is below store.min_free_bytes, else 0.",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

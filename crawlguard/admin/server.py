@@ -93,10 +93,18 @@ class AdminServer:
             await self.sessions.close()
 
     async def healthz(self, request: web.Request) -> web.Response:
+        """200 ``ok`` when ready; a store disk below `store.min_free_bytes` adds a ``warning:``
+        line but stays 200: the proxy still records, and a 503 would pull every replica out
+        of a load balancer at once (alert on crawlguard_store_disk_low)."""
+        import asyncio
+
+        from crawlguard.store.disk import store_disk_warning
+
         problem = self._health() if self._health is not None else None
         if problem is not None:
             return web.Response(status=503, text=f"{problem}\n")
-        return web.Response(text="ok\n")
+        warning = await asyncio.to_thread(store_disk_warning, self.guard.cfg)
+        return web.Response(text="ok\n" if warning is None else f"ok\nwarning: {warning}\n")
 
     async def robots_unavailable(self, request: web.Request) -> web.Response:
         return web.json_response({"error": self._robots_unavailable}, status=404)

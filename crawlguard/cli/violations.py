@@ -27,7 +27,7 @@ from crawlguard.store import (
     parse_since,
 )
 
-TABLE_COLUMNS = ("ts", "tenant", "kind", "action", "method", "url", "rule")
+TABLE_COLUMNS = ("ts", "tenant", "kind", "action", "count", "method", "url", "rule")
 MAX_CELL = {"url": 100, "rule": 60}
 # What --kind takes: every decision kind a violation record can have (never `allowed`).
 VIOLATION_KINDS = tuple(k.value for k in Kind if k is not Kind.ALLOWED)

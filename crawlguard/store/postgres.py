@@ -61,8 +61,9 @@ from crawlguard.store import (
 
 log = logging.getLogger("crawlguard")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # 1: violations (uid unique, timestamptz, host), robots_bodies, request_counts
+# 2: violations.count, first_ts, last_ts (folded records; existing rows count 1)
 
 # pg_advisory_xact_lock(int4, int4): a fixed class id, and the schema's name hashed, so stores
 # in different schemas of one database migrate independently.
@@ -101,9 +102,16 @@ _SCHEMA = [
         robots_sha256 text COLLATE "C",
         delay_seconds double precision,
         reason        text,
+        count         bigint NOT NULL DEFAULT 1,
+        first_ts      timestamptz,
+        last_ts       timestamptz,
         host          text COLLATE "C",
         CONSTRAINT violations_uid_key UNIQUE (uid)
     )""",
+    # version 2 (a no-op on a table made above; a constant default rewrites nothing)
+    "ALTER TABLE violations ADD COLUMN IF NOT EXISTS count bigint NOT NULL DEFAULT 1",
+    "ALTER TABLE violations ADD COLUMN IF NOT EXISTS first_ts timestamptz",
+    "ALTER TABLE violations ADD COLUMN IF NOT EXISTS last_ts timestamptz",
     "CREATE INDEX IF NOT EXISTS violations_tenant_ts ON violations (tenant, ts)",
     "CREATE INDEX IF NOT EXISTS violations_kind_ts ON violations (kind, ts)",
     "CREATE INDEX IF NOT EXISTS violations_host_ts ON violations (host, ts)",
@@ -198,9 +206,16 @@ _SQL = sql.Dialect(ph="%s", ts=_dt)
 _Rows = list[tuple[Any, ...]]
 
 
+_TS_AT = tuple(i for i, name in enumerate(FIELDS) if name in ("ts", "first_ts", "last_ts"))
+
+
 def _record(row: Sequence[Any]) -> ViolationRecord:
-    """A row of ``_COLUMNS`` -> the record, its timestamp in the canonical form."""
-    return ViolationRecord(canonical_ts(row[0]), *row[1:])
+    """A row of ``_COLUMNS`` -> the record, its timestamps in the canonical form."""
+    values = list(row)
+    for i in _TS_AT:
+        if values[i] is not None:
+            values[i] = canonical_ts(values[i])
+    return ViolationRecord(*values)
 
 
 class _Slot:
@@ -372,6 +387,9 @@ class PostgresStore:
             sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
             values["robots_sha256"] = _pg_text(sha)
             values["ts"] = ts
+            for name in ("first_ts", "last_ts"):
+                if values[name] is not None:
+                    values[name] = _dt(values[name])
             uid = uuid.UUID(uids[i]) if uids is not None else uuid.uuid4()
             rows.append([uid, *(values[f] for f in FIELDS), url_host(values["url"])])
             if robots_body is not None and sha and sha not in bodies:

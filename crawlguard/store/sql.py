@@ -131,21 +131,21 @@ class SummaryQuery:
         """Counts per tenant and bucket; `offset` is the backend's expression for a row's
         microseconds after `since` (its parameters come first, then the width)."""
         return (
-            f"SELECT tenant, {offset} / {d.ph} AS b, count(*) FROM violations "
+            f"SELECT tenant, {offset} / {d.ph} AS b, sum(count) FROM violations "
             f"WHERE {self.cond} GROUP BY tenant, b"
         )
 
     def by_kind_sql(self) -> str:
         return (
-            f"SELECT kind, count(*) AS n FROM violations WHERE {self.cond} "
+            f"SELECT kind, sum(count) AS n FROM violations WHERE {self.cond} "
             "GROUP BY kind ORDER BY n DESC, kind"
         )
 
     def top_hosts_sql(self, d: Dialect) -> str:
         """The top hosts per tenant; parameters: `params`, then how many."""
         return (
-            "SELECT tenant, host, n FROM (SELECT tenant, host, count(*) AS n, "
-            "row_number() OVER (PARTITION BY tenant ORDER BY count(*) DESC, host) "
+            "SELECT tenant, host, n FROM (SELECT tenant, host, sum(count) AS n, "
+            "row_number() OVER (PARTITION BY tenant ORDER BY sum(count) DESC, host) "
             f"AS r FROM violations WHERE {self.cond} AND host IS NOT NULL "
             f"GROUP BY tenant, host) AS t WHERE r <= {d.ph} ORDER BY n DESC, tenant, host"
         )
@@ -188,8 +188,9 @@ def summary_query(d: Dialect, flt: ViolationFilter, buckets: int) -> SummaryQuer
 
 
 def latest_sql(d: Dialect, since: str | None) -> tuple[str, list[Any]]:
-    """Tenant, timestamp of its newest violation (held records are not violations)."""
-    sql = "SELECT tenant, max(ts) FROM violations WHERE action <> 'delayed'"
+    """Tenant, timestamp of its newest violation (held records are not violations; a folded
+    record's newest refusal is its `last_ts`)."""
+    sql = "SELECT tenant, max(coalesce(last_ts, ts)) FROM violations WHERE action <> 'delayed'"
     params: list[Any] = []
     if since is not None:
         sql += f" AND ts >= {d.ph}"
@@ -243,13 +244,13 @@ def report_query(d: Dialect, since: str | None) -> ReportQuery:
             hour_params,
         ),
         violations=(
-            "SELECT tenant, kind, count(*) FROM violations "
+            "SELECT tenant, kind, sum(count) FROM violations "
             f"WHERE action <> 'delayed'{ts_cond} "
-            "GROUP BY tenant, kind ORDER BY tenant, count(*) DESC, kind",
+            "GROUP BY tenant, kind ORDER BY tenant, sum(count) DESC, kind",
             params,
         ),
         held=(
-            "SELECT tenant, count(*) FROM violations "
+            "SELECT tenant, sum(count) FROM violations "
             f"WHERE action = 'delayed'{ts_cond} GROUP BY tenant",
             params,
         ),

@@ -34,9 +34,10 @@ from crawlguard.store import (
 
 log = logging.getLogger("crawlguard")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # 2: index on violations.robots_sha256 (orphaned robots bodies pruning)
 # 3: violations.host (canonical host of the url, backfilled) for the admin API's host filter
+# 4: violations.count, first_ts, last_ts (folded records; existing rows count 1)
 BUSY_TIMEOUT_SECONDS = 10.0  # `run --workers N` processes share one SQLite file
 
 _SCHEMA = """
@@ -55,6 +56,9 @@ CREATE TABLE IF NOT EXISTS violations (
     robots_sha256 TEXT,
     delay_seconds REAL,
     reason        TEXT,
+    count         INTEGER NOT NULL DEFAULT 1,
+    first_ts      TEXT,
+    last_ts       TEXT,
     host          TEXT
 );
 CREATE INDEX IF NOT EXISTS violations_tenant_ts ON violations (tenant, ts);
@@ -77,6 +81,13 @@ CREATE TABLE IF NOT EXISTS request_counts (
 """
 # After the host column exists (an older table gets it from `_migrate`).
 _HOST_INDEX = "CREATE INDEX IF NOT EXISTS violations_host_ts ON violations (host, ts)"
+# Columns added after version 1, in order; ADD COLUMN with a constant default rewrites nothing.
+_ADDED_COLUMNS = (
+    ("host", "TEXT"),
+    ("count", "INTEGER NOT NULL DEFAULT 1"),
+    ("first_ts", "TEXT"),
+    ("last_ts", "TEXT"),
+)
 MIGRATE_BATCH_ROWS = 10_000
 
 _COLUMNS = sql.COLUMNS
@@ -91,14 +102,16 @@ _INSERT = f"INSERT INTO violations ({_COLUMNS}, host) VALUES ({', '.join('?' for
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create or upgrade the schema to SCHEMA_VERSION in one transaction (idempotent, so two
-    processes opening an old file at once are fine): tables and indexes, then version 3's
-    `host` column, backfilled from each record's url."""
+    processes opening an old file at once are fine): tables and indexes, then the columns
+    later versions added: version 3's `host` (backfilled from each record's url) and version
+    4's `count` (1 for every existing record), `first_ts` and `last_ts`."""
     try:
         # one script: executescript would commit a transaction begun before it
         conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
         columns = {row[1] for row in conn.execute("PRAGMA table_info(violations)")}
-        if "host" not in columns:
-            conn.execute("ALTER TABLE violations ADD COLUMN host TEXT")
+        for name, decl in _ADDED_COLUMNS:
+            if name not in columns:
+                conn.execute(f"ALTER TABLE violations ADD COLUMN {name} {decl}")
         conn.execute(_HOST_INDEX)
         last = 0
         while rows := conn.execute(
@@ -188,6 +201,9 @@ class SQLiteStore:
         for rec, robots_body in items:
             values = rec.bounded().to_dict()
             values["ts"] = normalize_ts(rec.ts)
+            for name in ("first_ts", "last_ts"):
+                if values[name] is not None:
+                    values[name] = normalize_ts(values[name])
             sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
             values["robots_sha256"] = sha  # lower-case, as robots_bodies is keyed
             rows.append([*(values[f] for f in FIELDS), url_host(values["url"])])

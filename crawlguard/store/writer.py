@@ -4,7 +4,10 @@ Writes from the proxy go through one `StoreWriter`: a bounded queue drained by a
 that commits each batch of queued records in one transaction (group commit); every caller
 still waits for its own record's commit. When the queue is full the writer refuses new records
 with `StoreBacklogged` rather than letting memory and latency grow without bound. The writer
-also runs retention (`store.retention_days`): an hourly prune of old records in small batches.
+also runs retention (`store.retention_days`): an hourly prune of old records in small batches;
+folding (`store.fold_*`, crawlguard.store.fold): a refusal beyond the fold rate is only
+counted, and the writer writes (and logs) each interval's folded records when it ends and at
+close; and the disk gauges (`store.min_free_bytes`, crawlguard.store.disk).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from concurrent.futures import Executor
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crawlguard.records import ViolationRecord
+from crawlguard.records import ViolationRecord, log_line
 from crawlguard.store import (
     PRUNE_BATCH_ROWS,
     RETENTION_FIRST_DELAY_SECONDS,
@@ -31,11 +35,14 @@ from crawlguard.store import (
     ViolationStore,
     canonical_ts,
 )
+from crawlguard.store.disk import DISK_CHECK_SECONDS, DiskSpace, disk_space
+from crawlguard.store.fold import Folder
 
 if TYPE_CHECKING:
     from crawlguard.admin.metrics import Metrics
 
 log = logging.getLogger("crawlguard")
+violation_log = logging.getLogger("crawlguard.violations")
 
 
 @dataclass(slots=True)
@@ -67,6 +74,10 @@ class StoreWriter:
         retention_interval: float = RETENTION_INTERVAL_SECONDS,
         retention_first_delay: float = RETENTION_FIRST_DELAY_SECONDS,
         prune_batch: int = PRUNE_BATCH_ROWS,
+        folder: Folder | None = None,
+        disk_path: Path | None = None,
+        min_free_bytes: int = 0,
+        disk_interval: float = DISK_CHECK_SECONDS,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -77,6 +88,12 @@ class StoreWriter:
         self.retention_interval = retention_interval
         self.retention_first_delay = retention_first_delay
         self.prune_batch = prune_batch
+        self.folder = folder
+        self.disk_path = disk_path
+        self.min_free_bytes = min_free_bytes
+        self.disk_interval = disk_interval
+        self._folding: asyncio.Task[None] | None = None
+        self._disk: asyncio.Task[None] | None = None
         self._queue: deque[_Pending] = deque()
         self._pending = 0  # queued plus the batch being committed
         self._wakeup: asyncio.Event | None = None
@@ -90,12 +107,20 @@ class StoreWriter:
         return self._pending
 
     def start(self) -> None:
-        """Start the writer and, with `retention_days`, the retention task (in a running loop)."""
+        """Start the writer and, as configured, the retention, folding and disk tasks (in a
+        running loop)."""
         self._ensure_writer()
-        if self.retention_days is not None and self._retention is None and not self._closed:
-            self._retention = asyncio.get_running_loop().create_task(
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self.retention_days is not None and self._retention is None:
+            self._retention = loop.create_task(
                 self._retention_loop(), name="crawlguard-store-retention"
             )
+        if self.folder is not None and self._folding is None:
+            self._folding = loop.create_task(self._fold_loop(), name="crawlguard-store-fold")
+        if self.disk_path is not None and self._disk is None:
+            self._disk = loop.create_task(self._disk_loop(), name="crawlguard-store-disk")
 
     def _ensure_writer(self) -> None:
         if self._task is None:
@@ -125,9 +150,12 @@ class StoreWriter:
                 f"{self._pending} violation records are waiting for the store "
                 f"(at most {self.queue_max}); the store is too slow or stuck"
             )
+        return self._enqueue(rec, body)
+
+    def _enqueue(self, rec: ViolationRecord, body: bytes | None) -> asyncio.Future[None]:
         self._ensure_writer()
         assert self._wakeup is not None
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(rec, body, done))
         self._pending += 1
         self._set_depth()
@@ -180,6 +208,60 @@ class StoreWriter:
             if self.metrics is not None:
                 self.metrics.store_write_seconds.observe(time.perf_counter() - started)
 
+    # -- folding -----------------------------------------------------------------------------
+
+    def fold(self, rec: ViolationRecord, body: bytes | None = None) -> bool:
+        """True when `rec` was counted into a folded record (the caller writes and logs
+        nothing); False when it is to be recorded on its own (`submit`). Without a folder, or
+        once closed, nothing folds."""
+        if self.folder is None or self._closed:
+            return False
+        if self.folder.admit(rec, body):
+            return False
+        if self.metrics is not None:
+            self.metrics.violations_folded.labels(rec.tenant).inc(rec.count)
+        return True
+
+    def _write_folds(self, items: list[tuple[ViolationRecord, bytes | None]]) -> None:
+        """Queue and log folded records. Past `queue_max` too: their refusals were answered
+        already, and their number per interval is bounded by the folder."""
+        for rec, body in items:
+            self._enqueue(rec, body)
+            violation_log.info(log_line(rec))
+
+    async def _fold_loop(self) -> None:
+        assert self.folder is not None
+        while True:
+            await asyncio.sleep(max(self.folder.seconds_left(), 0.0) + 0.001)
+            self._write_folds(self.folder.take_due())
+
+    # -- disk --------------------------------------------------------------------------------
+
+    async def check_disk(self) -> DiskSpace | None:
+        """Measure the store's disk and refresh the gauges (statvfs off the event loop: a hung
+        mount must not stall requests). None when it cannot be measured (logged)."""
+        if self.disk_path is None:
+            return None
+        try:
+            space = await asyncio.to_thread(disk_space, self.disk_path, self.min_free_bytes)
+        except OSError as exc:
+            log.warning("cannot measure the store's disk at %s: %s", self.disk_path, exc)
+            return None
+        if self.metrics is not None:
+            self.metrics.store_disk_free_bytes.set(space.free_bytes)
+            self.metrics.store_disk_low.set(1 if space.low else 0)
+        return space
+
+    async def _disk_loop(self) -> None:
+        warned = False  # log once per episode of low space, not every check
+        while True:
+            space = await self.check_disk()
+            low = space is not None and space.low
+            if low and not warned and space is not None:
+                log.warning("%s", space.warning())
+            warned = low
+            await asyncio.sleep(self.disk_interval)
+
     # -- retention ---------------------------------------------------------------------------
 
     def retention_bound(self, now: datetime | None = None) -> str | None:
@@ -225,13 +307,18 @@ class StoreWriter:
             await asyncio.sleep(self.retention_interval)
 
     async def close(self) -> None:
-        """Refuse new records, stop retention, and wait until every queued record is written."""
+        """Write every folded record, refuse new records, stop the background tasks, and wait
+        until every queued record is written."""
+        for name in ("_retention", "_folding", "_disk"):
+            task: asyncio.Task[None] | None = getattr(self, name)
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+                setattr(self, name, None)
+        if self.folder is not None and not self._closed:
+            self._write_folds(self.folder.drain())
         self._closed = True
-        if self._retention is not None:
-            self._retention.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._retention
-            self._retention = None
         if self._task is not None:
             assert self._wakeup is not None
             self._wakeup.set()

@@ -716,11 +716,23 @@
       el("td", null, el("span", { class: "tenant-cell" }, swatch(String(r.tenant)), el("span", { text: r.tenant }))),
       el("td", { class: "kind" },
         el("span", { class: `badge ${kindCategory(kind)}`, text: kind }),
-        el("span", { class: `badge ${ACTIONS.includes(action) ? action : ""}`, text: action })),
+        el("span", { class: `badge ${ACTIONS.includes(action) ? action : ""}`, text: action }),
+        ...foldBadge(r)),
       el("td", { class: "req" }, el("span", { class: "method", text: r.method }), text(r.url, "url")),
       el("td", { class: "ua-cell" }, text(r.user_agent, "ua")),
       rule,
       delay);
+  }
+
+  // A folded record stands for `count` identical refusals (store.fold_after): say how many.
+  function foldBadge(r) {
+    const n = Number(r.count);
+    if (!Number.isFinite(n) || n <= 1) return [];
+    return [el("span", {
+      class: "badge folded",
+      text: `×${fmt(n)}`,
+      title: `${fmt(n)} identical refusals from ${r.first_ts || r.ts} to ${r.last_ts || r.ts}, folded into one record; the URL and User-Agent are one sample`,
+    })];
   }
 
   function replaceRows(rows, cursor) {
