@@ -66,6 +66,23 @@ def test_json_output() -> None:
             0,
             "allowed",
         ),
+        # a crawler named in the contact, a look-alike of the own token: both claims
+        (
+            ["AcmeBot/1.0 (+https://acme.example/Googlebot/2.1)", "--product-token", "AcmeBot"],
+            1,
+            "ua-impersonation",
+        ),
+        (["AcmeBot/1.0 (googlebot@acme.example)"], 1, "ua-impersonation"),
+        (
+            ["\u212aiteBot/1.0 (+https://kite.example)", "--product-token", "KiteBot"],
+            1,
+            "ua-impersonation",
+        ),
+        (
+            ["AcmeBot/1.0 (+https://b\u00fccher.example)", "--product-token", "AcmeBot"],
+            0,
+            "allowed",
+        ),
     ],
 )
 def test_in_process(
@@ -99,3 +116,12 @@ def test_lowercase_googlebot_is_impersonation(capsys: pytest.CaptureFixture[str]
     assert main(["lint-ua", "googlebot/2.1 (+http://www.google.com/bot.html)", "--json"]) == 1
     result = json.loads(capsys.readouterr().out)
     assert (result["kind"], result["rule"]) == ("ua-impersonation", "impersonation:Googlebot")
+
+
+def test_look_alike_says_which_characters_are_not_ascii() -> None:
+    """The issue's reproduction, through the real entry point: the Kelvin sign is no K."""
+    done = lint_ua("\u212aiteBot/1.0 (+https://kite.example/bot)", "--product-token", "KiteBot")
+    assert done.returncode == 1, done.stderr
+    first, reason, *_ = done.stdout.splitlines()
+    assert first == "FAIL ua-impersonation (impersonation:lookalike:KiteBot)"
+    assert "'\\u212aiteBot'" in reason and "KiteBot" in reason

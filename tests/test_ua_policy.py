@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import string
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crawlguard.decisions import Kind
 from crawlguard.ua_policy import (
     MAX_LENGTH,
     UAVerdict,
     UserAgentPolicy,
+    ascii_lower,
     lint,
     product_token_of,
     product_token_problem,
@@ -50,9 +54,12 @@ CASES: list[tuple[str | None, Kind, str]] = [
         "ok:AcmeBot",
     ),
     (f"{CHROME} (compatible; AcmeBot/1.0; +https://acme.example/bot)", ALLOWED, "ok:AcmeBot"),
-    # a contact URL naming a well-known crawler claims nothing
-    ("AcmeBot/1.0 (+https://speedy.example/bot)", ALLOWED, "ok:AcmeBot"),
-    ("AcmeBot/1.0 (+https://acme.example/googlebot/; bingbot@acme.example)", ALLOWED, "ok:AcmeBot"),
+    # contacts that name no well-known crawler, or only in non-ASCII that imitates nothing
+    ("AcmeBot/1.0 (+https://acme.example/google-compatible)", ALLOWED, "ok:AcmeBot"),
+    ("AcmeBot/1.0 (+https://www.google.com/search?q=acme)", ALLOWED, "ok:AcmeBot"),
+    ("AcmeBot/1.0 (+https://b\u00fccher.example/bot)", ALLOWED, "ok:AcmeBot"),  # IDN
+    ("AcmeBot/1.0 (+https://xn--bcher-kva.example/bot)", ALLOWED, "ok:AcmeBot"),
+    ("AcmeBot/1.0 (b\u00fccher@acme.example)", ALLOWED, "ok:AcmeBot"),
     # Google App Engine appends this to every outgoing UA: not a claim to be Google
     (
         "AcmeBot/1.0 (+https://acme.example/bot) AppEngine-Google; "
@@ -192,6 +199,22 @@ CASES: list[tuple[str | None, Kind, str]] = [
         "impersonation:Googlebot",
     ),
     ("python-requests/2.31.0 Googlebot/2.1", IMPERSONATION, "impersonation:Googlebot"),
+    # a contact naming a well-known crawler is a claim: sites match the whole UA by regex (item 7)
+    ("AcmeBot/1.0 (+https://acme.example/Googlebot/2.1)", IMPERSONATION, "impersonation:Googlebot"),
+    ("AcmeBot/1.0 (googlebot@acme.example)", IMPERSONATION, "impersonation:Googlebot"),
+    ("AcmeBot/1.0 (+mailto:GOOGLEBOT@acme.example)", IMPERSONATION, "impersonation:Googlebot"),
+    ("AcmeBot/1.0 (+https://bingbot.acme.example)", IMPERSONATION, "impersonation:bingbot"),
+    ("AcmeBot/1.0 (+https://speedy.example/bot)", IMPERSONATION, "impersonation:speedy"),
+    (
+        "AcmeBot/1.0 (+https://acme.example/googlebot/; bingbot@acme.example)",
+        IMPERSONATION,
+        "impersonation:Googlebot",
+    ),
+    (
+        "Mozilla/5.0 (compatible; AcmeBot/2.1; +https://acme.example/DuckDuckBot-compatible)",
+        IMPERSONATION,
+        "impersonation:DuckDuckBot",
+    ),
     # any case spelling of a well-known crawler's token is a claim (the dataset is case-sensitive)
     ("googlebot/2.1 (+https://acme.example/bot)", IMPERSONATION, "impersonation:Googlebot"),
     ("GOOGLEBOT", IMPERSONATION, "impersonation:Googlebot"),
@@ -213,6 +236,78 @@ CASES: list[tuple[str | None, Kind, str]] = [
     ("applebot/0.1 (+https://acme.example/bot)", IMPERSONATION, "impersonation:Applebot"),
     ("duckduckbot/1.1 (+https://acme.example/bot)", IMPERSONATION, "impersonation:DuckDuckBot"),
     ("YANDEXBOT/3.0 (+https://acme.example/bot)", IMPERSONATION, "impersonation:YandexBot"),
+    # non-ASCII look-alikes (item 6): fullwidth, Cyrillic, Greek, Kelvin sign, zero-width space;
+    # of the tenant's own token, of a well-known crawler's, in any ASCII case, contacts included
+    (
+        "\uff21\uff43\uff4d\uff45\uff22\uff4f\uff54/1.0 (+https://acme.example)",
+        IMPERSONATION,
+        "impersonation:lookalike:AcmeBot",
+    ),
+    ("AcmeB\u043et/1.0 (+https://acme.example)", IMPERSONATION, "impersonation:lookalike:AcmeBot"),
+    ("Acme\u0412ot/1.0 (+https://acme.example)", IMPERSONATION, "impersonation:lookalike:AcmeBot"),
+    ("ACMEB\u041eT/1.0 (+https://acme.example)", IMPERSONATION, "impersonation:lookalike:AcmeBot"),
+    ("\u0430cmebot/1.0 (+https://acme.example)", IMPERSONATION, "impersonation:lookalike:AcmeBot"),
+    (
+        "Mozilla/5.0 (compatible; AcmeB\u043et/2.1; +https://acme.example/bot)",
+        IMPERSONATION,
+        "impersonation:lookalike:AcmeBot",
+    ),
+    (
+        "AcmeBot/1.0 (+https://acme.example) AcmeB\u043et/1.0",  # beside the genuine one
+        IMPERSONATION,
+        "impersonation:lookalike:AcmeBot",
+    ),
+    ("G\u043e\u043eglebot/2.1", IMPERSONATION, "impersonation:lookalike:Googlebot"),
+    (
+        "Mozilla/5.0 (compatible; \uff27\uff4f\uff4f\uff47\uff4c\uff45\uff42\uff4f\uff54/2.1; "
+        "+https://acme.example)",
+        IMPERSONATION,
+        "impersonation:lookalike:Googlebot",
+    ),
+    (
+        "Goog\u200blebot/2.1 (+https://acme.example)",
+        IMPERSONATION,
+        "impersonation:lookalike:Googlebot",
+    ),
+    (
+        "G\u043e\u043eglebot-Image/1.0 (+https://acme.example)",
+        IMPERSONATION,
+        "impersonation:lookalike:Googlebot-Image",
+    ),
+    (
+        "g\u043e\u043eglebot-clone/1.0 (+https://acme.example)",
+        IMPERSONATION,
+        "impersonation:lookalike:Googlebot",
+    ),
+    ("\u0392ingbot/2.0 (+https://acme.example)", IMPERSONATION, "impersonation:lookalike:bingbot"),
+    (
+        "Y\u0430ndexImages/3.0 (+https://acme.example)",
+        IMPERSONATION,
+        "impersonation:lookalike:YandexBot",
+    ),
+    (
+        "AcmeBot/1.0 (+https://acme.example/G\u043e\u043eglebot)",
+        IMPERSONATION,
+        "impersonation:lookalike:Googlebot",
+    ),
+    (
+        "AcmeBot/1.0 (G\u043e\u043eglebot@acme.example)",
+        IMPERSONATION,
+        "impersonation:lookalike:Googlebot",
+    ),
+    # non-ASCII that imitates no token is judged as before: not a claim
+    (
+        "B\u00fccherbot/1.0 (+https://b\u00fccher.example)",
+        UNDESCRIPTIVE,
+        "undescriptive:invalid-token",
+    ),
+    (
+        "G\u00f6\u00f6glebot/2.1 (+https://acme.example)",
+        UNDESCRIPTIVE,
+        "undescriptive:invalid-token",
+    ),
+    # an ASCII token with fullwidth punctuation after it is no look-alike (and no version)
+    ("AcmeBot\uff0f\uff11.\uff10 (+https://acme.example)", UNDESCRIPTIVE, "undescriptive:no-token"),
     # another token, not descriptive
     ("MyCrawler", UNDESCRIPTIVE, "undescriptive:no-version"),
     ("MyCrawler (+https://example.org/crawler)", UNDESCRIPTIVE, "undescriptive:no-version"),
@@ -601,7 +696,11 @@ def test_bad_product_tokens(token: str, mentions: str) -> None:
         ("Mozilla/5.0 (compatible; googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot"),
         ("GOOGLEBOT/2.1", "Googlebot"),
         ("AcmeBot", None),
-        ("AcmeBot/1.0 (+https://speedy.example; googlebot@acme.example)", None),
+        ("AcmeBot/1.0 (+https://speedy.example; googlebot@acme.example)", "speedy"),  # contacts
+        ("AcmeBot/1.0 (+https://acme.example; googlebot@acme.example)", "Googlebot"),
+        ("AcmeBot/1.0 (+https://acme.example)", None),
+        ("G\u043e\u043eglebot/2.1 (+https://acme.example)", "Googlebot"),  # look-alike
+        ("AcmeBot/1.0 (+https://b\u00fccher.example)", None),
         ("MyGooglebotlessCrawler/1.0 (+https://acme.example)", None),
         ("linkdexbot/Nutch-1.0-dev (http://www.linkdex.com/)", None),  # Nutch: a framework
         (CHROME, None),
@@ -609,6 +708,173 @@ def test_bad_product_tokens(token: str, mentions: str) -> None:
 )
 def test_well_known_crawler(value: str, name: str | None) -> None:
     assert well_known_crawler(value) == name
+
+
+# --- ASCII case folding and look-alikes (issue 18, items 6 and 7) ----------------------------
+
+
+def test_ascii_lower_folds_ascii_only() -> None:
+    assert "\u212a".lower() == "k"  # why str.lower is not used on user agents
+    assert ascii_lower("\u212aiteBot") == "\u212aitebot"
+    assert ascii_lower("\u0130STANBUL") == "\u0130stanbul"
+    assert ascii_lower("AcmeBot") == "acmebot"
+
+
+@pytest.fixture(scope="module")
+def kite() -> UserAgentPolicy:
+    return UserAgentPolicy(["KiteBot"], foreign_tokens=["BetaBot"])
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "kind", "rule"),
+    [
+        # the issue's reproduction: Unicode folding made the Kelvin sign pass as K
+        (
+            "\u212aiteBot/1.0 (+https://kite.example)",
+            IMPERSONATION,
+            "impersonation:lookalike:KiteBot",
+        ),
+        (
+            "\u212aITEBOT/1.0 (+https://kite.example)",
+            IMPERSONATION,
+            "impersonation:lookalike:KiteBot",
+        ),
+        (
+            "\u212aitebot/1.0 (+https://kite.example)",
+            IMPERSONATION,
+            "impersonation:lookalike:KiteBot",
+        ),
+        (
+            "Mozilla/5.0 (compatible; \u212aiteBot/1.0; +https://kite.example)",
+            IMPERSONATION,
+            "impersonation:lookalike:KiteBot",
+        ),
+        ("\u212aiteBot (+https://kite.example)", IMPERSONATION, "impersonation:lookalike:KiteBot"),
+        # another tenant's token, imitated beside our own
+        (
+            "KiteBot/1.0 (+https://kite.example) B\u0435taBot/1.0",
+            IMPERSONATION,
+            "impersonation:lookalike:BetaBot",
+        ),
+        (
+            "KiteBot/1.0 (+https://kite.example/B\u0415TABOT)",
+            IMPERSONATION,
+            "impersonation:lookalike:BetaBot",
+        ),
+        # the genuine token, any ASCII case
+        ("KiteBot/1.0 (+https://kite.example)", ALLOWED, "ok:KiteBot"),
+        ("KITEBOT/1.0 (+https://kite.example)", ALLOWED, "ok:KiteBot"),
+        ("kitebot/1.0 (+https://k\u00efte.example)", ALLOWED, "ok:KiteBot"),  # IDN contact
+    ],
+    ids=ascii,
+)
+def test_look_alikes_of_registered_tokens(
+    kite: UserAgentPolicy, user_agent: str, kind: Kind, rule: str
+) -> None:
+    verdict = kite.evaluate(user_agent)
+    assert (verdict.kind, verdict.rule) == (kind, rule), verdict.reason
+    assert lint(user_agent, ["KiteBot"], ["BetaBot"]) == verdict
+
+
+def test_claim_in_a_contact_is_explained_as_such() -> None:
+    reason = lint("AcmeBot/1.0 (+https://acme.example/Googlebot/2.1)", ["AcmeBot"]).reason
+    assert "contact https://acme.example/Googlebot/2.1 names Googlebot" in reason
+    assert "contact" not in lint("AcmeBot/1.0 Googlebot/2.1 (+https://a.example)").reason
+
+
+def test_look_alike_reason_shows_the_characters_and_whose_token() -> None:
+    kite = UserAgentPolicy(["KiteBot"], foreign_tokens=["BetaBot"])
+    own = kite.evaluate("\u212aiteBot/1.0 (+https://kite.example)").reason
+    assert "'\\u212aiteBot'" in own and "this tenant's product token KiteBot" in own
+    assert own.isascii()  # the reason says which character is not what it looks like
+    other = kite.evaluate("KiteBot/1.0 (+https://kite.example) B\u0435taBot/1.0").reason
+    assert "registered by another tenant BetaBot" in other and "beta " not in other.lower()
+    known = kite.evaluate("G\u043e\u043eglebot/2.1").reason
+    assert "well-known crawler Googlebot" in known
+
+
+# (ASCII letter, a character the Unicode confusables data says looks like it): a tenant that
+# registered QxaBot is imitated by "Qx\u0430Bot", and so on, in scripts and forms of every kind.
+CONFUSABLES = [
+    ("a", "\u0430"),  # CYRILLIC SMALL LETTER A
+    ("a", "\u0251"),  # LATIN SMALL LETTER ALPHA
+    ("c", "\u03f2"),  # GREEK LUNATE SIGMA SYMBOL (its NFKC form is a final sigma)
+    ("e", "\u0435"),  # CYRILLIC SMALL LETTER IE
+    ("e", "\u212e"),  # ESTIMATED SYMBOL
+    ("o", "\u03bf"),  # GREEK SMALL LETTER OMICRON
+    ("o", "\u0585"),  # ARMENIAN SMALL LETTER OH
+    ("p", "\u0440"),  # CYRILLIC SMALL LETTER ER
+    ("i", "\u0456"),  # CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I
+    ("i", "\u0131"),  # LATIN SMALL LETTER DOTLESS I
+    ("l", "\u2113"),  # SCRIPT SMALL L
+    ("g", "\u0261"),  # LATIN SMALL LETTER SCRIPT G
+    ("h", "\u04bb"),  # CYRILLIC SMALL LETTER SHHA
+    ("n", "\u0578"),  # ARMENIAN SMALL LETTER VO
+    ("v", "\u03bd"),  # GREEK SMALL LETTER NU
+    ("K", "\u212a"),  # KELVIN SIGN
+    ("K", "\u039a"),  # GREEK CAPITAL LETTER KAPPA
+    ("B", "\u0392"),  # GREEK CAPITAL LETTER BETA
+    ("H", "\u041d"),  # CYRILLIC CAPITAL LETTER EN
+    ("M", "\u041c"),  # CYRILLIC CAPITAL LETTER EM
+    ("A", "\U0001d400"),  # MATHEMATICAL BOLD CAPITAL A
+    ("m", "\uff4d"),  # FULLWIDTH LATIN SMALL LETTER M
+    ("T", "\uff34"),  # FULLWIDTH LATIN CAPITAL LETTER T
+]
+
+
+@pytest.mark.parametrize(("letter", "lookalike"), CONFUSABLES, ids=ascii)
+def test_confusables_data_is_applied(letter: str, lookalike: str) -> None:
+    token = f"Qx{letter}Bot"
+    verdict = lint(f"Qx{lookalike}Bot/1.0 (+https://q.example)", [token])
+    assert verdict.rule == f"impersonation:lookalike:{token}", verdict.reason
+
+
+# Letters with a non-ASCII look-alike in every case (Cyrillic, Greek, fullwidth), for the
+# property below.
+_LOOKALIKE_OF = {
+    **{c: chr(ord(c) + 0xFEE0) for c in string.ascii_letters},  # fullwidth
+    "a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441", "x": "\u0445",
+    "y": "\u0443", "i": "\u0456", "A": "\u0391", "B": "\u0392", "E": "\u0395", "K": "\u212a",
+    "M": "\u041c", "H": "\u041d", "O": "\u041e", "T": "\u0422", "X": "\u03a7",
+}  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    token=st.from_regex(r"[A-Z][a-z]{2,7}(Bot|Crawler|Spider)", fullmatch=True).filter(
+        lambda t: product_token_problem(t) is None
+    ),
+    data=st.data(),
+)
+def test_no_look_alike_of_a_registered_token_passes(token: str, data: st.DataObject) -> None:
+    """Any ASCII-case spelling of the token with any non-empty set of letters replaced by a
+    look-alike is refused as that token's look-alike, wherever it stands."""
+    cased = "".join(data.draw(st.sampled_from([c.lower(), c.upper()])) for c in token)
+    swap = data.draw(st.sets(st.integers(0, len(token) - 1), min_size=1))
+    fake = "".join(_LOOKALIKE_OF[c] if i in swap else c for i, c in enumerate(cased))
+    template = data.draw(
+        st.sampled_from(
+            [
+                "{}/1.0 (+https://t.example)",
+                "Mozilla/5.0 (compatible; {}/2.1; +https://t.example/bot)",
+                "OtherBot/1.0 (+https://t.example/{})",
+                "OtherBot/1.0 ({}@t.example)",
+            ]
+        )
+    )
+    verdict = lint(template.format(fake), [token])
+    assert verdict.rule == f"impersonation:lookalike:{token}", (fake, verdict.reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(codec=None, exclude_categories=()), max_size=80))
+def test_any_text_gets_a_verdict(user_agent: str) -> None:
+    """Nothing a client sends (lone surrogates from undecodable bytes included) crashes the
+    policy, and ASCII alone never makes a look-alike."""
+    verdict = lint(user_agent, ["AcmeBot"], ["BetaBot"])
+    assert verdict.reason
+    if user_agent.isascii():
+        assert not verdict.rule.startswith("impersonation:lookalike:")
 
 
 # --- speed --------------------------------------------------------------------------------------
