@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from crawlguard import mitm_patches
+
 log = logging.getLogger("crawlguard")
 
 SWEEP_SECONDS = 1.0
@@ -106,6 +108,7 @@ class ClientLimitsAddon:
     def __init__(self, settings: Callable[[], Any]) -> None:
         self._settings = settings  # -> the running config's `proxy` section, or None
         self.limits: ClientLimits | None = None
+        mitm_patches.install_connection_close()  # a closed connection must free its socket
 
     async def running(self) -> None:
         cfg = self._settings()

@@ -1,5 +1,6 @@
 """What a client can make the proxy hold before any tenant is known: connection count, slow or
-idle connections, request-head size. Unit tests of ClientLimits, then the real proxy."""
+idle connections, request-head size, empty lines before a request. Unit tests of ClientLimits,
+then the real proxy."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from harness import LocalOrigin, Proxy, base_config, wait_for
+from rawhttp import auth, closed_without_reply, connect, read_reply, request_bytes
 
 from crawlguard.client_limits import ClientLimits
 from crawlguard.mitm_patches import HeadLimits, head_problem
+from crawlguard.sniff import FirstBytes, classify
 
 
 class Clock:
@@ -228,3 +231,88 @@ def test_held_requests_are_capped(tmp_path: Path):
     finally:
         proxy.stop()
         site.close()
+
+
+def dial(proxy: Proxy, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(
+        ("127.0.0.1", proxy.port), timeout=15, source_address=(source, 0)
+    )
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+# -- issue 18 item 14: empty lines before a request line ------------------------------------
+
+
+def test_empty_lines_before_a_request_are_capped():
+    assert head_problem(b"\r\n" * 100 + b"GET / HTTP/1.1\r\n") is None
+    assert head_problem(b"\n" * HeadLimits.empty_lines) is None
+    assert head_problem(b"\r\n" * HeadLimits.empty_lines)[0] == 400
+    assert head_problem(b"\n" * (HeadLimits.empty_lines + 1))[0] == 400
+    line = b"\r\n" * 10 + b"GET /" + b"a" * HeadLimits.line  # caps count after the empty lines
+    assert head_problem(line)[0] == 414
+    assert classify(b"\r\n" * 100) is FirstBytes.MORE
+    assert classify(b"\r\n" * HeadLimits.empty_lines) is FirstBytes.OTHER
+
+
+def test_the_tunnel_sniffer_reads_the_running_request_line_cap(monkeypatch: pytest.MonkeyPatch):
+    assert classify(b"GET /" + b"a" * 2000) is FirstBytes.MORE
+    monkeypatch.setattr(HeadLimits, "line", 1024)  # proxy.max_request_line: 1024
+    assert classify(b"GET /" + b"a" * 2000) is FirstBytes.OTHER
+
+
+def flood(sock: socket.socket, data: bytes, limit: int) -> int:
+    """Write `data` repeatedly until `limit` bytes or the proxy stops taking them; bytes sent."""
+    sent = 0
+    sock.settimeout(5)  # a proxy that stops reading blocks us: that is a refusal too
+    try:
+        while sent < limit:
+            sock.sendall(data)
+            sent += len(data)
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        pass
+    return sent
+
+
+@pytest.fixture(scope="module")
+def plain_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    tmp = tmp_path_factory.mktemp("empty-lines")
+    p = Proxy(base_config(tmp), tmp)
+    yield p
+    p.stop()
+
+
+def test_empty_lines_without_end_get_400(plain_proxy: Proxy, origin: LocalOrigin):
+    with dial(plain_proxy) as sock:
+        sock.sendall(b"\r\n" * 4096)  # 8 KiB: over the 4 KiB cap, small enough to be read whole
+        reply = read_reply(sock)
+        assert (reply.status, reply.header("X-Crawlguard-Decision")) == (400, "request-invalid")
+        assert closed_without_reply(sock)
+    with dial(plain_proxy) as sock:
+        sent = flood(sock, b"\r\n" * 32768, 32 * 1024 * 1024)
+        assert closed_by_peer(sock, within=10)  # closed, not merely no longer read
+    assert sent < 8 * 1024 * 1024, "the proxy kept reading"
+    assert origin.hits == []
+
+
+def test_a_few_empty_lines_before_a_request_are_ignored(plain_proxy: Proxy, origin: LocalOrigin):
+    """RFC 9112 §2.2; mitmproxy alone drops one empty line per read and then waits."""
+    authority = f"127.0.0.1:{origin.port}"
+    with dial(plain_proxy) as sock:
+        raw = request_bytes(origin.url("/after-empty-lines"), authority, proxy_auth=auth())
+        sock.sendall(b"\r\n\r\n\n" + raw)
+        assert read_reply(sock).status == 200
+    assert origin.paths() == ["/after-empty-lines"]
+
+
+def test_empty_lines_without_end_close_a_tunnel(plain_proxy: Proxy, origin: LocalOrigin):
+    authority = f"127.0.0.1:{origin.port}"
+    sock, reply = connect(plain_proxy.port, authority, proxy_auth=auth())
+    assert reply.status == 200
+    with sock:
+        sent = flood(sock, b"\r\n" * 32768, 32 * 1024 * 1024)
+        assert closed_by_peer(sock, within=10)  # no reply: the tunnel is closed
+    assert sent < 8 * 1024 * 1024, "the proxy kept reading"
+    assert origin.hits == []
+    records = plain_proxy.violations("--tenant", "acme", "--kind", "request-invalid")
+    assert [r["url"] for r in records] == [authority]
