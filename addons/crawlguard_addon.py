@@ -12,6 +12,9 @@ from crawlguard.client_limits import ClientLimitsAddon
 
 _guard = CrawlGuardAddon()
 addons = [
-    ClientLimitsAddon(lambda: _guard.guard.cfg.proxy if _guard.guard is not None else None),
+    ClientLimitsAddon(
+        lambda: _guard.guard.cfg.proxy if _guard.guard is not None else None,
+        lambda: _guard.guard.metrics if _guard.guard is not None else None,
+    ),
     _guard,
 ]

@@ -25,7 +25,7 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 
-from crawlguard import ca, mitm_patches
+from crawlguard import ca, client_limits, mitm_patches
 from crawlguard.admin import AdminServer
 from crawlguard.config import Config, ConfigError, load_config
 from crawlguard.decisions import DECISION_HEADER, Decision, Kind
@@ -201,6 +201,7 @@ class CrawlGuardAddon:
         if guard is None or tenant is None:
             flow.response = auth_required()
             return
+        client_limits.authenticated(flow)
         raw = f"{flow.request.host}:{flow.request.port}"
         try:
             host = canonical_host(flow.request.host)
@@ -334,6 +335,7 @@ class CrawlGuardAddon:
             if tenant is None:
                 flow.response = auth_required()
                 return
+        client_limits.authenticated(flow)
         started = time.perf_counter()
         info, pinned, step, outcome = await self._decide(flow, guard, tenant, tunnel)
         guard.metrics.decision_seconds.observe(time.perf_counter() - started)

@@ -49,7 +49,11 @@ class ProxySection(_Strict):
     upstream_ca_file: str | None = None
     """Extra CA bundle for verifying origins (tests use a local CA); system CAs otherwise."""
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
-    """Open client connections at most; more are closed at once (before any bytes are read)."""
+    """Open client connections at most. At the cap a new connection closes the oldest
+    unauthenticated one of the source holding the most; with none, it is closed itself."""
+    max_unauthenticated_per_source: Annotated[int, Field(ge=1, le=1_000_000)] = 64
+    """Connections one source address (an IPv6 /64) may hold open before any request or CONNECT
+    on them authenticated; one more closes its oldest such connection."""
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
     """Seconds a client connection may spend without a request in flight (sending a request
     head, or idle between requests) before it is closed: slow-header clients hold nothing."""

@@ -9,11 +9,14 @@
   crawlguard records it (durably, before the answer) like any refusal it makes itself.
 * mitmproxy buffers a client's request head without limit before any hook (and so before
   authentication) runs: one client could make it hold gigabytes. `Http1Server.read_headers`
-  is wrapped to answer 414 / 431 and close once the request line or head passes its cap.
+  is wrapped to answer 414 / 431 and close once the request line or head passes its cap, and
+  400 once the empty lines before a request line pass theirs (RFC 9112 §2.2 asks a server to
+  ignore at least one, not millions; mitmproxy drops one per read and buffers the rest).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,13 +26,25 @@ from mitmproxy.proxy import commands
 from crawlguard.decisions import DECISION_HEADER, Kind
 
 _MARK = "_crawlguard_wrapped"
+_EMPTY_LINES = re.compile(rb"(?:\r?\n)+")
 
 
 class HeadLimits:
-    """Caps on a request head, set from the config (`proxy.max_request_line/head`)."""
+    """Caps on what a client sends before a request head is complete: the engine's request
+    reader (here) and the tunnel sniffer (crawlguard.sniff) read the running values.
+    `line` and `head` are set from the config (`proxy.max_request_line/head`)."""
 
     line = 16 * 1024
     head = 64 * 1024
+    empty_lines = 4 * 1024  # bytes of empty lines before a request line
+
+
+def leading_empty_lines(data: bytes | bytearray) -> int:
+    """Bytes of empty lines before a request line (RFC 9112 §2.2: a server ignores them);
+    looks at no more than `HeadLimits.empty_lines + 2` bytes (a CRLF may straddle the cap), so
+    a result above the cap means "too many" whatever the buffer holds."""
+    m = _EMPTY_LINES.match(data, 0, HeadLimits.empty_lines + 2)
+    return m.end() if m else 0
 
 
 @dataclass
@@ -53,13 +68,17 @@ class EngineRefusalHook(commands.StartHook):
 
 def head_problem(data: bytes | bytearray) -> tuple[int, str] | None:
     """(status, message) when a buffered, still incomplete request head is over its caps."""
-    size = len(data)
-    if size > HeadLimits.line and data.find(b"\n", 0, HeadLimits.line + 1) < 0:
+    start = leading_empty_lines(data)
+    if start > HeadLimits.empty_lines:
+        return 400, f"more than {HeadLimits.empty_lines} bytes of empty lines before a request"
+    size = len(data) - start
+    if size > HeadLimits.line and data.find(b"\n", start, start + HeadLimits.line + 1) < 0:
         return 414, f"request line longer than {HeadLimits.line} bytes"
+    end = start + HeadLimits.head
     if (
         size > HeadLimits.head
-        and data.find(b"\n\r\n", 0, HeadLimits.head) < 0
-        and (data.find(b"\n\n", 0, HeadLimits.head) < 0)
+        and data.find(b"\n\r\n", start, end) < 0
+        and (data.find(b"\n\n", start, end) < 0)
     ):
         return 431, f"request head longer than {HeadLimits.head} bytes"
     return None
@@ -94,6 +113,31 @@ def _refusal_hook(
     if decision_for_error(status, message) == Kind.ALLOWED.value:
         return None  # the origin failed: nothing was refused
     return EngineRefusalHook(EngineRefusal(conn, status, message, request, head))
+
+
+def install_connection_close() -> None:
+    """mitmproxy closes a connection by cancelling the task that reads it. When the cancel
+    lands while that task waits for the connection's event lock (a hook of the same client is
+    finishing: a 400/414/431 refusal of bytes mitmproxy buffered during `next_layer` is one),
+    the task ends without closing its socket: open, unread, no longer counted by
+    ClientLimits, its kernel buffers full, until garbage collection. `handle_connection` is
+    wrapped to close whatever it leaves open, however it ends."""
+    from mitmproxy.proxy import server
+
+    original = server.ConnectionHandler.handle_connection
+    if getattr(original, _MARK, False):
+        return
+
+    async def handle_connection(self: Any, connection: Any) -> None:
+        try:
+            await original(self, connection)
+        finally:
+            left = self.transports.pop(connection, None)  # the normal path popped it already
+            if left is not None and left.writer is not None and not left.writer.is_closing():
+                left.writer.close()
+
+    setattr(handle_connection, _MARK, True)
+    server.ConnectionHandler.handle_connection = handle_connection  # type: ignore[method-assign]
 
 
 def install() -> None:
@@ -138,6 +182,10 @@ def install() -> None:
                 yield commands.SendData(self.conn, make_error_response(status, message))
                 yield commands.CloseConnection(self.conn)
                 return
+            if cut := leading_empty_lines(head):  # mitmproxy would drop one per read
+                head = head[cut:]
+                self.buf = type(self.buf)()
+                self.buf += head
         yield from _announce_refusals(read_headers(self, event), self, head)
 
     _http1.Http1Server.read_headers = capped_read_headers  # type: ignore[method-assign]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from crawlguard.mitm_patches import HeadLimits, leading_empty_lines
+
+__all__ = ["FirstBytes", "classify", "leading_empty_lines"]
+
 
 class FirstBytes(StrEnum):
     TLS = "tls"
@@ -17,29 +21,26 @@ class FirstBytes(StrEnum):
     OTHER = "other"
 
 
-MAX_REQUEST_LINE = 16 * 1024
 # RFC 9112 §3: method SP request-target SP HTTP-version. The target may not hold spaces or
 # controls; mitmproxy and the origin parse the rest.
 _REQUEST_LINE = re.compile(
     rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32} [\x21-\x7e\x80-\xff]+ HTTP/\d\.\d\r?"
 )
 _PREFIX_OK = re.compile(rb"[\x20-\x7e\x80-\xff\r]*")
-_EMPTY_LINES = re.compile(rb"(?:\r?\n)+")
-
-
-def leading_empty_lines(data: bytes) -> int:
-    """Bytes of empty lines before a request line (RFC 9112 §2.2: a server ignores them)."""
-    m = _EMPTY_LINES.match(data)
-    return m.end() if m else 0
 
 
 def classify(data: bytes) -> FirstBytes:
+    """What `data` is; MORE only while it is within the running request-line and empty-line
+    caps (`HeadLimits`), since mitmproxy holds every byte of a tunnel until a layer is chosen."""
     if data[:1] == b"\x16":  # a TLS handshake record; mitmproxy's TLS layer validates the rest
         return FirstBytes.TLS
-    data = data[leading_empty_lines(data) :]
+    start = leading_empty_lines(data)
+    if start > HeadLimits.empty_lines:
+        return FirstBytes.OTHER
+    data = data[start:]
     line, newline, _ = data.partition(b"\n")
     if not newline:
-        if len(data) > MAX_REQUEST_LINE or not _PREFIX_OK.fullmatch(data):
+        if len(data) > HeadLimits.line or not _PREFIX_OK.fullmatch(data):
             return FirstBytes.OTHER
         return FirstBytes.MORE
     return FirstBytes.HTTP if _REQUEST_LINE.fullmatch(line) else FirstBytes.OTHER

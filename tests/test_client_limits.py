@@ -1,8 +1,10 @@
 """What a client can make the proxy hold before any tenant is known: connection count, slow or
-idle connections, request-head size. Unit tests of ClientLimits, then the real proxy."""
+idle connections, unauthenticated connections per source, request-head size, empty lines
+before a request. Unit tests of ClientLimits, then the real proxy."""
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -10,9 +12,13 @@ from pathlib import Path
 
 import pytest
 from harness import LocalOrigin, Proxy, base_config, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rawhttp import auth, closed_without_reply, connect, read_reply, request_bytes
 
-from crawlguard.client_limits import ClientLimits
+from crawlguard.client_limits import ClientLimits, source_key
 from crawlguard.mitm_patches import HeadLimits, head_problem
+from crawlguard.sniff import FirstBytes, classify
 
 
 class Clock:
@@ -27,6 +33,8 @@ def test_connection_cap_and_sweep_of_clients_without_a_request_in_flight():
     clock, closed = Clock(), []
     limits = ClientLimits(2, 30, closed.append, clock)
     assert limits.connected("a") is None and limits.connected("b") is None
+    limits.authenticated("a")  # an unauthenticated one would be closed to make room instead
+    limits.authenticated("b")
     assert "max_connections" in (limits.connected("c") or "")
     limits.request_started("a")  # a request in flight (held, uploading) is never swept
     clock.now += 31
@@ -68,17 +76,19 @@ def closed_by_peer(sock: socket.socket, within: float = 20) -> bool:
     return True
 
 
-def test_connections_over_the_cap_are_closed(strict_proxy: Proxy):
+def test_connections_over_the_cap_are_closed(strict_proxy: Proxy, origin: LocalOrigin):
+    """With every connection authenticated there is nothing to make room with: a new one is
+    closed before a byte is read."""
+    authority = f"127.0.0.1:{origin.port}"
     held = [socket.create_connection(("127.0.0.1", strict_proxy.port)) for _ in range(4)]
     try:
-        deadline = time.monotonic() + 10
-        while True:  # the proxy registers connections asynchronously: poll
-            extra = socket.create_connection(("127.0.0.1", strict_proxy.port))
-            if closed_by_peer(extra, within=0.5):
-                extra.close()
-                break
-            extra.close()
-            assert time.monotonic() < deadline
+        for i, sock in enumerate(held):
+            sock.sendall(keep_alive(origin.url(f"/held{i}"), authority, proxy_auth=auth()))
+            assert read_reply(sock).status == 200
+        extra = socket.create_connection(("127.0.0.1", strict_proxy.port))
+        with extra:
+            assert closed_by_peer(extra)
+        assert not any(is_closed(s) for s in held)
     finally:
         for s in held:
             s.close()
@@ -228,3 +238,335 @@ def test_held_requests_are_capped(tmp_path: Path):
     finally:
         proxy.stop()
         site.close()
+
+
+# -- issue 18 item 11: connections before authentication ------------------------------------
+
+
+def test_a_source_over_its_unauthenticated_cap_loses_its_oldest_first():
+    closed: list[str] = []
+    limits = ClientLimits(100, 30, closed.append, max_unauthenticated_per_source=2)
+    for cid in ("a1", "a2", "b1", "a3"):
+        assert limits.connected(cid, cid[0]) is None
+    assert closed == ["a1"]  # the new one is kept, the oldest of its source goes
+    limits.authenticated("a2")  # a tenant on it: no longer counted, never closed for the cap
+    assert limits.connected("a4", "a") is None and limits.connected("a5", "a") is None
+    assert closed == ["a1", "a3"]
+    assert (limits.unauthenticated("a"), limits.unauthenticated("b"), len(limits)) == (2, 1, 4)
+
+
+def test_at_the_global_cap_the_source_holding_the_most_unauthenticated_pays():
+    closed: list[str] = []
+    limits = ClientLimits(4, 30, print, max_unauthenticated_per_source=10, evicted=closed.append)
+    for cid in ("a1", "b1", "b2", "a2"):
+        assert limits.connected(cid, cid[0]) is None
+    limits.authenticated("a1")
+    assert limits.connected("c1", "c") is None  # at the cap: b holds the most unauthenticated
+    assert closed == ["b1"]
+    limits.authenticated("b2")
+    limits.authenticated("a2")
+    limits.authenticated("c1")
+    assert "max_connections" in (limits.connected("d1", "d") or "")  # all authenticated: refused
+    assert len(limits) == 4 and closed == ["b1"]
+
+
+def test_a_closed_or_swept_connection_leaves_no_count_behind():
+    clock, closed = Clock(), []
+    limits = ClientLimits(10, 30, closed.append, clock, max_unauthenticated_per_source=3)
+    for cid in ("a1", "a2", "a3"):
+        limits.connected(cid, "a")
+    limits.disconnected("a2")
+    clock.now += 31
+    assert limits.sweep() == 2 and limits.unauthenticated("a") == 0
+    assert [limits.connected(c, "a") for c in ("a4", "a5", "a6")] == [None] * 3
+    assert sorted(closed) == ["a1", "a3"]  # the sweep's, none for the cap
+
+
+OPS = st.lists(  # mostly connects, so both caps are reached often
+    st.tuples(
+        st.sampled_from(["connect"] * 4 + ["auth", "leave"]), st.integers(0, 3), st.integers(0, 40)
+    ),
+    min_size=10,
+    max_size=150,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS)
+def test_what_is_closed_to_make_room_is_always_the_fairest_choice(ops: list[tuple[str, int, int]]):
+    """Against a plain model: only unauthenticated connections are closed, the oldest of the new
+    one's source when it is at its cap, then at the global cap the oldest of a source holding
+    the most; with nothing unauthenticated open, the new one is refused."""
+    closed: list[str] = []
+    limits = ClientLimits(6, 30, print, max_unauthenticated_per_source=3, evicted=closed.append)
+    order: list[str] = []  # open connections, oldest first
+    source: dict[str, str] = {}
+    anonymous: list[str] = []  # oldest first
+
+    def held(s: str) -> list[str]:
+        return [c for c in anonymous if source[c] == s]
+
+    for n, (op, src, pick) in enumerate(ops):
+        if op == "connect":
+            cid, s = f"c{n}", f"s{src}"
+            expected: list[str] = []
+            if len(held(s)) >= 3:
+                expected.append(held(s)[0])
+            open_after = len(order) - len(expected)
+            left: list[str] = []
+            top: list[str] = []
+            if open_after >= 6:
+                left = [c for c in anonymous if c not in expected]
+                counts = {source[c]: sum(source[x] == source[c] for x in left) for c in left}
+                top = [x for x, k in counts.items() if k == max(counts.values(), default=0)]
+            closed.clear()
+            refused = limits.connected(cid, s)
+            if open_after >= 6 and not top:
+                assert refused and closed == expected
+            else:
+                assert refused is None
+                if open_after >= 6:
+                    assert closed[:-1] == expected
+                    victim = closed[-1]
+                    assert source[victim] in top
+                    assert victim == next(c for c in left if source[c] == source[victim])
+                else:
+                    assert closed == expected
+            for victim in closed:
+                order.remove(victim)
+                anonymous.remove(victim)
+            if not refused:
+                order.append(cid)
+                source[cid] = s
+                anonymous.append(cid)
+        elif order:
+            cid = order[pick % len(order)]
+            if op == "auth":
+                limits.authenticated(cid)
+            else:
+                limits.disconnected(cid)
+                order.remove(cid)
+            if cid in anonymous:
+                anonymous.remove(cid)
+        assert len(limits) == len(order) <= 6
+        for x in (f"s{i}" for i in range(4)):
+            assert limits.unauthenticated(x) == len(held(x)) <= 3
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::1", "::/64"),
+    ],
+)
+def test_sources_are_addresses_and_ipv6_64s(host: str, key: str):
+    assert source_key(host) == key
+
+
+def dial(proxy: Proxy, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(
+        ("127.0.0.1", proxy.port), timeout=15, source_address=(source, 0)
+    )
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def is_closed(sock: socket.socket) -> bool:
+    """Has the peer closed (or reset) this connection? Never blocks."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False  # nothing to read, not even the end
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
+
+
+def keep_alive(target: str, host: str, proxy_auth: str | None = None) -> bytes:
+    raw = request_bytes(target, host, proxy_auth=proxy_auth)
+    return raw.replace(b"Connection: close\r\n", b"")
+
+
+def closed_unauthenticated(proxy: Proxy) -> float:
+    line = "crawlguard_unauthenticated_closed_total "
+    return next(float(x.split()[-1]) for x in proxy.metrics().splitlines() if x.startswith(line))
+
+
+def test_a_source_over_its_unauthenticated_cap_loses_its_oldest_connections(
+    tmp_path: Path, origin: LocalOrigin
+):
+    proxy = Proxy(base_config(tmp_path, proxy={"max_unauthenticated_per_source": 3}), tmp_path)
+    socks = [dial(proxy) for _ in range(5)]
+    try:
+        assert wait_for(lambda: is_closed(socks[0]) and is_closed(socks[1]))
+        authority = f"127.0.0.1:{origin.port}"
+        for i, sock in enumerate(socks[2:]):  # the newest three stay, and are served
+            assert not is_closed(sock)
+            sock.sendall(request_bytes(origin.url(f"/kept{i}"), authority, proxy_auth=auth()))
+            assert read_reply(sock).status == 200
+        assert origin.paths() == ["/kept0", "/kept1", "/kept2"]
+        assert closed_unauthenticated(proxy) == 2
+    finally:
+        for sock in socks:
+            sock.close()
+        proxy.stop()
+
+
+def test_one_source_filling_max_connections_does_not_shut_out_another(
+    tmp_path: Path, origin: LocalOrigin
+):
+    """127.0.0.1 holds every connection the proxy allows, one authenticated and the rest idle
+    after a 407; a client from 127.0.0.2 still gets through, at the cost of the oldest of the
+    idle ones, never the authenticated one."""
+    proxy = Proxy(base_config(tmp_path, proxy={"max_connections": 4}), tmp_path)
+    authority = f"127.0.0.1:{origin.port}"
+    socks = [dial(proxy) for _ in range(4)]
+    try:
+        socks[0].sendall(keep_alive(origin.url("/first"), authority, proxy_auth=auth()))
+        assert read_reply(socks[0]).status == 200
+        for sock in socks[1:]:  # each answered, so each is registered before the next client
+            sock.sendall(keep_alive(origin.url("/anonymous"), authority))
+            assert read_reply(sock).status == 407
+        with dial(proxy, "127.0.0.2") as other:
+            other.sendall(request_bytes(origin.url("/other"), authority, proxy_auth=auth()))
+            assert read_reply(other).status == 200
+        assert wait_for(lambda: is_closed(socks[1]))
+        assert not any(is_closed(s) for s in (socks[0], socks[2], socks[3]))
+        socks[0].sendall(keep_alive(origin.url("/again"), authority, proxy_auth=auth()))
+        assert read_reply(socks[0]).status == 200
+        assert origin.paths() == ["/first", "/other", "/again"]
+        assert closed_unauthenticated(proxy) == 1
+    finally:
+        for sock in socks:
+            sock.close()
+        proxy.stop()
+
+
+def test_authenticated_connections_are_never_closed_for_the_cap(tmp_path: Path):
+    """A tunnel and a connection whose first request is held by pacing have authenticated (at
+    the decision, not at the answer): a flood of idle connections from their address closes
+    only idle ones."""
+    import threading
+
+    from harness import tenant
+
+    site = LocalOrigin(robots=b"User-agent: *\nCrawl-delay: 3\n")
+    other = LocalOrigin()
+    cfg = base_config(
+        tmp_path,
+        proxy={"max_unauthenticated_per_source": 2},
+        tenants=[tenant("acme", ["AcmeBot"], pacing="delay")],
+    )
+    proxy = Proxy(cfg, tmp_path)
+    authority = f"127.0.0.1:{site.port}"
+    socks: list[socket.socket] = []
+    try:
+        with dial(proxy) as first:  # takes the origin's pacing slot
+            first.sendall(request_bytes(site.url("/first"), authority, proxy_auth=auth()))
+            assert read_reply(first).status == 200
+        tunnel, reply = connect(proxy.port, f"127.0.0.1:{other.port}", proxy_auth=auth())
+        assert reply.status == 200
+        held = dial(proxy)
+        socks += [tunnel, held]
+        held.sendall(keep_alive(site.url("/held"), authority, proxy_auth=auth()))
+        answers: list[int] = []
+        t = threading.Thread(target=lambda: answers.append(read_reply(held).status))
+        t.start()
+        assert wait_for(lambda: "crawlguard_delayed_requests 1.0" in proxy.metrics())
+        idle = [dial(proxy) for _ in range(4)]
+        socks += idle
+        assert wait_for(lambda: is_closed(idle[0]) and is_closed(idle[1]))
+        assert not any(is_closed(s) for s in (tunnel, held, idle[2], idle[3]))
+        t.join(15)
+        assert answers == [200]
+        tunnel.sendall(request_bytes("/in-tunnel", f"127.0.0.1:{other.port}"))
+        assert read_reply(tunnel).status == 200
+        assert other.paths() == ["/in-tunnel"]
+        assert closed_unauthenticated(proxy) == 2
+    finally:
+        for sock in socks:
+            sock.close()
+        proxy.stop()
+        site.close()
+        other.close()
+
+
+# -- issue 18 item 14: empty lines before a request line ------------------------------------
+
+
+def test_empty_lines_before_a_request_are_capped():
+    assert head_problem(b"\r\n" * 100 + b"GET / HTTP/1.1\r\n") is None
+    assert head_problem(b"\n" * HeadLimits.empty_lines) is None
+    assert head_problem(b"\r\n" * HeadLimits.empty_lines)[0] == 400
+    assert head_problem(b"\n" * (HeadLimits.empty_lines + 1))[0] == 400
+    line = b"\r\n" * 10 + b"GET /" + b"a" * HeadLimits.line  # caps count after the empty lines
+    assert head_problem(line)[0] == 414
+    assert classify(b"\r\n" * 100) is FirstBytes.MORE
+    assert classify(b"\r\n" * HeadLimits.empty_lines) is FirstBytes.OTHER
+
+
+def test_the_tunnel_sniffer_reads_the_running_request_line_cap(monkeypatch: pytest.MonkeyPatch):
+    assert classify(b"GET /" + b"a" * 2000) is FirstBytes.MORE
+    monkeypatch.setattr(HeadLimits, "line", 1024)  # proxy.max_request_line: 1024
+    assert classify(b"GET /" + b"a" * 2000) is FirstBytes.OTHER
+
+
+def flood(sock: socket.socket, data: bytes, limit: int) -> int:
+    """Write `data` repeatedly until `limit` bytes or the proxy stops taking them; bytes sent."""
+    sent = 0
+    sock.settimeout(5)  # a proxy that stops reading blocks us: that is a refusal too
+    try:
+        while sent < limit:
+            sock.sendall(data)
+            sent += len(data)
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        pass
+    return sent
+
+
+@pytest.fixture(scope="module")
+def plain_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    tmp = tmp_path_factory.mktemp("empty-lines")
+    p = Proxy(base_config(tmp), tmp)
+    yield p
+    p.stop()
+
+
+def test_empty_lines_without_end_get_400(plain_proxy: Proxy, origin: LocalOrigin):
+    with dial(plain_proxy) as sock:
+        sock.sendall(b"\r\n" * 4096)  # 8 KiB: over the 4 KiB cap, small enough to be read whole
+        reply = read_reply(sock)
+        assert (reply.status, reply.header("X-Crawlguard-Decision")) == (400, "request-invalid")
+        assert closed_without_reply(sock)
+    with dial(plain_proxy) as sock:
+        sent = flood(sock, b"\r\n" * 32768, 32 * 1024 * 1024)
+        assert closed_by_peer(sock, within=10)  # closed, not merely no longer read
+    assert sent < 8 * 1024 * 1024, "the proxy kept reading"
+    assert origin.hits == []
+
+
+def test_a_few_empty_lines_before_a_request_are_ignored(plain_proxy: Proxy, origin: LocalOrigin):
+    """RFC 9112 §2.2; mitmproxy alone drops one empty line per read and then waits."""
+    authority = f"127.0.0.1:{origin.port}"
+    with dial(plain_proxy) as sock:
+        raw = request_bytes(origin.url("/after-empty-lines"), authority, proxy_auth=auth())
+        sock.sendall(b"\r\n\r\n\n" + raw)
+        assert read_reply(sock).status == 200
+    assert origin.paths() == ["/after-empty-lines"]
+
+
+def test_empty_lines_without_end_close_a_tunnel(plain_proxy: Proxy, origin: LocalOrigin):
+    authority = f"127.0.0.1:{origin.port}"
+    sock, reply = connect(plain_proxy.port, authority, proxy_auth=auth())
+    assert reply.status == 200
+    with sock:
+        sent = flood(sock, b"\r\n" * 32768, 32 * 1024 * 1024)
+        assert closed_by_peer(sock, within=10)  # no reply: the tunnel is closed
+    assert sent < 8 * 1024 * 1024, "the proxy kept reading"
+    assert origin.hits == []
+    records = plain_proxy.violations("--tenant", "acme", "--kind", "request-invalid")
+    assert [r["url"] for r in records] == [authority]

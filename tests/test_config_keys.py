@@ -53,6 +53,11 @@ KEY_TESTS: dict[str, list[str]] = {
     "proxy.upstream_ca_file": [f"{HERE}::test_upstream_ca_file_is_trusted_for_origins"],
     "proxy.max_connections": [
         "tests/test_client_limits.py::test_connections_over_the_cap_are_closed",
+        "tests/test_client_limits.py::test_one_source_filling_max_connections_does_not_shut_out_another",
+    ],
+    "proxy.max_unauthenticated_per_source": [
+        "tests/test_client_limits.py::test_a_source_over_its_unauthenticated_cap_loses_its_oldest_connections",
+        "tests/test_client_limits.py::test_authenticated_connections_are_never_closed_for_the_cap",
     ],
     "proxy.header_timeout": [
         "tests/test_client_limits.py::test_a_slow_request_head_is_closed",

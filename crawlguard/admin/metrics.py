@@ -213,6 +213,14 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=self.registry,
         )
+        # -- issue 18 item 11: connections before authentication (crawlguard.client_limits) ----
+        self.unauthenticated_closed = Counter(
+            "crawlguard_unauthenticated_closed",
+            "Client connections closed before they authenticated, to make room: the oldest of "
+            "a source over proxy.max_unauthenticated_per_source, or at proxy.max_connections "
+            "the oldest of the source holding the most unauthenticated connections.",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

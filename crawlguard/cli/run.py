@@ -164,7 +164,7 @@ def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
     # keeps the options crawlguard's guarantees rest on.
     apply_mitmproxy_options(opts, cfg, listen=True)
     master.addons.add(
-        ClientLimitsAddon(lambda: guard.cfg.proxy),
+        ClientLimitsAddon(lambda: guard.cfg.proxy, lambda: guard.metrics),
         CrawlGuardAddon(guard, serve_admin=serve_admin),
     )
     return master, guard
