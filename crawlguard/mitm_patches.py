@@ -203,6 +203,25 @@ def install() -> None:
 
     _http1.Http1Server.send = announced_send  # type: ignore[method-assign]
 
+    from mitmproxy.proxy.layers.http import HttpStream
+
+    start_request_stream = HttpStream.start_request_stream
+
+    def answer_or_stream(self: Any) -> Generator[Any, Any, None]:
+        """A request whose body mitmproxy streams (over `stream_large_bodies`, or a chunked one
+        growing past it) and that a hook refused on its head: mitmproxy raises here (a response
+        and a stream at once), and the client's every next chunk logs the error again. Answer
+        the refusal now instead, read none of the body, and close the connection."""
+        if self.flow.response is None:
+            yield from start_request_stream(self)
+            return
+        self.flow.response.headers["Connection"] = "close"
+        self.client_state = self.state_errored  # the rest of the body is dropped unread
+        yield from self.send_response()
+        yield commands.CloseConnection(self.context.client)
+
+    HttpStream.start_request_stream = answer_or_stream  # type: ignore[method-assign]
+
 
 def _announce_refusals(
     gen: Generator[Any, Any, None], server: Any, head: bytes

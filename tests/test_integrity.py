@@ -446,3 +446,45 @@ def test_a_tenant_filling_the_held_pool_cannot_make_another_one_a_violator(tmp_p
     fair_records = [v for v in p.violations("--tenant", "fair")]
     assert [v["action"] for v in fair_records] == ["delayed"], fair_records  # no violation
     assert [h.path for h in fair_site.page_hits()] == ["/f0", "/f2"]
+
+
+# -- a refusal of a request with a large body is answered at once ------------------------------
+
+
+@pytest.mark.parametrize("who", ["nobody", "acme"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_refused_request_with_a_large_body_is_answered_without_reading_it(
+    proxy: Proxy, wire: WireOrigin, who: str, framing: str
+):
+    """Over 1 MiB a body is streamed: a refusal on its head (407, or robots/UA for a tenant)
+    is answered at once and the connection closed; nothing reaches the origin, the proxy
+    does not log an error per chunk."""
+    authority = f"127.0.0.1:{wire.port}"
+    ua = "python-requests/2.31" if who == "acme" else GOOD_UA
+    head = (
+        f"POST http://{authority}/upload HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {ua}\r\n"
+        + (f"Proxy-Authorization: {auth()}\r\n" if who == "acme" else "")
+    ).encode()
+    chunk = b"x" * 65536
+    if framing == "chunked":
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        piece = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    else:
+        head += b"Content-Length: %d\r\n\r\n" % (64 * len(chunk))
+        piece = chunk
+    errors_before = proxy.log().count("Traceback")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+        sock.sendall(head)
+        sent = 0
+        try:
+            for _ in range(64):
+                sock.sendall(piece)
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while we were still sending: the point
+        r = read_reply(sock)
+    expected = (407, "auth-required") if who == "nobody" else (403, "ua-generic")
+    assert (r.status, r.header("X-Crawlguard-Decision")) == expected
+    assert r.header("Connection") == "close"
+    assert wire.received() == []
+    assert proxy.log().count("Traceback") == errors_before
