@@ -3,11 +3,12 @@
 Processes: parsing is pure Python; in a thread it holds the interpreter lock, and the event loop
 that serves every tenant waits for it (measured with `benchmarks/bystander.py`: 100 host names
 of a 500 KiB file, parsed in threads, pushed a bystander tenant's p50 to 111 ms and p99 to
-336 ms). In a worker the loop pays only the unpickling of the result (≤ 30 ms for a 500 KiB
+336 ms). In a worker the loop pays only the unpickling of the result (6-10 ms for a 500 KiB
 file of 30,000 rules).
 
 A fair queue: with one FIFO in front of one worker, one tenant asking for 60 sites whose
-robots.txt is 500 KiB made another tenant's first request to a new site wait 31-34 s. Here each
+robots.txt is 500 KiB made another tenant's first request to a new site wait 31-34 s (20.6 s in
+benchmarks/bystander.py's parse-queue phase on 2 cores; 0.4 s with this queue). Here each
 tenant has its own FIFO, the tenants with work waiting are served round-robin, and at most
 `workers` parses run at once. A parse several tenants wait for (one origin, one fetch) is
 queued for each of them and runs at whichever turn comes first, so no tenant can park another
