@@ -1,6 +1,7 @@
-"""Issue 9 end to end: does a hostile robots.txt slow down *other* tenants?
+"""Issues 9 and 18 (item 12) end to end: does a hostile robots.txt slow down *other* tenants?
 
     .venv/bin/python benchmarks/bystander.py [--phase-seconds 6] [--names-cap 75]
+                                             [--queue-seconds 30]
 
 Starts, all on 127.0.0.1:
 
@@ -10,17 +11,23 @@ Starts, all on 127.0.0.1:
   does real matching, up to MATCH_BUDGET);
 * a healthy origin (its own process) with an ordinary robots.txt;
 * the real proxy, `crawlguard run --config` (subprocess), two tenants: `attacker` and
-  `bystander`; `destinations.hosts` maps caps.test and h0.test..h99.test to 127.0.0.1.
+  `bystander`; `destinations.hosts` maps caps.test, h0.test..h99.test, q0.test..q59.test and
+  b0.test..b799.test to 127.0.0.1.
 
 Both hostile files are fetched once before the timed phases. Then, phase by phase, attacker
 processes send request lines up to the proxy's cap (16 KiB) to the hostile site while the
 bystander polls the healthy site every 0.1 s: decisions on a *cached* robots.txt (1 and 3
 attackers), and one first request to each of 100 names of the hostile server (100 origins,
-so 100 fetches and parses of a 500 KiB file: the uncached case). Printed: the
+so 100 fetches and parses of a 500 KiB file: the uncached case). Last, issue 18's parse
+queue: 60 attacker processes each send one first request to their own name of the hostile
+server *at once* (60 parses of a 500 KiB file queued together); once the hostile origin has
+served those 60 robots.txt, the bystander starts, and its every request goes to a name it never
+used (b0.test, b1.test, …: each a first request, so each waits for a fetch and a parse of its
+own), for --queue-seconds (default 30: the whole queue drains within it). Printed: the
 bystander's latency (p50/p95/p99/max) per phase, with a baseline in the same run, the
 attackers' round trips (decision + proxy overhead on loopback) and the verdict they got.
 Bounded: each phase runs --phase-seconds (default 6); the host-names phase stops when its
-100 first requests are answered or after --names-cap (default 75 s); about two minutes in all.
+first requests are answered or after --names-cap (default 75 s); about three minutes in all.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ from workers import free_port, sha256_hex  # the benchmarks' shared helpers
 REPO = Path(__file__).resolve().parents[1]
 REQUEST_LINE_CAP = 16 * 1024  # proxy.max_request_line default (414 beyond it)
 SPELLINGS = 100
+AT_ONCE = 60  # issue 18: one tenant's first requests to 60 sites with a 500 KiB robots.txt
+NEW_SITES = 800  # bystander names for the parse-queue phase: one per 0.1 s tick, never reused
 ATTACK_UA = "AttackBot/1.0 (+https://attacker.example/bot)"
 BYSTANDER_UA = "ByBot/1.0 (+https://bystander.example/bot)"
 HEALTHY_ROBOTS = b"User-agent: *\nDisallow: /private/\nAllow: /\n"
@@ -150,6 +159,8 @@ def start_origin(ctx: Any, hostile: bool) -> Origin:
 
 def proxy_config(tmp: Path, ports: list[int]) -> dict[str, Any]:
     hosts = {f"h{i}.test": ["127.0.0.1"] for i in range(SPELLINGS)}
+    hosts.update({f"q{i}.test": ["127.0.0.1"] for i in range(AT_ONCE)})
+    hosts.update({f"b{i}.test": ["127.0.0.1"] for i in range(NEW_SITES)})
     hosts["caps.test"] = hosts["plain.test"] = ["127.0.0.1"]
     return {
         "proxy": {"listen_host": "127.0.0.1", "confdir": str(tmp / "ca")},
@@ -319,6 +330,8 @@ class Phase:
     attackers: int
     authorities: list[str] = field(default_factory=list)
     once_each: bool = False
+    new_sites: bool = False  # the bystander's every request is a first one (a new name)
+    duration: float | None = None  # runs this long (the bystander's loop), attackers or not
     bystander: list[float] = field(default_factory=list)
     bystander_errors: int = 0
     sent: int = 0
@@ -329,7 +342,13 @@ class Phase:
 
 
 def run_phase(
-    ctx: Any, phase: Phase, proxy: Proxy, healthy: Origin, seconds: float, cap: float
+    ctx: Any,
+    phase: Phase,
+    proxy: Proxy,
+    healthy: Origin,
+    seconds: float,
+    cap: float,
+    hostile: Origin | None = None,
 ) -> None:
     stop, out = ctx.Event(), ctx.Queue()
     procs = []
@@ -343,19 +362,33 @@ def run_phase(
             )
         )
     before = decision_buckets(proxy.admin_port)
+    fetched = hostile.robots_hits.value if hostile is not None else 0
     for p in procs:
         p.start()
+    if phase.new_sites and hostile is not None:  # the attacker's parses are all queued first
+        deadline = time.monotonic() + 30
+        while hostile.robots_hits.value < fetched + phase.attackers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the attackers' robots.txt fetches did not happen")
+            time.sleep(0.01)
     bystander = Client(proxy.port, "bystander", BYSTANDER_UA)
     authority = f"127.0.0.1:{healthy.port}"
     start = time.monotonic()
     tick = 0
     while True:
         elapsed = time.monotonic() - start
-        if phase.once_each:
+        if phase.duration is not None:
+            if elapsed > phase.duration:
+                break
+        elif phase.once_each:
             if not any(p.is_alive() for p in procs) or elapsed > cap:
                 break
         elif elapsed > seconds:
             break
+        if phase.new_sites:
+            if tick >= NEW_SITES:
+                break
+            authority = f"b{tick}.test:{healthy.port}"
         reply = bystander.get(f"http://{authority}/poll/{tick}", authority)
         if reply.status == 200:
             phase.bystander.append(reply.seconds)
@@ -390,6 +423,19 @@ def decision_buckets(admin_port: int) -> dict[float, float]:
     return out
 
 
+def metric_lines(admin_port: int, prefix: str) -> list[str]:
+    """The /metrics sample lines whose name starts with `prefix` (histogram buckets left out)."""
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(prefix) and "_bucket{" not in line and "_created" not in line
+    ]
+
+
 def bucket_quantile(delta: dict[float, float], q: float) -> str:
     """The smallest bucket bound holding the q-quantile of the phase's decisions."""
     total = delta.get(float("inf"), 0.0)
@@ -416,6 +462,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--phase-seconds", type=float, default=6.0)
     parser.add_argument("--names-cap", type=float, default=75.0, help="bound of the names phase")
+    parser.add_argument(
+        "--queue-seconds", type=float, default=30.0, help="length of the parse-queue phase"
+    )
     args = parser.parse_args()
     ctx = mp.get_context("fork")
     hostile = start_origin(ctx, hostile=True)
@@ -426,6 +475,7 @@ def main() -> int:
     hp = hostile.port
     issue, caps, plain = f"127.0.0.1:{hp}", f"caps.test:{hp}", f"plain.test:{hp}"
     names = [f"h{i}.test:{hp}" for i in range(SPELLINGS)]
+    at_once = [f"q{i}.test:{hp}" for i in range(AT_ONCE)]
     phases = [
         Phase("baseline (no attacker)", 0),
         Phase("1 attacker, issue-9 file (too complex)", 1, [issue]),
@@ -434,6 +484,14 @@ def main() -> int:
         Phase(f"3 attackers, file at the caps ({MAX_WILDCARD_RULES} '*' rules)", 3, [caps]),
         Phase(f"3 attackers, {SPELLINGS} names x 500 KiB file (uncached)", 3, names, True),
         Phase("baseline again (after)", 0),
+        Phase(
+            f"{AT_ONCE} names at once x 500 KiB; bystander: new sites",
+            AT_ONCE,
+            at_once,
+            True,
+            new_sites=True,
+            duration=args.queue_seconds,
+        ),
     ]
     warmups: dict[str, Reply] = {}
     try:
@@ -453,11 +511,14 @@ def main() -> int:
             warmups[label] = probe.get(f"http://{auth}{costly}", auth)
         for phase in phases:
             print(f"... {phase.name}", file=sys.stderr, flush=True)
-            run_phase(ctx, phase, proxy, healthy, args.phase_seconds, cap=args.names_cap)
+            run_phase(
+                ctx, phase, proxy, healthy, args.phase_seconds, cap=args.names_cap, hostile=hostile
+            )
         # The hostile site only is closed: the attacker tenant may still crawl the healthy one.
         on_healthy = probe.get(f"http://{authority}/attacker-elsewhere", authority)
         robots_itself = probe.get(f"http://{issue}/robots.txt", issue)
         probe.close()
+        parse_metrics = metric_lines(proxy.admin_port, "crawlguard_robots_parse")
     finally:
         proxy.stop()
         for origin in (hostile, healthy):
@@ -524,13 +585,25 @@ def main() -> int:
             merged[f"{status} {decision}: {re.sub(r'[0-9]+-octet', 'N-octet', rule)}"] += n
         for text, n in merged.most_common():
             print(f"  {ph.name[:44]:44} {n:5d} x {text}")
-    names_phase = phases[5]
+    names_phase, queue_phase = phases[5], phases[7]
     print()
     print(
         f"names phase: {names_phase.sent}/{SPELLINGS} names requested within its bound; "
         f"hostile origin: {hostile.robots_hits.value} robots.txt fetches, "
         f"{hostile.page_hits.value} page hits (must be 0)"
     )
+    slowest = max(queue_phase.attack_times, default=float("nan"))
+    print(
+        f"parse-queue phase: {queue_phase.sent}/{AT_ONCE} attacker first requests answered "
+        f"(slowest {ms(slowest).strip()} ms); the bystander's {len(queue_phase.bystander)} "
+        f"first requests to new sites (each fetched and parsed): p50 "
+        f"{ms(pct(queue_phase.bystander, 50)).strip()} ms, max "
+        f"{ms(max(queue_phase.bystander, default=float('nan'))).strip()} ms, "
+        f"{queue_phase.bystander_errors} non-200"
+    )
+    print("parse queue metrics at the end (absent before issue 18):")
+    for line in parse_metrics or ["  (none)"]:
+        print(f"  {line}")
     print(
         f"attacker tenant on the healthy site: {on_healthy.status} {on_healthy.decision}; "
         f"on the hostile site's /robots.txt: {robots_itself.status} {robots_itself.decision}; "

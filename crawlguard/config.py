@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from crawlguard.robots_parse_pool import default_workers
+
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 PORT_RANGE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
 
@@ -138,6 +140,13 @@ class RobotsSection(_Strict):
     max_age: Annotated[float, Field(gt=0, le=86400)] = 86400
     fetch_timeout: Annotated[float, Field(gt=0, le=120)] = 10
     max_origins: Annotated[int, Field(ge=1)] = 10000
+    parse_workers: Annotated[int, Field(ge=1, le=64)] = Field(default_factory=default_workers)
+    """Parser processes: at most this many robots.txt parses at once, fairly shared by the
+    tenants waiting. Default: the core count, 1 to 4."""
+    parse_timeout: Annotated[float, Field(gt=0, le=120)] = 5
+    """Seconds a request waits for its robots.txt to be parsed (queue included, after the
+    fetch); beyond it that site answers robots-unreachable while the parse goes on, and its
+    result is cached for the next request."""
 
 
 PortSpec = int | str

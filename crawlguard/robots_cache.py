@@ -21,6 +21,12 @@ Choices where RFC 9309 leaves room (documented for operators in the README):
   and names connect only to the address that was checked. A forbidden hop ends the fetch as
   "error" (complete disallow, fail closed) without any connection attempt to it, so a
   robots.txt redirect can neither reach internal services nor probe which ports are open.
+* Parsing (up to ~0.8 s of CPU for a hostile 500 KiB file) runs in worker processes behind
+  per-tenant queues (crawlguard.robots_parse_pool), queued for every tenant whose request
+  waits. A parse not done within `parse_timeout` answers the waiting requests now: that site
+  alone fails closed ("parse-timeout", Retry-After about one more `parse_timeout`), or keeps
+  its stale copy; the parse goes on and its rules are cached when they land, so the next
+  request needs no second fetch.
 
 Shared across replicas (with a `SharedRobots`, e.g. crawlguard.state.robots_redis for
 `state.url: redis://…`): the in-process cache stays in front, so a fresh local entry answers
@@ -42,9 +48,9 @@ import secrets
 import ssl as ssl_module
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -55,6 +61,7 @@ from crawlguard.egress import EgressPolicy
 from crawlguard.http_dates import parse_http_date, parse_retry_after
 from crawlguard.identity import IdentityError, canonical_host
 from crawlguard.robots import ALLOW_ALL, MAX_BYTES, RobotsRules
+from crawlguard.robots_parse_pool import ParseJob, RobotsParsePool, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,7 @@ _NO_RESTRICTIONS = frozenset({"4xx", "redirects"})
 LOCK_MARGIN = 5.0  # fetch lock lifetime beyond fetch_timeout: parse, publish, slack
 POLL_MIN = 0.02  # first pause while another replica fetches; doubles up to POLL_MAX
 POLL_MAX = 0.2
+PARSE_TIMEOUT = 5.0  # robots.parse_timeout's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +92,7 @@ class RobotsEntry:
     available: bool  # False = complete disallow (robots-unreachable): no usable copy
     sha256: str | None  # SHA-256 of the body in force, None when none
     body: bytes | None  # body in force, kept for content-addressed violation evidence
-    result: str  # last fetch: ok, 4xx, 429, 5xx, timeout, error, redirects, stale
+    result: str  # last fetch: ok, 4xx, 429, 5xx, timeout, error, redirects, stale, parse-timeout
     fetched_at: float  # clock() when this entry was made
     expires_at: float  # clock() after which the next fetch is due
     detail: str = ""  # human-readable cause of a failure ("HTTP 503", "ConnectionRefused…")
@@ -156,6 +164,9 @@ class _Slot:
     good_at: float = 0.0
     failures: int = 0
     task: asyncio.Task[RobotsEntry] | None = None
+    answer: asyncio.Future[RobotsEntry] | None = None  # what the task's waiters get
+    tenants: set[Tenant] = field(default_factory=set)  # whose requests wait for the task
+    job: ParseJob | None = None  # the task's parse, while it is queued or running
     size: int = 0  # approximate bytes the good copy keeps alive (body and parsed rules)
     status: int | None = None  # HTTP status of the last fetch's last hop (shared records)
 
@@ -182,6 +193,8 @@ class RobotsCache:
         egress: EgressPolicy | None = None,
         shared: SharedRobots | None = None,
         lock_margin: float = LOCK_MARGIN,
+        parse_timeout: float | None = PARSE_TIMEOUT,
+        parse_pool: RobotsParsePool | None = None,
     ) -> None:
         self._egress = egress  # None: no destination checks (unit tests of caching only)
         self._user_agent = user_agent
@@ -204,6 +217,8 @@ class RobotsCache:
         self._shared = shared  # None: per-process cache only (state.url memory://)
         self._lock_ttl = self._fetch_timeout + max(0.0, float(lock_margin))
         self._locks: dict[Origin, str] = {}  # shared fetch locks this process holds
+        self._parse_timeout = parse_timeout  # None: wait for the parse however long it takes
+        self._pool = parse_pool  # this cache's own, closed with it; None: the process-wide one
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -218,8 +233,9 @@ class RobotsCache:
         self._slots.move_to_end(origin)
         return slot.entry
 
-    async def get(self, origin: Origin) -> RobotsEntry:
-        """The fresh entry, fetching it on a miss; concurrent misses share one fetch."""
+    async def get(self, origin: Origin, *, tenant: Tenant = None) -> RobotsEntry:
+        """The fresh entry, fetching it on a miss; concurrent misses share one fetch, and its
+        parse is queued for each `tenant` waiting (the proxy's fair share per tenant)."""
         entry = self.peek(origin)
         self._notify(self._on_lookup, "miss" if entry is None else "hit")
         if entry is not None:
@@ -227,20 +243,23 @@ class RobotsCache:
         if self._closed:
             return self._failure_entry("error", "robots cache is closed")
         slot = self._slot(origin)
-        task = slot.task
-        if task is None:
-            task = asyncio.get_running_loop().create_task(
+        if slot.task is None or slot.answer is None:
+            loop = asyncio.get_running_loop()
+            answer = slot.answer = loop.create_future()
+            slot.tenants = {tenant}
+            task = slot.task = loop.create_task(
                 self._refresh(origin, slot), name=f"robots-fetch {origin[0]}://{origin[1]}"
             )
-            slot.task = task
-        try:
-            # shield: one impatient caller must not cancel the fetch the others wait on.
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and (current is None or current.cancelling() == 0):
-                return self._failure_entry("error", "robots fetch cancelled")
-            raise
+            # also when the task is cancelled before it ever ran (its `finally` never runs)
+            task.add_done_callback(lambda _: self._answer(answer, None))
+        else:
+            answer = slot.answer
+            if tenant not in slot.tenants:
+                slot.tenants.add(tenant)
+                if slot.job is not None:
+                    self._parse_pool().queue_for(slot.job, tenant)
+        # shield: one impatient caller must not cancel the fetch the others wait on.
+        return await asyncio.shield(answer)
 
     async def close(self) -> None:
         """Stop in-flight fetches and release connections; later `get`s do not fetch."""
@@ -258,6 +277,8 @@ class RobotsCache:
                 await self._shared.release(origin, token)
             self._locks.clear()
             await self._shared.close()
+        if self._pool is not None:
+            self._pool.close(wait=False)  # workers finish their parse and exit; no loop stall
 
     # -- cache bookkeeping -------------------------------------------------------------------
 
@@ -285,12 +306,23 @@ class RobotsCache:
     # -- fetching ----------------------------------------------------------------------------
 
     async def _refresh(self, origin: Origin, slot: _Slot) -> RobotsEntry:
+        entry: RobotsEntry | None = None
         try:
             if self._shared is None:
-                return await self._fetch_and_settle(origin, slot)
-            return await self._refresh_shared(origin, slot, self._shared)
+                entry = await self._fetch_and_settle(origin, slot)
+            else:
+                entry = await self._refresh_shared(origin, slot, self._shared)
+            return entry
         finally:
-            slot.task = None
+            if slot.answer is not None:
+                self._answer(slot.answer, entry)
+            slot.task, slot.answer, slot.job = None, None, None
+            slot.tenants = set()
+
+    def _answer(self, answer: asyncio.Future[RobotsEntry], entry: RobotsEntry | None) -> None:
+        """Give the waiters `entry` (a failure entry when the task ended without one)."""
+        if not answer.done():
+            answer.set_result(entry or self._failure_entry("error", "robots fetch cancelled"))
 
     async def _refresh_shared(
         self, origin: Origin, slot: _Slot, shared: SharedRobots
@@ -376,9 +408,9 @@ class RobotsCache:
                 rules = good  # unchanged file: no second parse
             else:
                 try:
-                    rules = await self._parse(rec.body)
-                except Exception:  # parse() promises not to raise; do not trust it blindly
-                    log.exception("robots.txt parser raised for %s://%s:%s", *origin)
+                    rules = await self._parse_body(origin, slot, rec.body)
+                except Exception as exc:  # the pool may be down; parse() may have a bug
+                    log.error("robots.txt parser raised for %s://%s:%s: %r", *origin, exc)
                     return None
             if rules.sha256 != rec.sha256:
                 log.warning("shared robots.txt for %s://%s:%s: SHA-256 mismatch, ignored", *origin)
@@ -415,11 +447,54 @@ class RobotsCache:
         self._account(origin, slot)
         return entry
 
-    @staticmethod
-    async def _parse(body: bytes) -> RobotsRules:
-        """Parse in another process (a hostile 500 KiB file takes up to ~0.8 s of CPU, which
-        a thread would take from the event loop under the interpreter lock)."""
-        return await robots_parse_pool.parse(body)
+    _parse: ClassVar[Callable[[bytes], Awaitable[RobotsRules]] | None] = None
+    """A subclass's in-process parser (`crawlguard explain`: one parse, no worker to start).
+    None: the worker pool (a thread would take the event loop under the interpreter lock)."""
+
+    def _parse_pool(self) -> RobotsParsePool:
+        return self._pool if self._pool is not None else robots_parse_pool.shared()
+
+    async def _parse_body(self, origin: Origin, slot: _Slot, body: bytes) -> RobotsRules:
+        """Rules for `body`, parsed at the turns of the tenants waiting. Past `parse_timeout`
+        the waiters are answered now (`_answer_late`) and the parse goes on to the end."""
+        if self._parse is not None:
+            return await self._parse(body)
+        pool = self._parse_pool()
+        job = slot.job = pool.submit(body, slot.tenants)
+        try:
+            try:
+                rules: RobotsRules = await pool.result(job, self._parse_timeout)
+            except TimeoutError:
+                self._answer_late(origin, slot)
+                rules = await pool.result(job)
+            return rules
+        finally:
+            slot.job = None
+
+    def _answer_late(self, origin: Origin, slot: _Slot) -> None:
+        """The parse missed the deadline: this site fails closed (or keeps its stale copy) until
+        it lands. Not a fetch failure: no back-off, and the fetched body is parsed all the same."""
+        now = self._clock()
+        retry = max(1.0, math.ceil(self._parse_timeout or 0.0))
+        detail = f"robots.txt not parsed within robots.parse_timeout ({self._parse_timeout:g} s)"
+        good = slot.good
+        if good is not None and now - slot.good_at <= STALE_LIMIT:
+            entry = RobotsEntry(
+                good, True, good.sha256, good.body, "stale", now, now + retry, f"{detail}; stale"
+            )
+        else:
+            entry = RobotsEntry(
+                ALLOW_ALL, False, None, None, "parse-timeout", now, now + retry, detail
+            )
+        slot.entry = entry  # answers the next requests from memory until the parse lands
+        if slot.answer is not None:
+            self._answer(slot.answer, entry)
+        log.warning(
+            "robots.txt %s://%s:%s: %s; that site answers %s until it is parsed",
+            *origin,
+            detail,
+            "its stale copy" if entry.available else "robots-unreachable",
+        )
 
     async def _fetch_and_settle(self, origin: Origin, slot: _Slot) -> RobotsEntry:
         started = time.perf_counter()
@@ -437,7 +512,7 @@ class RobotsCache:
         if fetched.result == "ok":
             # Parsing a hostile 500 KiB file takes up to ~0.8 s: keep it off the event loop.
             try:
-                rules = await self._parse(fetched.body or b"")
+                rules = await self._parse_body(origin, slot, fetched.body or b"")
             except asyncio.CancelledError:
                 fetched = _Fetched("error", detail="robots cache closed during parse")
             except Exception as exc:  # parse() promises not to raise; do not trust it blindly

@@ -25,6 +25,7 @@ from crawlguard.identity import Target
 from crawlguard.pacing import THROTTLE_STATUSES, HeldPool, Pacer, PacingOutcome, pacing_key
 from crawlguard.records import ViolationRecord, log_line, utc_now_iso
 from crawlguard.robots_cache import RobotsCache
+from crawlguard.robots_parse_pool import RobotsParsePool
 from crawlguard.state import OnError, PacingState, StateUnavailable
 from crawlguard.state import open_state as open_pacing_state
 from crawlguard.state.robots_redis import open_shared_robots
@@ -161,6 +162,8 @@ class Guard:
             max_age=cfg.robots.max_age,
             fetch_timeout=cfg.robots.fetch_timeout,
             max_origins=cfg.robots.max_origins,
+            parse_timeout=cfg.robots.parse_timeout,
+            parse_pool=RobotsParsePool(cfg.robots.parse_workers, metrics=self.metrics),
             ssl=ssl_context(cfg),
             on_fetch=lambda result: self.metrics.robots_fetches.labels(result).inc(),
             on_fetch_seconds=self.metrics.robots_fetch_seconds.observe,
@@ -378,7 +381,7 @@ class Guard:
             verdict = tenant.ua.evaluate(req.user_agent)
         if verdict.kind is not Kind.ALLOWED:
             return Decision(verdict.kind, rule=verdict.rule, reason=verdict.reason)
-        entry = await self.robots.get(req.robots_origin)
+        entry = await self.robots.get(req.robots_origin, tenant=tenant.id)
         if req.is_robots_txt:  # always allowed; its Crawl-delay still paces the fetch's lane
             if not entry.available:
                 return Decision(Kind.ALLOWED)

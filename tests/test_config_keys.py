@@ -114,6 +114,13 @@ KEY_TESTS: dict[str, list[str]] = {
     "robots.max_age": [f"{HERE}::test_robots_max_age_bounds_the_cache_lifetime"],
     "robots.fetch_timeout": [f"{HERE}::test_robots_fetch_timeout_is_the_limit"],
     "robots.max_origins": [f"{HERE}::test_robots_max_origins_evicts_the_oldest"],
+    "robots.parse_workers": [
+        "tests/test_robots_parse_pool.py::test_parse_workers_is_the_number_of_parser_processes",
+    ],
+    "robots.parse_timeout": [
+        "tests/test_robots_parse_pool.py::"
+        "test_a_parse_past_parse_timeout_fails_that_site_closed_then_its_rules_apply_unfetched",
+    ],
     # destinations
     "destinations.allow_private": [
         "tests/test_attacks.py::test_forbidden_destinations_in_every_spelling_and_mode",

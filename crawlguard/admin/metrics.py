@@ -221,6 +221,39 @@ class Metrics:
             "the oldest of the source holding the most unauthenticated connections.",
             registry=self.registry,
         )
+        # -- issue 18 item 12: the robots.txt parse queue (crawlguard/robots_parse_pool.py) ----
+        self.robots_parse_queue_depth = Gauge(
+            "crawlguard_robots_parse_queue_depth",
+            "robots.txt parses waiting for a parser process, all tenants (each parse once).",
+            multiprocess_mode="livesum",  # every proxy process has its own parser pool
+            registry=self.registry,
+        )
+        self.robots_parse_queued = Gauge(
+            "crawlguard_robots_parse_queued",
+            "robots.txt parses waiting in this tenant's queue (a parse several tenants wait "
+            "for is in each of their queues).",
+            ["tenant"],
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+        self.robots_parse_seconds = Histogram(
+            "crawlguard_robots_parse_seconds",
+            "Time from queueing a robots.txt parse to its result (queue wait included).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.robots_parse_timeouts = Counter(
+            "crawlguard_robots_parse_timeouts",
+            "robots.txt parses not done within robots.parse_timeout: the requests waiting got "
+            "robots-unreachable (or a stale copy); the parse went on and its result was cached.",
+            registry=self.registry,
+        )
+        self.robots_parse_pool_failures = Counter(
+            "crawlguard_robots_parse_pool_failures",
+            "robots.txt parser pool failures (a worker process died, or none could be "
+            "started); the pool is rebuilt after a back-off.",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
