@@ -7,8 +7,8 @@ flags here (-p/--listen-host, --set confdir=...), not from the config's proxy se
 proxy section's client limits (max_connections, header_timeout, request head caps) apply.
 """
 
-from crawlguard.addon import CrawlGuardAddon
-from crawlguard.client_limits import ClientLimitsAddon
+from crawlguard.proxy.addon import CrawlGuardAddon
+from crawlguard.proxy.client_limits import ClientLimitsAddon
 
 _guard = CrawlGuardAddon()
 addons = [

@@ -438,7 +438,7 @@ def time_per_call(fn: Any, number: int, repeat: int = 7) -> tuple[float, float]:
 
 
 def micro_decide() -> list[tuple[str, float, float]]:
-    from crawlguard.robots import RobotsRules
+    from crawlguard.policy.robots import RobotsRules
 
     out = []
     files = (
@@ -469,10 +469,10 @@ def micro_guard(tmp: Path, origin_ca: Path) -> list[tuple[str, float, float]]:
     entry cached, `await self.robots.get(...)` never suspends, so `coro.send(None)` runs the
     whole coroutine (UA policy, cache lookup, robots match, Decision) and ends it."""
     from crawlguard.config import parse_config
-    from crawlguard.identity import request_identity
-    from crawlguard.robots import RobotsRules
-    from crawlguard.robots_cache import RobotsEntry, _Slot
-    from crawlguard.service import Guard, RequestInfo
+    from crawlguard.policy.identity import request_identity
+    from crawlguard.policy.robots import RobotsRules
+    from crawlguard.robots.cache import RobotsEntry, _Slot
+    from crawlguard.runtime import Guard, RequestInfo
 
     home = tmp / "guard"
     home.mkdir()
@@ -529,8 +529,8 @@ def _rss_kb() -> int:
 def _cache_memory(n: int, conn: Any) -> None:
     """In a fresh process: RSS delta of `n` origins in a real RobotsCache (each its own parsed
     RobotsRules and body, as after a fetch), inserted the way `_settle` leaves them."""
-    from crawlguard.robots import RobotsRules
-    from crawlguard.robots_cache import RobotsCache, RobotsEntry, _Slot
+    from crawlguard.policy.robots import RobotsRules
+    from crawlguard.robots.cache import RobotsCache, RobotsEntry, _Slot
 
     gc.collect()
     cache = RobotsCache(user_agent="bench", max_origins=n * 2)

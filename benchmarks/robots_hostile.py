@@ -12,7 +12,12 @@ from __future__ import annotations
 import random
 import time
 
-from crawlguard.robots import MAX_BYTES, MAX_WILDCARD_PATTERN, MAX_WILDCARD_RULES, RobotsRules
+from crawlguard.policy.robots import (
+    MAX_BYTES,
+    MAX_WILDCARD_PATTERN,
+    MAX_WILDCARD_RULES,
+    RobotsRules,
+)
 
 SIZES = (100, 1024, 2048, 2049, 4096, 16 * 1024, 60_000, 200_000)
 

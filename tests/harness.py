@@ -21,7 +21,7 @@ import requests
 import urllib3
 import yaml
 
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.records import ViolationRecord
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_UA = "AcmeBot/1.0 (+https://acme.example/bot)"

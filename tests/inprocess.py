@@ -12,9 +12,9 @@ from harness import base_config
 from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons
 
-from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
 from crawlguard.config import parse_config
-from crawlguard.service import Guard
+from crawlguard.proxy.addon import CrawlGuardAddon, apply_mitmproxy_options
+from crawlguard.runtime import Guard
 
 
 @dataclass

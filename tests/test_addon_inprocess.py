@@ -26,13 +26,13 @@ from mitmproxy.test import tflow, tutils
 from netguard import netguard  # noqa: F401  (fixture)
 from origins import RecordingOrigin, respond, routes
 
-from crawlguard.addon import CrawlGuardAddon
-from crawlguard.decisions import DECISION_HEADER
-from crawlguard.identity import canonical_path
-from crawlguard.records import ViolationRecord
-from crawlguard.robots import RobotsRules
-from crawlguard.robots_cache import RobotsEntry
-from crawlguard.service import Guard
+from crawlguard.policy.decisions import DECISION_HEADER
+from crawlguard.policy.identity import canonical_path
+from crawlguard.policy.records import ViolationRecord
+from crawlguard.policy.robots import RobotsRules
+from crawlguard.proxy.addon import CrawlGuardAddon
+from crawlguard.robots.cache import RobotsEntry
+from crawlguard.runtime import Guard
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("netguard")]
 
@@ -610,7 +610,7 @@ async def test_a_full_record_queue_refuses_instead_of_answering_unrecorded(env: 
 
 
 def test_pins_per_client_are_bounded() -> None:
-    from crawlguard.addon import MAX_PINS_PER_CLIENT
+    from crawlguard.proxy.addon import MAX_PINS_PER_CLIENT
 
     addon = CrawlGuardAddon()
     client = tflow.tclient_conn()

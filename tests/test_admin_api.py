@@ -29,9 +29,9 @@ from harness import LocalOrigin, Proxy, at, base_config, minute_record, sha256_h
 from crawlguard.admin import AdminServer
 from crawlguard.admin.auth import SESSION_COOKIE
 from crawlguard.config import parse_config
-from crawlguard.decisions import Kind
-from crawlguard.records import FIELDS, ViolationRecord
-from crawlguard.service import Guard
+from crawlguard.policy.decisions import Kind
+from crawlguard.policy.records import FIELDS, ViolationRecord
+from crawlguard.runtime import Guard
 from crawlguard.store import SCHEMA_VERSION, SQLiteStore, ViolationFilter, url_host
 
 OP = "op"  # the operator token of harness.base_config

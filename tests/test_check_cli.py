@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from crawlguard.cli import main
-from crawlguard.robots import RobotsRules
-from crawlguard.ua_policy import UserAgentPolicy, product_token_of
+from crawlguard.policy.robots import RobotsRules
+from crawlguard.policy.ua import UserAgentPolicy, product_token_of
 
 REPO = Path(__file__).resolve().parents[1]
 ROBOTS = """\

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rawhttp import auth, closed_without_reply, connect, read_reply, request_bytes
 
-from crawlguard.client_limits import ClientLimits, source_key
-from crawlguard.mitm_patches import HeadLimits, head_problem
-from crawlguard.sniff import FirstBytes, classify
+from crawlguard.proxy.client_limits import ClientLimits, source_key
+from crawlguard.proxy.compat import HeadLimits, head_problem
+from crawlguard.proxy.sniff import FirstBytes, classify
 
 
 class Clock:

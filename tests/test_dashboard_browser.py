@@ -23,7 +23,7 @@ import pytest
 from harness import GOOD_UA, LocalOrigin, Proxy, base_config
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.records import ViolationRecord
 from crawlguard.store import SQLiteStore
 
 OPERATOR_TOKEN = "op"  # base_config's admin.token_sha256 is sha256("op")

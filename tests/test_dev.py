@@ -24,7 +24,7 @@ import requests
 import trustme
 from harness import GOOD_UA, LocalOrigin, wait_for
 
-from crawlguard.decisions import ADVICE, Kind
+from crawlguard.policy.decisions import ADVICE, Kind
 
 READY = re.compile(r"crawlguard ready: proxy on 127\.0\.0\.1:(\d+),")
 ANSI = "\x1b["

@@ -25,7 +25,7 @@ import pytest
 import trustme
 from harness import LocalOrigin, Proxy, Route, base_config, free_port, sha256_hex, tenant
 
-from crawlguard.decisions import Kind
+from crawlguard.policy.decisions import Kind
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"

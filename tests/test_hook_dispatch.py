@@ -1,4 +1,4 @@
-"""crawlguard.hook_dispatch: the lean master's hook dispatch calls what mitmproxy's would."""
+"""crawlguard.proxy.hook_dispatch: the lean master's hook dispatch calls what mitmproxy's would."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mitmproxy.master import Master
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.test import tflow
 
-from crawlguard.hook_dispatch import HookDispatch, hook_args, install, skip_debug_typechecks
+from crawlguard.proxy.hook_dispatch import HookDispatch, hook_args, install, skip_debug_typechecks
 
 
 class Recorder:

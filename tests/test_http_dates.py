@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from crawlguard.http_dates import parse_http_date, parse_retry_after
+from crawlguard.policy.http_dates import parse_http_date, parse_retry_after
 
 WALL0 = 1_700_000_000.0
 

@@ -1,4 +1,4 @@
-"""crawlguard.identity: one canonical host and path per request, whatever the spelling."""
+"""crawlguard.policy.identity: one canonical host and path per request, whatever the spelling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crawlguard.identity import (
+from crawlguard.policy.identity import (
     IdentityError,
     Target,
     canonical_host,
@@ -390,7 +390,7 @@ def test_normal_values_are_recognised_exactly(
     value: str, decode_unreserved: bool, encode_non_ascii: bool
 ) -> None:
     """The one-scan shortcut of normalize_escapes never skips a value the rewrite would change."""
-    from crawlguard import identity
+    from crawlguard.policy import identity
 
     rewritten = identity._TO_FIX.sub(
         identity._FIXERS[decode_unreserved, encode_non_ascii], identity._octets(value)

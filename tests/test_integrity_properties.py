@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rawhttp import WireOrigin, auth, read_reply
 
-from crawlguard.headers import NEVER_HOP_BY_HOP
+from crawlguard.policy.headers import NEVER_HOP_BY_HOP
 
 HOP_BY_HOP = {"keep-alive", "proxy-connection", "upgrade", "via", "te", "trailer"}
 SMUGGLED = b"GET /private HTTP/1.1\r\nHost: inside.example\r\nUser-Agent: Googlebot/2.1\r\n\r\n"

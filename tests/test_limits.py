@@ -1,5 +1,5 @@
-"""Tenant limits (crawlguard.limits): host globs, the token bucket, the concurrency count, their
-config validation, and — in-process through the addon's hooks — that a concurrency slot is
+"""Tenant limits (crawlguard.policy.limits): host globs, the token bucket, the concurrency count,
+their config validation, and — in-process through the addon's hooks — that a concurrency slot is
 given back on every path (response, error, refusal, client gone during a hold)."""
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from mitmproxy.test import tflow, tutils
 from netguard import netguard  # noqa: F401  (fixture)
 from origins import RecordingOrigin, respond, routes
 
-from crawlguard.addon import CrawlGuardAddon
 from crawlguard.config import ConfigError, Tenant, parse_config
-from crawlguard.decisions import DECISION_HEADER, Kind
-from crawlguard.limits import (
+from crawlguard.policy.decisions import DECISION_HEADER, Kind
+from crawlguard.policy.limits import (
     FLOW_KEY,
     TenantLimits,
     TokenBucket,
@@ -30,7 +29,8 @@ from crawlguard.limits import (
     host_matches,
     normalise_glob,
 )
-from crawlguard.service import Guard
+from crawlguard.proxy.addon import CrawlGuardAddon
+from crawlguard.runtime import Guard
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -102,9 +102,9 @@ def test_addon_keeps_the_options_its_checks_rest_on(tmp_path: Path):
     from mitmproxy.addons.proxyserver import Proxyserver
     from mitmproxy.test import taddons
 
-    from crawlguard.addon import SAFE_OPTIONS, CrawlGuardAddon
     from crawlguard.config import parse_config
-    from crawlguard.service import Guard
+    from crawlguard.proxy.addon import SAFE_OPTIONS, CrawlGuardAddon
+    from crawlguard.runtime import Guard
 
     guard = Guard(parse_config(base_config(tmp_path)))
     addon = CrawlGuardAddon(guard)
@@ -285,7 +285,7 @@ def test_ensure_ca_creates_once_and_never_replaces(tmp_path: Path):
     from cryptography.hazmat.primitives.serialization import pkcs12
     from mitmproxy.certs import CertStore
 
-    from crawlguard import ca
+    from crawlguard.proxy import ca
 
     confdir = tmp_path / "fresh"
     assert ca.ensure_ca(confdir) is True
@@ -308,7 +308,7 @@ def test_ensure_ca_creates_once_and_never_replaces(tmp_path: Path):
 def test_only_a_default_ca_made_since_start_is_replaced(tmp_path: Path):
     from mitmproxy.certs import CertStore
 
-    from crawlguard import ca
+    from crawlguard.proxy import ca
 
     confdir = tmp_path / "ca"
     before = _old_mitmproxy_ca(confdir)  # an hour old
@@ -329,7 +329,7 @@ def test_only_a_default_ca_made_since_start_is_replaced(tmp_path: Path):
 
 
 def test_concurrent_starts_make_one_consistent_ca(tmp_path: Path):
-    from crawlguard import ca
+    from crawlguard.proxy import ca
 
     confdir = tmp_path / "ca"
     barrier = threading.Barrier(6)
@@ -352,8 +352,8 @@ def test_mitmdump_says_which_listen_keys_it_does_not_apply(
     """Under mitmdump its own flags win; a config that says otherwise gets a warning per key."""
     from types import SimpleNamespace
 
-    from crawlguard.addon import warn_unapplied_listen_keys
     from crawlguard.config import parse_config
+    from crawlguard.proxy.addon import warn_unapplied_listen_keys
 
     cfg = parse_config(base_config(tmp_path, proxy={"listen_port": 8081}))
     same = SimpleNamespace(listen_host="127.0.0.1", listen_port=8081, confdir=str(tmp_path / "ca"))

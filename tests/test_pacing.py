@@ -8,8 +8,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from crawlguard.decisions import Kind
-from crawlguard.pacing import (
+from crawlguard.policy.decisions import Kind
+from crawlguard.policy.pacing import (
     MAX_RETRY_AFTER,
     HeldPool,
     Pacer,

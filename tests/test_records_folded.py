@@ -24,7 +24,7 @@ from harness import LocalOrigin, Proxy, base_config, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from crawlguard.config import parse_config
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.records import ViolationRecord
 from crawlguard.store.fold import OVERFLOW_REASON, Folder
 
 GENERIC_UA = "python-requests/2.31"  # refused ua-generic before any origin is contacted

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from crawlguard.decisions import Action, Decision, Kind
-from crawlguard.headers import strip_request, strip_response
-from crawlguard.mitm_patches import decision_for_error
-from crawlguard.plan import plan
-from crawlguard.sniff import FirstBytes, classify, leading_empty_lines
+from crawlguard.policy.decisions import Action, Decision, Kind
+from crawlguard.policy.headers import strip_request, strip_response
+from crawlguard.policy.plan import plan
+from crawlguard.proxy.compat import decision_for_error
+from crawlguard.proxy.sniff import FirstBytes, classify, leading_empty_lines
 
 ROBOTS = Decision(Kind.ROBOTS_DISALLOW, rule="Disallow: /private")
 FORBIDDEN = Decision(Kind.DESTINATION_FORBIDDEN, rule="destinations")

@@ -20,8 +20,8 @@ from origins import RecordingOrigin, closed_port, redirect, respond, routes
 
 from crawlguard.config import DestinationsSection
 from crawlguard.egress import EgressPolicy, SafeResolver
-from crawlguard.robots import MAX_BYTES
-from crawlguard.robots_cache import RobotsCache, RobotsEntry
+from crawlguard.policy.robots import MAX_BYTES
+from crawlguard.robots.cache import RobotsCache, RobotsEntry
 
 # Every test runs under the network guard: anything but loopback fails it before connecting.
 pytestmark = [pytest.mark.timeout(10), pytest.mark.usefixtures("netguard")]

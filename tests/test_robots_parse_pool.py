@@ -27,9 +27,9 @@ from harness import LocalOrigin, Proxy, base_config, tenant, wait_for
 from origins import RecordingOrigin, respond, routes
 from prometheus_client.parser import text_string_to_metric_families
 
-from crawlguard.robots import RobotsRules
-from crawlguard.robots_cache import RobotsCache
-from crawlguard.robots_parse_pool import ParserUnavailable, RobotsParsePool
+from crawlguard.policy.robots import RobotsRules
+from crawlguard.robots.cache import RobotsCache
+from crawlguard.robots.parse_pool import ParserUnavailable, RobotsParsePool
 
 BODY = b"User-agent: *\nCrawl-delay: 3\nDisallow: /private/\nAllow: /private/ok$\n" + b"".join(
     b"Disallow: /p%d/*x\n" % i for i in range(500)
@@ -225,8 +225,8 @@ async def test_workers_killed_again_and_again_are_replaced_never_parsing_in_thre
 POOL_THAT_CANNOT_START = """
 import asyncio, logging, multiprocessing, os, sys
 from multiprocessing import resource_tracker
-from crawlguard.robots import RobotsRules
-from crawlguard.robots_parse_pool import ParserUnavailable, RobotsParsePool
+from crawlguard.policy.robots import RobotsRules
+from crawlguard.robots.parse_pool import ParserUnavailable, RobotsParsePool
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 BODY = b"User-agent: *\\nDisallow: /private\\n"
@@ -271,7 +271,7 @@ def test_the_parser_process_does_not_outlive_a_killed_proxy(tmp_path: Path) -> N
     """SIGKILL the process that owns the pool: its parser worker exits too (no orphan)."""
     script = (
         "import asyncio, os, sys\n"
-        "from crawlguard.robots_parse_pool import RobotsParsePool\n"
+        "from crawlguard.robots.parse_pool import RobotsParsePool\n"
         "async def main():\n"
         "    pool = RobotsParsePool()\n"
         "    print(await pool.worker_pid(), flush=True)\n"

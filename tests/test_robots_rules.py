@@ -1,4 +1,4 @@
-"""crawlguard.robots: group selection, matching, normalisation, delays, hostile input."""
+"""crawlguard.policy.robots: group selection, matching, normalisation, delays, hostile input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crawlguard.identity import canonical_path
-from crawlguard.robots import (
+from crawlguard.policy.identity import canonical_path
+from crawlguard.policy.robots import (
     ALLOW_ALL,
     DISALLOW_ALL,
     MAX_BYTES,
@@ -650,7 +650,7 @@ def test_wildcard_index_tries_only_patterns_whose_literal_the_path_holds() -> No
     """Issue 12: "*" patterns are indexed by a literal a match needs (the "$" tail, a head
     longer than "/", the rarest trigram), so a decision tries the few that can match. What
     is tried is read off the budget: every pattern tried costs the path's length."""
-    from crawlguard.robots import MATCH_BUDGET
+    from crawlguard.policy.robots import MATCH_BUDGET
 
     body = (
         "User-agent: *\n"
@@ -678,7 +678,7 @@ def test_wildcard_index_tries_only_patterns_whose_literal_the_path_holds() -> No
 def test_parser_exception_fails_closed_for_that_site(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import crawlguard.robots as robots
+    import crawlguard.policy.robots as robots
 
     def boom(text: str) -> object:
         raise RuntimeError("parser bug")

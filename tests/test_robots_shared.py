@@ -27,9 +27,9 @@ from harness import LocalOrigin, Proxy, Route, base_config
 from origins import RecordingOrigin, closed_port, respond, routes
 from redisutil import RedisServer, private_redis, redis_base, redis_url  # noqa: F401
 
-from crawlguard.robots import MAX_BYTES
-from crawlguard.robots_cache import Claim, Origin, RobotsCache, RobotsEntry, SharedRecord
-from crawlguard.state.robots_redis import RedisRobots, open_shared_robots
+from crawlguard.policy.robots import MAX_BYTES
+from crawlguard.robots.cache import Claim, Origin, RobotsCache, RobotsEntry, SharedRecord
+from crawlguard.robots.shared import RedisRobots, open_shared_robots
 from crawlguard.store import open_store
 
 pytestmark = pytest.mark.timeout(60)

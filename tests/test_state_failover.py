@@ -12,10 +12,10 @@ import pytest
 from harness import GOOD_UA, base_config, free_port
 
 from crawlguard.config import parse_config
-from crawlguard.decisions import Decision, Kind
-from crawlguard.identity import request_identity
-from crawlguard.plan import plan
-from crawlguard.service import Guard, RequestInfo
+from crawlguard.policy.decisions import Decision, Kind
+from crawlguard.policy.identity import request_identity
+from crawlguard.policy.plan import plan
+from crawlguard.runtime import Guard, RequestInfo
 from crawlguard.state import (
     Backoff,
     MemoryState,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from crawlguard.records import ViolationRecord, utc_now_iso
+from crawlguard.policy.records import ViolationRecord, utc_now_iso
 from crawlguard.store import (
     SCHEMA_VERSION,
     SQLiteStore,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from harness import at, minute_record
 
-from crawlguard.records import FIELD_LIMITS, FIELDS, ViolationRecord, utc_now_iso
+from crawlguard.policy.records import FIELD_LIMITS, FIELDS, ViolationRecord, utc_now_iso
 from crawlguard.store import (
     StoreError,
     StoreWriter,
@@ -466,7 +466,7 @@ def test_records_survive_a_crash_without_close(backend: Backend, tmp_path: Path)
     """`record` returning means durable: a process killed right after must not lose it."""
     code = (
         "import os, sys\n"
-        "from crawlguard.records import ViolationRecord\n"
+        "from crawlguard.policy.records import ViolationRecord\n"
         "from crawlguard.store import open_store\n"
         "s = open_store(sys.argv[1])\n"
         "s.record(ViolationRecord('2024-05-01T00:00:00Z', 'acme', 'ua-missing', 'blocked',"

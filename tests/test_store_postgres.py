@@ -29,7 +29,7 @@ import yaml
 from harness import LocalOrigin, Proxy, base_config, free_port, wait_for
 
 from crawlguard.admin.metrics import Metrics
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.records import ViolationRecord
 from crawlguard.store import (
     StoreBacklogged,
     StoreError,
@@ -346,7 +346,7 @@ def test_records_spooled_by_a_killed_process_are_replayed_by_the_next(
     relay.stop()
     code = (
         "import os, signal, sys\n"
-        "from crawlguard.records import ViolationRecord\n"
+        "from crawlguard.policy.records import ViolationRecord\n"
         "from crawlguard.store import open_store\n"
         "s = open_store(sys.argv[1], spool_dir=sys.argv[2])\n"
         "assert s.spooling\n"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crawlguard.decisions import Kind
-from crawlguard.ua_policy import (
+from crawlguard.policy.decisions import Kind
+from crawlguard.policy.ua import (
     MAX_LENGTH,
     UAVerdict,
     UserAgentPolicy,
@@ -596,7 +596,7 @@ def test_product_token_of(user_agent: str, token: str) -> None:
 
 
 def test_robots_module_reexports_the_one_derivation() -> None:
-    from crawlguard import robots
+    from crawlguard.policy import robots
 
     for user_agent, _ in AGREEMENT:
         assert robots.product_token_of(user_agent) == product_token_of(user_agent)

@@ -17,8 +17,8 @@ import yaml
 from harness import base_config, free_port
 
 from crawlguard.cli import main
-from crawlguard.decisions import Kind
-from crawlguard.records import FIELDS, ViolationRecord, utc_now_iso
+from crawlguard.policy.decisions import Kind
+from crawlguard.policy.records import FIELDS, ViolationRecord, utc_now_iso
 from crawlguard.store import open_store
 
 ROBOTS_BODY = b"\xef\xbb\xbfUser-agent: *\r\nDisallow: /private/\r\n\xff binary tail\n"

@@ -23,8 +23,8 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 from multidict import MultiMapping
 
-from crawlguard.decisions import Action, Kind
-from crawlguard.identity import DEFAULT_PORTS, IdentityError, Target, canonical_host
+from crawlguard.policy.decisions import Action, Kind
+from crawlguard.policy.identity import DEFAULT_PORTS, IdentityError, Target, canonical_host
 from crawlguard.store import (
     PageKey,
     StoreError,
@@ -37,7 +37,7 @@ from crawlguard.store import (
 )
 
 if TYPE_CHECKING:
-    from crawlguard.service import Guard
+    from crawlguard.runtime import Guard
 
 VIOLATION_KINDS = tuple(k.value for k in Kind if k is not Kind.ALLOWED)
 ACTIONS = tuple(a.value for a in Action)

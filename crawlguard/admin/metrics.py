@@ -213,7 +213,7 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=self.registry,
         )
-        # -- issue 18 item 11: connections before authentication (crawlguard.client_limits) ----
+        # -- issue 18 item 11: connections before authentication (proxy.client_limits) --------
         self.unauthenticated_closed = Counter(
             "crawlguard_unauthenticated_closed",
             "Client connections closed before they authenticated, to make room: the oldest of "
@@ -221,7 +221,7 @@ class Metrics:
             "the oldest of the source holding the most unauthenticated connections.",
             registry=self.registry,
         )
-        # -- issue 18 item 12: the robots.txt parse queue (crawlguard/robots_parse_pool.py) ----
+        # -- issue 18 item 12: the robots.txt parse queue (crawlguard/robots/parse_pool.py) ----
         self.robots_parse_queue_depth = Gauge(
             "crawlguard_robots_parse_queue_depth",
             "robots.txt parses waiting for a parser process, all tenants (each parse once).",

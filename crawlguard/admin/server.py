@@ -28,7 +28,7 @@ from crawlguard.admin.throttle import AuthThrottle
 from crawlguard.state.sessions import SessionStore, open_sessions
 
 if TYPE_CHECKING:
-    from crawlguard.service import Guard
+    from crawlguard.runtime import Guard
 
 
 class AdminServer:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from crawlguard.config import Config, ConfigError, parse_config
-from crawlguard.decisions import ADVICE, Action, Kind
-from crawlguard.plan import Plan
-from crawlguard.service import RequestInfo, TenantRuntime
+from crawlguard.policy.decisions import ADVICE, Action, Kind
+from crawlguard.policy.plan import Plan
+from crawlguard.runtime import RequestInfo, TenantRuntime
 
 TENANT = "dev"
 DEFAULT_CONFDIR = "var/mitmproxy"  # the same CA `crawlguard ca` shows
@@ -113,7 +113,7 @@ def loopback_host(host: str) -> bool:
 
 def dev_config(args: argparse.Namespace, admin_token: str) -> Config:
     """The config `crawlguard dev` runs with; ConfigError says which flag is wrong."""
-    from crawlguard.ua_policy import product_token_problem
+    from crawlguard.policy.ua import product_token_problem
 
     if not loopback_host(args.host):
         raise ConfigError(
@@ -304,7 +304,7 @@ class DevAddon:
     def running(self) -> None:
         from mitmproxy import ctx
 
-        from crawlguard.ca import cert_file
+        from crawlguard.proxy.ca import cert_file
 
         proxy = ctx.master.addons.get("proxyserver")
         addrs = proxy.listen_addrs() if proxy else []

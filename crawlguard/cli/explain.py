@@ -6,7 +6,7 @@ the proxy's order, with the proxy's own code, and says which one decides and how
 1. the canonical URL (`identity.request_identity`): what the proxy judges and forwards;
 2. the destination: the tenant's `allow_hosts`/`deny_hosts` and `destinations.allowed_ports`
    always; the resolved addresses only when robots.txt is fetched live (offline, no DNS);
-3. the user agent (`ua_policy`): tenant-less like `crawlguard lint-ua`, or exactly as the
+3. the user agent (`policy.ua`): tenant-less like `crawlguard lint-ua`, or exactly as the
    proxy does for `--config C --tenant T` (that tenant's tokens, the others' as foreign);
 4. robots.txt: `--robots-file F`, or the live file fetched with the proxy's `RobotsCache`
    and `EgressPolicy` built from the config (defaults: `allow_private: false`), so the
@@ -37,11 +37,11 @@ from crawlguard.cli.check import (
     _url_object,
 )
 from crawlguard.config import Config, ConfigError, Tenant, load_config
-from crawlguard.decisions import ADVICE, STATUS, Kind
-from crawlguard.identity import IdentityError, Target, request_identity
-from crawlguard.pacing import interval
-from crawlguard.robots import RobotsRules, RobotsVerdict
-from crawlguard.ua_policy import UAVerdict, UserAgentPolicy, lint, product_token_of
+from crawlguard.policy.decisions import ADVICE, STATUS, Kind
+from crawlguard.policy.identity import IdentityError, Target, request_identity
+from crawlguard.policy.pacing import interval
+from crawlguard.policy.robots import RobotsRules, RobotsVerdict
+from crawlguard.policy.ua import UAVerdict, UserAgentPolicy, lint, product_token_of
 
 
 def register(sub: Any) -> None:  # argparse._SubParsersAction
@@ -232,7 +232,7 @@ def _ua_verdict(user_agent: str, cfg: Config, tenant: Tenant | None) -> tuple[UA
 
 def _static_destination(cfg: Config, tenant: Tenant | None, target: Target) -> Destination:
     """The destination checks that need no DNS: the tenant's host globs, then the port."""
-    from crawlguard.limits import host_decision
+    from crawlguard.policy.limits import host_decision
 
     checked = "port" + (" and tenant hosts" if tenant is not None else "")
     if tenant is not None:
@@ -267,8 +267,8 @@ async def _admit_and_fetch(
     cfg: Config, tenant: Tenant | None, target: Target, url: str
 ) -> tuple[Destination, RobotsRules | None, Fetch | None]:
     from crawlguard.egress import EgressPolicy
-    from crawlguard.robots_cache import RobotsCache
-    from crawlguard.service import ssl_context
+    from crawlguard.robots.cache import RobotsCache
+    from crawlguard.runtime import ssl_context
 
     checked = "port, addresses" + (" and tenant hosts" if tenant is not None else "")
     egress = EgressPolicy.from_config(cfg.destinations)

@@ -133,11 +133,11 @@ def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
     from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
 
-    from crawlguard import hook_dispatch
-    from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
-    from crawlguard.ca import ensure_ca
-    from crawlguard.client_limits import ClientLimitsAddon
-    from crawlguard.service import Guard
+    from crawlguard.proxy import hook_dispatch
+    from crawlguard.proxy.addon import CrawlGuardAddon, apply_mitmproxy_options
+    from crawlguard.proxy.ca import ensure_ca
+    from crawlguard.proxy.client_limits import ClientLimitsAddon
+    from crawlguard.runtime import Guard
 
     opts = options.Options()
     try:  # crawlguard's CA, before the confdir option reaches TlsConfig (which would create
@@ -243,14 +243,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def ca_path(confdir: str) -> Path:
-    from crawlguard.ca import cert_file
+    from crawlguard.proxy.ca import cert_file
 
     return cert_file(confdir)
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
-    from crawlguard import ca
     from crawlguard.config import ProxySection
+    from crawlguard.proxy import ca
 
     confdir = ProxySection().confdir
     if args.config:

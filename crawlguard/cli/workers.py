@@ -62,7 +62,7 @@ net.core.somaxconn)."""
 ACCEPT_BATCH = 1
 """Connections a worker accepts per wake-up (asyncio's default: 100; see `listen_on`)."""
 RESTART_SECTIONS = ("proxy", "admin", "store", "state", "robots")
-"""Config sections a reload cannot change (as crawlguard.service.Guard.reload)."""
+"""Config sections a reload cannot change (as crawlguard.runtime.Guard.reload)."""
 ROBOTS_UNAVAILABLE = (
     "not available with --workers N: each worker keeps its own robots.txt cache in memory, "
     "and this admin server runs in the parent process; run crawlguard with --workers 1 to "
@@ -107,7 +107,7 @@ def run_workers(cfg: Config, workers: int, load: Callable[[], Config]) -> int:
         return 2
     private = Path(tempfile.mkdtemp(prefix="crawlguard-workers-"))  # 0700
     try:
-        from crawlguard.ca import ensure_ca
+        from crawlguard.proxy.ca import ensure_ca
 
         try:  # once, here: N workers creating it at once could each make a different one
             ensure_ca(cfg.proxy.confdir)

@@ -264,7 +264,7 @@ class EgressAiohttpResolver(AbstractResolver):
     """aiohttp resolver backed by SafeResolver: connections go only to the pinned address.
 
     aiohttp never asks a resolver about IP-literal URLs, so callers must still check every
-    (host, port) they request with `EgressPolicy.admit` (robots_cache does, per hop)."""
+    (host, port) they request with `EgressPolicy.admit` (the robots.txt fetcher does, per hop)."""
 
     def __init__(self, policy: EgressPolicy) -> None:
         self._policy = policy  # its resolver may be replaced by a config reload

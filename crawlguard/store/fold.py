@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.records import ViolationRecord
 from crawlguard.store import url_host
 
 FoldKey = tuple[str, str, str, str | None, str | None, bool]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crawlguard.records import ViolationRecord, log_line
+from crawlguard.policy.records import ViolationRecord, log_line
 from crawlguard.store import (
     PRUNE_BATCH_ROWS,
     RETENTION_FIRST_DELAY_SECONDS,

@@ -5,7 +5,7 @@ inactivity, which a client sending a byte every few seconds never reaches. crawl
 the smallest layer that bounds both: a global connection cap (`proxy.max_connections`) and a
 sweep that closes every connection that has had no request in flight for
 `proxy.header_timeout` seconds — a slow request head, or idle keep-alive, whichever it is.
-Request-head size caps live in `mitm_patches`.
+Request-head size caps live in `compat`.
 
 A connection nobody has authenticated on yet costs its source nothing, so one source could
 fill the global cap for everyone: each source address (an IPv6 /64) may hold
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from crawlguard import mitm_patches
+from crawlguard.proxy import compat
 
 log = logging.getLogger("crawlguard")
 
@@ -213,7 +213,7 @@ class ClientLimitsAddon:
         self._settings = settings  # -> the running config's `proxy` section, or None
         self._metrics = metrics  # -> the Guard's Metrics, or None
         self.limits: ClientLimits | None = None
-        mitm_patches.install_connection_close()  # a closed connection must free its socket
+        compat.install_connection_close()  # a closed connection must free its socket
 
     async def running(self) -> None:
         cfg = self._settings()

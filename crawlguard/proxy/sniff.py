@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from crawlguard.mitm_patches import HeadLimits, leading_empty_lines
+from crawlguard.proxy.compat import HeadLimits, leading_empty_lines
 
 __all__ = ["FirstBytes", "classify", "leading_empty_lines"]
 

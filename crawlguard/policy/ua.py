@@ -62,7 +62,7 @@ from itertools import groupby
 import icu  # PyICU (pyicu-wheels): the Unicode TR39 skeleton, as ICU's spoof checker computes it
 from crawleruseragents import CRAWLER_USER_AGENTS_DATA
 
-from crawlguard.decisions import Kind
+from crawlguard.policy.decisions import Kind
 
 __all__ = [
     "MAX_LENGTH",

@@ -4,7 +4,7 @@ Pure: no mitmproxy and no I/O; time comes from an injectable clock, so every rul
 unit-tested exactly.
 
 - `allow_hosts` / `deny_hosts`: fnmatch-style globs over the canonical host
-  (crawlguard.identity.canonical_host: lower case, IDNA A-labels, no trailing dot, IPv6
+  (crawlguard.policy.identity.canonical_host: lower case, IDNA A-labels, no trailing dot, IPv6
   without brackets). `*` matches any run of characters, dots included, `?` one character;
   there are no `[...]` classes. `*.example.com` matches every subdomain at any depth but not
   `example.com` itself: list the apex separately. A host matching any `deny_hosts` glob is
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from crawlguard.decisions import Decision, Kind
+from crawlguard.policy.decisions import Decision, Kind
 
 if TYPE_CHECKING:
     from crawlguard.config import Tenant
@@ -43,7 +43,7 @@ _GLOB_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-*?:")
 
 def normalise_glob(glob: str) -> str:
     """The canonical spelling of one host glob; ValueError (for the config) if it is not one."""
-    from crawlguard.identity import IdentityError, canonical_host
+    from crawlguard.policy.identity import IdentityError, canonical_host
 
     if not isinstance(glob, str) or not glob:
         raise ValueError("a host glob must be a non-empty string")

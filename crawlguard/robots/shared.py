@@ -1,6 +1,6 @@
 """The robots.txt cache shared by replicas in Redis (`state.url: redis://…`, issue 11).
 
-`RobotsCache` (crawlguard.robots_cache) keeps its in-process cache in front: a request whose
+`RobotsCache` (crawlguard.robots.cache) keeps its in-process cache in front: a request whose
 robots.txt is fresh in memory never reaches this module. On a local miss it asks
 `RedisRobots.claim`, ONE Lua script that atomically either
 
@@ -46,7 +46,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from crawlguard.robots_cache import Claim, Origin, SharedRecord
+from crawlguard.robots.cache import Claim, Origin, SharedRecord
 from crawlguard.state.outage import MAX_DOWN_INTERVAL, MIN_DOWN_INTERVAL, Outage
 from crawlguard.state.redis import NAMESPACE, US, connect, parse_redis_url
 

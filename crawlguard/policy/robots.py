@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 from protego import Protego
 
-from crawlguard.identity import normalize_escapes
+from crawlguard.policy.identity import normalize_escapes
 
 log = logging.getLogger("crawlguard")
 
@@ -139,9 +139,9 @@ def _target(url: str) -> str:
 
 
 def product_token_of(user_agent: str) -> str:
-    """Re-export of `crawlguard.ua_policy.product_token_of`, the one derivation of the product
+    """Re-export of `crawlguard.policy.ua.product_token_of`, the one derivation of the product
     token robots.txt is matched with (shared by the proxy and `crawlguard check`)."""
-    from crawlguard.ua_policy import product_token_of as derive  # ua_policy is the owner
+    from crawlguard.policy.ua import product_token_of as derive  # policy.ua is the owner
 
     return derive(user_agent)
 

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from crawlguard.decisions import Kind
-from crawlguard.http_dates import parse_retry_after
+from crawlguard.policy.decisions import Kind
+from crawlguard.policy.http_dates import parse_retry_after
 from crawlguard.state import PacingState, backoff_window
 
 BACKOFF_BASE = 1.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crawlguard.decisions import Action, Decision, Kind
+from crawlguard.policy.decisions import Action, Decision, Kind
 
 # Refused in every mode, `off` included: the proxy must never be an open proxy, and a request
 # it cannot read canonically cannot be forwarded as decided.

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from crawlguard.robots import RobotsRules
+from crawlguard.policy.robots import RobotsRules
 
 if TYPE_CHECKING:
     from crawlguard.admin.metrics import Metrics

@@ -1,6 +1,6 @@
 """The request path without mitmproxy: authenticate, decide, record, count.
 
-The mitmproxy addon (crawlguard.addon) is a thin adapter over this, so the same code serves
+The mitmproxy addon (crawlguard.proxy.addon) is a thin adapter over this, so the same code serves
 `crawlguard run`, `mitmdump -s addons/crawlguard_addon.py` and, later, the local dev mode.
 """
 
@@ -17,20 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from crawlguard.admin.metrics import Metrics
-from crawlguard.auth import Authenticator
 from crawlguard.config import Config, ConfigError, Tenant
-from crawlguard.decisions import Action, Decision, Kind
 from crawlguard.egress import EgressPolicy, Resolution
-from crawlguard.identity import Target
-from crawlguard.pacing import THROTTLE_STATUSES, HeldPool, Pacer, PacingOutcome, pacing_key
-from crawlguard.records import ViolationRecord, log_line, utc_now_iso
-from crawlguard.robots_cache import RobotsCache
-from crawlguard.robots_parse_pool import RobotsParsePool
+from crawlguard.policy.auth import Authenticator
+from crawlguard.policy.decisions import Action, Decision, Kind
+from crawlguard.policy.identity import Target
+from crawlguard.policy.pacing import THROTTLE_STATUSES, HeldPool, Pacer, PacingOutcome, pacing_key
+from crawlguard.policy.records import ViolationRecord, log_line, utc_now_iso
+from crawlguard.policy.ua import UAVerdict, UserAgentPolicy
+from crawlguard.robots.cache import RobotsCache
+from crawlguard.robots.parse_pool import RobotsParsePool
+from crawlguard.robots.shared import open_shared_robots
 from crawlguard.state import OnError, PacingState, StateUnavailable
 from crawlguard.state import open_state as open_pacing_state
-from crawlguard.state.robots_redis import open_shared_robots
 from crawlguard.store import ViolationStore, open_store, store_spool_dir
-from crawlguard.ua_policy import UAVerdict, UserAgentPolicy
 
 log = logging.getLogger("crawlguard")
 violation_log = logging.getLogger("crawlguard.violations")
@@ -203,7 +203,7 @@ class Guard:
         )
         self._counts: Counter[tuple[str, str]] = Counter()
         self._flusher: asyncio.Task[None] | None = None
-        from crawlguard.limits import TenantLimits
+        from crawlguard.policy.limits import TenantLimits
 
         # per tenant id, kept across reloads: in-flight counts and max_rps buckets
         self.limits = TenantLimits()

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from mitmproxy.proxy import commands
 
-from crawlguard.decisions import DECISION_HEADER, Kind
+from crawlguard.policy.decisions import DECISION_HEADER, Kind
 
 _MARK = "_crawlguard_wrapped"
 _EMPTY_LINES = re.compile(rb"(?:\r?\n)+")
@@ -31,7 +31,7 @@ _EMPTY_LINES = re.compile(rb"(?:\r?\n)+")
 
 class HeadLimits:
     """Caps on what a client sends before a request head is complete: the engine's request
-    reader (here) and the tunnel sniffer (crawlguard.sniff) read the running values.
+    reader (here) and the tunnel sniffer (crawlguard.proxy.sniff) read the running values.
     `line` and `head` are set from the config (`proxy.max_request_line/head`)."""
 
     line = 16 * 1024

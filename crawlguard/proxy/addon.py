@@ -4,9 +4,9 @@ Options are declared in `load` and validated in `configure`, as mitmproxy's own 
 Tenants authenticate on each plain-HTTP request, or once on CONNECT for the whole tunnel.
 
 What is decided is what is sent: every request is reduced to its canonical identity
-(crawlguard.identity) before any check, and after the decision the flow is rewritten to exactly
-that identity — path, Host header, and the checked address to dial. `server_connect` is the last
-gate: mitmproxy may only connect to an address a decision pinned for that client.
+(crawlguard.policy.identity) before any check, and after the decision the flow is rewritten to
+exactly that identity — path, Host header, and the checked address to dial. `server_connect` is
+the last gate: mitmproxy may only connect to an address a decision pinned for that client.
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 
-from crawlguard import ca, client_limits, mitm_patches
 from crawlguard.admin import AdminServer
 from crawlguard.config import Config, ConfigError, load_config
-from crawlguard.decisions import DECISION_HEADER, Decision, Kind
-from crawlguard.headers import head_problem, strip_request, strip_response
-from crawlguard.identity import IdentityError, Target, canonical_host, request_identity
-from crawlguard.pacing import PacingOutcome
-from crawlguard.plan import Plan, plan
-from crawlguard.service import HELD, Guard, RequestInfo, TenantRuntime
-from crawlguard.sniff import FirstBytes, classify, leading_empty_lines
+from crawlguard.policy.decisions import DECISION_HEADER, Decision, Kind
+from crawlguard.policy.headers import head_problem, strip_request, strip_response
+from crawlguard.policy.identity import IdentityError, Target, canonical_host, request_identity
+from crawlguard.policy.pacing import PacingOutcome
+from crawlguard.policy.plan import Plan, plan
+from crawlguard.policy.ua import UAVerdict
+from crawlguard.proxy import ca, client_limits, compat
+from crawlguard.proxy.sniff import FirstBytes, classify, leading_empty_lines
+from crawlguard.runtime import HELD, Guard, RequestInfo, TenantRuntime
 from crawlguard.store import StoreBacklogged
-from crawlguard.ua_policy import UAVerdict
 
 log = logging.getLogger("crawlguard")
 
@@ -116,7 +116,7 @@ class CrawlGuardAddon:
         self._gone: dict[str, asyncio.Event] = {}
         # called once per decided request, after its record (`crawlguard dev` prints it)
         self.on_decision: DecisionHook | None = None
-        mitm_patches.install()
+        compat.install()
 
     # -- mitmproxy lifecycle -----------------------------------------------------------------
 
@@ -160,8 +160,8 @@ class CrawlGuardAddon:
             log.error("crawlguard: no config; set crawlguard_config")
             return
         self.guard.start()
-        mitm_patches.HeadLimits.line = self.guard.cfg.proxy.max_request_line
-        mitm_patches.HeadLimits.head = self.guard.cfg.proxy.max_request_head
+        compat.HeadLimits.line = self.guard.cfg.proxy.max_request_line
+        compat.HeadLimits.head = self.guard.cfg.proxy.max_request_head
         if not self.serve_admin:
             return  # a worker: crawlguard.cli.workers reports it ready to its parent
         self.admin = AdminServer(self.guard)
@@ -286,7 +286,7 @@ class CrawlGuardAddon:
             self.guard.count(tenant, decision.kind)
         self._report(tenant, step, info)
 
-    async def crawlguard_engine_refusal(self, refusal: mitm_patches.EngineRefusal) -> None:
+    async def crawlguard_engine_refusal(self, refusal: compat.EngineRefusal) -> None:
         """mitmproxy's HTTP/1 server is about to refuse a request itself (a request line or
         head it cannot read or that is over its caps, a nested CONNECT, headers that would
         smuggle, a connect crawlguard's last gate refused): a decision about a tenant's
@@ -303,7 +303,7 @@ class CrawlGuardAddon:
             tenant = guard.authenticate(engine_header(refusal, "Proxy-Authorization"), count=False)
         if tenant is None:
             return  # no tenant to hold it against: an unauthenticated request is not recorded
-        kind = Kind(mitm_patches.decision_for_error(refusal.status, refusal.message))
+        kind = Kind(compat.decision_for_error(refusal.status, refusal.message))
         decision = Decision(kind, rule=f"engine: {refusal.status}", reason=refusal.message[:500])
         # a connect refused at the dial was already counted under the decision it had
         await self._refused_outside_a_flow(
@@ -597,7 +597,7 @@ def invalid(reason: str) -> Decision:
     return Decision(Kind.REQUEST_INVALID, rule="canonical request", reason=reason)
 
 
-def engine_header(refusal: mitm_patches.EngineRefusal, name: str) -> str | None:
+def engine_header(refusal: compat.EngineRefusal, name: str) -> str | None:
     """A header of a request the engine refused: parsed, or found in the raw head read."""
     if refusal.request is not None:
         return refusal.request.headers.get(name)
@@ -608,7 +608,7 @@ def engine_header(refusal: mitm_patches.EngineRefusal, name: str) -> str | None:
     return None
 
 
-def engine_request_info(refusal: mitm_patches.EngineRefusal, tunnel: Tunnel | None) -> RequestInfo:
+def engine_request_info(refusal: compat.EngineRefusal, tunnel: Tunnel | None) -> RequestInfo:
     """What the record says of a request the engine refused: its method and target as sent
     (it has no canonical form; a tunnel's authority stands in for a missing one)."""
     req = refusal.request
@@ -654,7 +654,7 @@ SAFE_OPTIONS_WHY = {
 
 
 def ensure_named_ca() -> None:
-    """mitmdump: crawlguard's CA in mitmdump's confdir, when it has none (crawlguard.ca).
+    """mitmdump: crawlguard's CA in mitmdump's confdir, when it has none (crawlguard.proxy.ca).
 
     Without ``--set confdir`` mitmproxy reads its confdir only once running, after this. With
     it, mitmproxy has already made its own CA before loading any script: one it made in this

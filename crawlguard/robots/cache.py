@@ -22,13 +22,13 @@ Choices where RFC 9309 leaves room (documented for operators in the README):
   "error" (complete disallow, fail closed) without any connection attempt to it, so a
   robots.txt redirect can neither reach internal services nor probe which ports are open.
 * Parsing (up to ~0.8 s of CPU for a hostile 500 KiB file) runs in worker processes behind
-  per-tenant queues (crawlguard.robots_parse_pool), queued for every tenant whose request
+  per-tenant queues (crawlguard.robots.parse_pool), queued for every tenant whose request
   waits. A parse not done within `parse_timeout` answers the waiting requests now: that site
   alone fails closed ("parse-timeout", Retry-After about one more `parse_timeout`), or keeps
   its stale copy; the parse goes on and its rules are cached when they land, so the next
   request needs no second fetch.
 
-Shared across replicas (with a `SharedRobots`, e.g. crawlguard.state.robots_redis for
+Shared across replicas (with a `SharedRobots`, e.g. crawlguard.robots.shared for
 `state.url: redis://…`): the in-process cache stays in front, so a fresh local entry answers
 without any I/O. A local miss first `claim`s the origin in the shared store: a fresh shared
 record is adopted (its raw body re-parsed here, its SHA-256 checked, the 500 KiB cap kept);
@@ -56,12 +56,12 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from crawlguard import robots_parse_pool
 from crawlguard.egress import EgressPolicy
-from crawlguard.http_dates import parse_http_date, parse_retry_after
-from crawlguard.identity import IdentityError, canonical_host
-from crawlguard.robots import ALLOW_ALL, MAX_BYTES, RobotsRules
-from crawlguard.robots_parse_pool import ParseJob, RobotsParsePool, Tenant
+from crawlguard.policy.http_dates import parse_http_date, parse_retry_after
+from crawlguard.policy.identity import IdentityError, canonical_host
+from crawlguard.policy.robots import ALLOW_ALL, MAX_BYTES, RobotsRules
+from crawlguard.robots import parse_pool
+from crawlguard.robots.parse_pool import ParseJob, RobotsParsePool, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +452,7 @@ class RobotsCache:
     None: the worker pool (a thread would take the event loop under the interpreter lock)."""
 
     def _parse_pool(self) -> RobotsParsePool:
-        return self._pool if self._pool is not None else robots_parse_pool.shared()
+        return self._pool if self._pool is not None else parse_pool.shared()
 
     async def _parse_body(self, origin: Origin, slot: _Slot, body: bytes) -> RobotsRules:
         """Rules for `body`, parsed at the turns of the tenants waiting. Past `parse_timeout`
