@@ -1,7 +1,11 @@
-"""The request path without mitmproxy: authenticate, decide, record, count.
+"""The composition root: builds the parts of one proxy process from a config (tenants, store,
+pacing state, robots.txt cache, egress policy, metrics), reloads them, and serves the request
+path as the live `Context` of the decision pipeline (crawlguard.policy.pipeline), plus the
+effects the proxy carries out: recording, counting, origin back-off.
 
-The mitmproxy addon (crawlguard.proxy.addon) is a thin adapter over this, so the same code serves
-`crawlguard run`, `mitmdump -s addons/crawlguard_addon.py` and, later, the local dev mode.
+The mitmproxy addon (crawlguard.proxy.addon) is a thin adapter over this and the pipeline, so
+the same code serves `crawlguard run`, `mitmdump -s addons/crawlguard_addon.py` and the local
+dev mode.
 """
 
 from __future__ import annotations
@@ -10,33 +14,37 @@ import asyncio
 import hmac
 import logging
 import ssl
-import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from crawlguard.admin.metrics import Metrics
-from crawlguard.config import Config, ConfigError, Tenant
-from crawlguard.egress import EgressPolicy, Resolution
+from crawlguard.config import Config, ConfigError
+from crawlguard.egress import EgressPolicy
 from crawlguard.policy.auth import Authenticator
 from crawlguard.policy.decisions import Action, Decision, Kind
 from crawlguard.policy.identity import Target
-from crawlguard.policy.pacing import THROTTLE_STATUSES, HeldPool, Pacer, PacingOutcome, pacing_key
+from crawlguard.policy.pacing import (
+    THROTTLE_STATUSES,
+    HeldPool,
+    Pacer,
+    PacingOutcome,
+    pacing_key,
+    pacing_rule,
+)
+from crawlguard.policy.pipeline import RequestInfo
 from crawlguard.policy.records import ViolationRecord, log_line, utc_now_iso
-from crawlguard.policy.ua import UAVerdict, UserAgentPolicy
-from crawlguard.robots.cache import RobotsCache
+from crawlguard.policy.tenants import TenantRuntime
+from crawlguard.policy.ua import UserAgentPolicy
+from crawlguard.robots.cache import RobotsCache, RobotsEntry
 from crawlguard.robots.parse_pool import RobotsParsePool
 from crawlguard.robots.shared import open_shared_robots
-from crawlguard.state import OnError, PacingState, StateUnavailable
-from crawlguard.state import open_state as open_pacing_state
+from crawlguard.state import StateUnavailable, open_state
 from crawlguard.store import ViolationStore, open_store, store_spool_dir
 
 log = logging.getLogger("crawlguard")
 violation_log = logging.getLogger("crawlguard.violations")
 
 COUNT_FLUSH_SECONDS = 10.0
-ROBOTS_METHODS = frozenset({"GET", "HEAD"})
 ROBOTS_LANE = "/robots.txt"  # suffix of the pacing site a tenant's own robots.txt fetches use
 
 HELD = "held"
@@ -44,86 +52,6 @@ HELD = "held"
 says kind `crawl-delay`, action `delayed`). Not a violation: the tenant chose delay pacing and
 the proxy paced it. Counted once when the hold starts, also if the client leaves before its
 slot (the request was never refused)."""
-
-
-@dataclass(slots=True)
-class TenantRuntime:
-    cfg: Tenant
-    ua: UserAgentPolicy
-
-    @property
-    def id(self) -> str:
-        return self.cfg.id
-
-    @property
-    def enforce(self) -> bool:
-        return self.cfg.mode == "enforce"
-
-
-@dataclass(frozen=True, slots=True)
-class RequestInfo:
-    """One request as decided: its canonical target (what is dialled and forwarded), not the
-    client's spelling of it. `target` is None only for a request that has no canonical form;
-    `raw` is then its spelling, kept for the record."""
-
-    method: str
-    target: Target | None
-    user_agent: str | None
-    raw: str = ""
-
-    @property
-    def url(self) -> str:
-        if self.target is None:
-            return self.raw
-        if self.method in ("CONNECT", "TUNNEL"):  # authority-form, as a CONNECT line says it
-            t = self.target
-            return f"[{t.host}]:{t.port}" if ":" in t.host else f"{t.host}:{t.port}"
-        return self.target.url
-
-    @property
-    def origin(self) -> str:
-        assert self.target is not None
-        return self.target.origin
-
-    @property
-    def robots_origin(self) -> tuple[str, str, int]:
-        assert self.target is not None
-        return (self.target.scheme, self.target.host, self.target.port)
-
-    @property
-    def is_robots_txt(self) -> bool:
-        """A GET or HEAD of exactly /robots.txt: exempt from robots rules (RFC 9309 §2.2.2:
-        the file is always allowed), and paced on a lane of its own (`pacing_sites`), so a
-        crawler's one robots.txt fetch does not take its first page's slot, and a loop of
-        them is paced all the same. Other methods and a query make it an ordinary request."""
-        return (
-            self.target is not None
-            and self.target.path == "/robots.txt"
-            and self.method in ROBOTS_METHODS
-        )
-
-
-def open_state(
-    url: str, on_error: OnError = "closed", *, on_fallback: Callable[[], None] | None = None
-) -> PacingState:
-    """`state.url` → the pacing state: memory://, or redis:// with `state.on_error` applied
-    while Redis is down (crawlguard.state.open_state)."""
-    return open_pacing_state(url, on_error, on_fallback=on_fallback)
-
-
-def pacing_rule(decision: Decision, outcome: PacingOutcome, default_min_interval: float) -> str:
-    """The robots line (or operator setting) that set the interval, for the record."""
-    if outcome.kind is Kind.ORIGIN_BACKOFF:
-        return "origin answered 429/503 (Retry-After or exponential back-off)"
-    if decision.crawl_delay is not None and decision.crawl_delay >= outcome.interval:
-        return f"Crawl-delay: {decision.crawl_delay:g}"
-    if decision.request_rate is not None:
-        n, m = decision.request_rate
-        if n > 0 and m / n >= outcome.interval:
-            return f"Request-rate: {n}/{m:g}s"
-    if default_min_interval >= outcome.interval:
-        return f"pacing.default_min_interval: {default_min_interval:g}"
-    return "origin back-off interval"
 
 
 def ssl_context(cfg: Config) -> ssl.SSLContext:
@@ -363,66 +291,27 @@ class Guard:
             return site + ROBOTS_LANE, tuple(a + ROBOTS_LANE for a in also)
         return site, also
 
-    async def admit(self, target: Target) -> Resolution | Decision:
+    async def admit(self, target: Target) -> str | Decision:
         """The checked address to dial for `target`, or the `destination-forbidden` decision."""
         resolution = await self.egress.admit(target.host, target.port)
         if resolution.reason is not None:
             return Decision(
                 Kind.DESTINATION_FORBIDDEN, rule="destinations", reason=resolution.reason
             )
-        return resolution
+        return resolution.pinned
 
-    async def decide(
-        self, tenant: TenantRuntime, req: RequestInfo, verdict: UAVerdict | None = None
-    ) -> Decision:
-        """User agent, then robots.txt (the destination came first, in `admit`; pacing after).
-        `verdict`: the UA verdict when the caller has it already (one evaluation a request)."""
-        if verdict is None:
-            verdict = tenant.ua.evaluate(req.user_agent)
-        if verdict.kind is not Kind.ALLOWED:
-            return Decision(verdict.kind, rule=verdict.rule, reason=verdict.reason)
-        entry = await self.robots.get(req.robots_origin, tenant=tenant.id)
-        if req.is_robots_txt:  # always allowed; its Crawl-delay still paces the fetch's lane
-            if not entry.available:
-                return Decision(Kind.ALLOWED)
-            rv = entry.rules.decide(verdict.token or "", req.target.path)
-            return Decision(
-                Kind.ALLOWED,
-                crawl_delay=rv.crawl_delay,
-                request_rate=rv.request_rate,
-                robots_sha256=entry.sha256,
-            )
-        if not entry.available:
-            return Decision(
-                Kind.ROBOTS_UNREACHABLE,
-                rule=f"robots.txt unavailable ({entry.result})",
-                reason=f"{req.origin}/robots.txt could not be fetched ({entry.result}).",
-                retry_after=entry.retry_after(time.monotonic()),
-            )
-        token = verdict.token or ""  # the registered token this UA carries
-        rv = entry.rules.decide(token, req.target.path, fetch=req.method in ROBOTS_METHODS)
-        if not rv.allowed:
-            return Decision(
-                Kind.ROBOTS_DISALLOW,
-                rule=rv.rule,
-                reason=f"robots.txt disallows this URL for {token}.",
-                crawl_delay=rv.crawl_delay,
-                request_rate=rv.request_rate,
-                robots_sha256=entry.sha256,
-            )
-        return Decision(
-            Kind.ALLOWED,
-            crawl_delay=rv.crawl_delay,
-            request_rate=rv.request_rate,
-            robots_sha256=entry.sha256,
-        )
+    async def robots_txt(self, req: RequestInfo, tenant: TenantRuntime) -> RobotsEntry:
+        """The origin's robots.txt: cached, or fetched once and parsed in the tenant's turn."""
+        return await self.robots.get(req.robots_origin, tenant=tenant.id)
+
+    async def cancel(self, outcome: PacingOutcome) -> None:
+        await self.pacer.cancel(outcome)
 
     async def pace(
         self,
         tenant: TenantRuntime,
         req: RequestInfo,
         decision: Decision,
-        *,
         pinned: str | None = None,
     ) -> tuple[Decision, PacingOutcome]:
         """Pacing for a request the rest of the policy allows, on the slots `pacing_sites`

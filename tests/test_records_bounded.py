@@ -18,8 +18,9 @@ from prometheus_client import generate_latest
 from crawlguard.admin.metrics import Metrics
 from crawlguard.config import parse_config
 from crawlguard.policy.decisions import Action, Decision, Kind
+from crawlguard.policy.pipeline import RequestInfo
 from crawlguard.policy.records import FIELD_LIMITS, ViolationRecord, cut, cut_marker, utc_now_iso
-from crawlguard.runtime import Guard, RequestInfo
+from crawlguard.runtime import Guard
 from crawlguard.store import SQLiteStore, StoreBacklogged, StoreWriter
 
 MB = 1024 * 1024

@@ -14,8 +14,9 @@ from harness import GOOD_UA, base_config, free_port
 from crawlguard.config import parse_config
 from crawlguard.policy.decisions import Decision, Kind
 from crawlguard.policy.identity import request_identity
+from crawlguard.policy.pipeline import RequestInfo
 from crawlguard.policy.plan import plan
-from crawlguard.runtime import Guard, RequestInfo
+from crawlguard.runtime import Guard
 from crawlguard.state import (
     Backoff,
     MemoryState,

@@ -26,8 +26,9 @@ from typing import Any, TextIO
 
 from crawlguard.config import Config, ConfigError, parse_config
 from crawlguard.policy.decisions import ADVICE, Action, Kind
+from crawlguard.policy.pipeline import RequestInfo
 from crawlguard.policy.plan import Plan
-from crawlguard.runtime import RequestInfo, TenantRuntime
+from crawlguard.policy.tenants import TenantRuntime
 
 TENANT = "dev"
 DEFAULT_CONFDIR = "var/mitmproxy"  # the same CA `crawlguard ca` shows

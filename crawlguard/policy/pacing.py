@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from crawlguard.policy.decisions import Kind
+from crawlguard.policy.decisions import Decision, Kind
 from crawlguard.policy.http_dates import parse_retry_after
 from crawlguard.state import PacingState, backoff_window
 
@@ -50,6 +50,25 @@ def interval(
         if requests > 0 and math.isfinite(seconds):
             candidates.append(seconds / requests)
     return max(0.0, *candidates)
+
+
+def interval_source(
+    crawl_delay: float | None,
+    request_rate: tuple[int, float] | None,
+    default_min_interval: float,
+    seconds: float,
+) -> str:
+    """What sets an interval of `seconds`: the robots line or the operator's setting (the
+    largest source wins, as in `interval`); for records and `crawlguard explain` alike."""
+    if crawl_delay is not None and crawl_delay >= seconds:
+        return f"Crawl-delay: {crawl_delay:g}"
+    if request_rate is not None:
+        n, m = request_rate
+        if n > 0 and m / n >= seconds:
+            return f"Request-rate: {n}/{m:g}s"
+    if default_min_interval >= seconds:
+        return f"pacing.default_min_interval: {default_min_interval:g}"
+    return "origin back-off interval"
 
 
 def retry_after_seconds(wait: float) -> int:
@@ -90,6 +109,15 @@ class PacingOutcome:
     @property
     def held(self) -> bool:
         return self.forward and self.wait > 0
+
+
+def pacing_rule(decision: Decision, outcome: PacingOutcome, default_min_interval: float) -> str:
+    """The rule a paced request's record names."""
+    if outcome.kind is Kind.ORIGIN_BACKOFF:
+        return "origin answered 429/503 (Retry-After or exponential back-off)"
+    return interval_source(
+        decision.crawl_delay, decision.request_rate, default_min_interval, outcome.interval
+    )
 
 
 class Pacer:

@@ -27,15 +27,17 @@ from mitmproxy.proxy.layers.http import HTTPMode
 
 from crawlguard.admin import AdminServer
 from crawlguard.config import Config, ConfigError, load_config
+from crawlguard.policy import pipeline
 from crawlguard.policy.decisions import DECISION_HEADER, Decision, Kind
-from crawlguard.policy.headers import head_problem, strip_request, strip_response
-from crawlguard.policy.identity import IdentityError, Target, canonical_host, request_identity
+from crawlguard.policy.headers import strip_request, strip_response
+from crawlguard.policy.identity import Target
 from crawlguard.policy.pacing import PacingOutcome
+from crawlguard.policy.pipeline import Facts, RequestInfo, invalid
 from crawlguard.policy.plan import Plan, plan
-from crawlguard.policy.ua import UAVerdict
+from crawlguard.policy.tenants import TenantRuntime
 from crawlguard.proxy import ca, client_limits, compat
 from crawlguard.proxy.sniff import FirstBytes, classify, leading_empty_lines
-from crawlguard.runtime import HELD, Guard, RequestInfo, TenantRuntime
+from crawlguard.runtime import HELD, Guard
 from crawlguard.store import StoreBacklogged
 
 log = logging.getLogger("crawlguard")
@@ -202,26 +204,18 @@ class CrawlGuardAddon:
             flow.response = auth_required()
             return
         client_limits.authenticated(flow)
-        raw = f"{flow.request.host}:{flow.request.port}"
-        try:
-            host = canonical_host(flow.request.host)
-        except IdentityError as exc:
-            info = RequestInfo("CONNECT", None, flow.request.headers.get("User-Agent"), raw)
-            self._refuse(flow, tenant, info, invalid(str(exc)))
+        verdict = await pipeline.connect(facts(flow, None), tenant, guard)
+        if verdict.plan.refuse:
+            self._refuse(flow, tenant, verdict.info, verdict.decision)
             return
-        target = Target("https", host, flow.request.port, "")
-        info = RequestInfo("CONNECT", target, flow.request.headers.get("User-Agent"), raw)
-        denied = guard.limits.destination(tenant.cfg, host)
-        admitted = denied if denied is not None else await guard.admit(target)
-        if isinstance(admitted, Decision):
-            self._refuse(flow, tenant, info, admitted)
-            return
+        assert verdict.info.target is not None and verdict.pinned is not None
+        host, admitted = verdict.info.target.host, verdict.pinned
         self._tunnels[flow.client_conn] = Tunnel(
-            tenant.id, guard.credential(tenant), host, target.port, admitted.pinned
+            tenant.id, guard.credential(tenant), host, verdict.info.target.port, admitted
         )
-        self._pin(flow.client_conn, admitted.pinned, target.port, host)
+        self._pin(flow.client_conn, admitted, verdict.info.target.port, host)
         # mitmproxy dials flow.request.host after this hook; the upstream TLS name is ours too.
-        flow.request.data.host = admitted.pinned
+        flow.request.data.host = admitted
         flow.server_conn.sni = host
 
     def _refuse(
@@ -337,7 +331,8 @@ class CrawlGuardAddon:
                 return
         client_limits.authenticated(flow)
         started = time.perf_counter()
-        info, pinned, step, outcome = await self._decide(flow, guard, tenant, tunnel)
+        verdict = await pipeline.decide(facts(flow, tunnel), tenant, guard, flow.metadata)
+        info, pinned, step, outcome = verdict.info, verdict.pinned, verdict.plan, verdict.outcome
         guard.metrics.decision_seconds.observe(time.perf_counter() - started)
         flow.metadata[META] = (tenant, step.decision, info)
         try:
@@ -370,67 +365,6 @@ class CrawlGuardAddon:
         assert info.target is not None and pinned is not None
         self._forward_as_decided(flow, info.target, pinned)
 
-    async def _decide(
-        self, flow: http.HTTPFlow, guard: Guard, tenant: TenantRuntime, tunnel: Tunnel | None
-    ) -> tuple[RequestInfo, str | None, Plan, PacingOutcome | None]:
-        """Head → identity → destination (the tenant's host globs, then the address, checked
-        against the running policy in a tunnel too) → user agent → tenant limits → robots.txt
-        → pacing → the held pool; the first refusal decides.
-
-        The head comes first: a head the origin could read differently from the proxy
-        (control characters, a `Connection` header naming framing) is refused before anything
-        reads it. Tenant limits come before robots.txt and pacing, so a request over them
-        fetches no robots.txt and takes no pacing slot; a forwarded request keeps its
-        concurrency slot in the flow metadata until `response` or `error`.
-        """
-        req = flow.request
-        user_agents = req.headers.get_all("User-Agent")
-        ua = ", ".join(user_agents) if user_agents else None
-        mode = tenant.cfg.mode
-        host, port = (tunnel.host, tunnel.port) if tunnel else (req.host, req.port)
-        problem = head_problem(req.headers.fields)
-        if problem is not None:
-            raw = RequestInfo(req.method, None, ua, f"{req.scheme}://{host}:{port}{req.path}")
-            return raw, None, plan(mode, invalid(problem)), None
-        strip_request(req.headers)
-        try:
-            target = request_identity(req.scheme, host, port, req.path)
-        except IdentityError as exc:
-            raw = RequestInfo(req.method, None, ua, f"{req.scheme}://{host}:{port}{req.path}")
-            return raw, None, plan(mode, invalid(str(exc))), None
-        info = RequestInfo(req.method, target, ua)
-        denied = guard.limits.destination(tenant.cfg, target.host)
-        if denied is not None:  # before DNS; refused in every mode, `off` included
-            return info, None, plan(mode, denied), None
-        if tunnel is not None:
-            pinned: str | None = tunnel.pinned
-            refused = guard.dial_refusal(tunnel.pinned, tunnel.port)
-            if refused is not None:
-                return info, None, plan(mode, refused), None
-        else:
-            admitted = await guard.admit(target)
-            if isinstance(admitted, Decision):
-                return info, None, plan(mode, admitted), None
-            pinned = admitted.pinned
-        if mode == "off":
-            return info, pinned, plan(mode, Decision(Kind.ALLOWED)), None
-        verdict = AMBIGUOUS if len(user_agents) > 1 else tenant.ua.evaluate(ua)
-        if verdict.allowed:  # else guard.decide refuses with the UA rule
-            limited = guard.limits.check(tenant.cfg, flow.metadata)
-            if not limited.allowed:
-                step = plan(mode, limited)
-                if not step.refuse:  # monitor: forwarded over the limit, so in flight all the same
-                    guard.limits.hold_for(tenant.id, flow.metadata)
-                return info, pinned, step, None
-        decision = await guard.decide(tenant, info, verdict)
-        if not decision.allowed:
-            return info, pinned, plan(mode, decision), None
-        decision, outcome = await guard.pace(tenant, info, decision, pinned=pinned)
-        if outcome.held and (busy := guard.take_hold(tenant)) is not None:
-            await guard.pacer.cancel(outcome)  # no room to hold it: its slot goes back
-            return info, pinned, plan(mode, pool_refusal(busy, outcome, decision)), None
-        return info, pinned, plan(mode, decision, held=outcome.held), outcome
-
     def _report(self, tenant: TenantRuntime, step: Plan, info: RequestInfo) -> None:
         if self.on_decision is not None:
             try:
@@ -444,8 +378,10 @@ class CrawlGuardAddon:
             await self.guard.record(tenant, step.decision, step.record, info)
 
     def _forward_as_decided(self, flow: http.HTTPFlow, target: Target, pinned: str) -> None:
-        """Send exactly what was decided: canonical path and Host, to the checked address."""
+        """Send exactly what was decided: canonical path and Host, to the checked address,
+        without the hop-by-hop and proxy headers (which no decision read)."""
         req = flow.request
+        strip_request(req.headers)
         req.authority = ""  # origin-form: an absolute-form line in a tunnel would name another host
         req.path = target.path
         req.host_header = target.authority
@@ -558,33 +494,6 @@ class CrawlGuardAddon:
             headers["X-Crawlguard-Monitor"] = decision.kind.value
 
 
-AMBIGUOUS = UAVerdict(
-    Kind.UA_AMBIGUOUS,
-    "ambiguous:several-user-agents",
-    "The request carries more than one User-Agent header; the site would see a client "
-    "crawlguard did not check.",
-)
-
-
-def pool_refusal(kind: Kind, outcome: PacingOutcome, paced: Decision) -> Decision:
-    """A request delay pacing would hold, refused for want of room in the held pool: 503
-    `proxy-busy` when others' holds fill it, 429 `crawl-delay` when this tenant already
-    holds its share (`HeldPool.take`)."""
-    busy = kind is Kind.PROXY_BUSY
-    return Decision(
-        kind,
-        rule="pacing.max_held" if busy else f"{paced.rule}; pacing.max_held: fair share held",
-        reason="the requests other tenants hold for their crawl delays fill the proxy's held "
-        "pool right now; this request would have been held for its slot."
-        if busy
-        else f"{paced.reason} Your tenant already holds its fair share of the proxy's held "
-        "requests.",
-        retry_after=outcome.retry_after,
-        crawl_delay=outcome.interval,
-        robots_sha256=paced.robots_sha256,
-    )
-
-
 BACKLOGGED = Decision(
     Kind.STORE_BACKLOGGED,
     rule="store write queue full",
@@ -593,8 +502,20 @@ BACKLOGGED = Decision(
 )
 
 
-def invalid(reason: str) -> Decision:
-    return Decision(Kind.REQUEST_INVALID, rule="canonical request", reason=reason)
+def facts(flow: http.HTTPFlow, tunnel: Tunnel | None) -> Facts:
+    """What the pipeline decides on: the request line's target (inside a tunnel, the CONNECT's
+    authority and the address it was admitted at) and the header fields as received."""
+    req = flow.request
+    host, port = (tunnel.host, tunnel.port) if tunnel else (req.host, req.port)
+    return Facts(
+        req.method,
+        req.scheme,
+        host,
+        port,
+        req.path,
+        tuple(req.headers.fields),
+        tunnel.pinned if tunnel else None,
+    )
 
 
 def engine_header(refusal: compat.EngineRefusal, name: str) -> str | None:
