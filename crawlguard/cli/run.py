@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlguard.config import Config, ConfigError, load_config, with_overrides
+from crawlguard.logs import setup_logging
 
 log = logging.getLogger("crawlguard")
 
@@ -45,20 +46,6 @@ def register(sub: Any) -> None:
     ca.add_argument("--config", help="YAML config (for proxy.confdir); default var/mitmproxy")
     ca.add_argument("--export", metavar="PATH", help="write the CA certificate as PEM to PATH")
     ca.set_defaults(func=cmd_ca)
-
-
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    violations = logging.StreamHandler(sys.stdout)
-    violations.setFormatter(logging.Formatter("%(message)s"))  # JSON lines, one per record
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("crawlguard").setLevel(logging.INFO)
-    vlog = logging.getLogger("crawlguard.violations")
-    vlog.handlers[:] = [violations]
-    vlog.propagate = False
 
 
 def load_with_flags(args: argparse.Namespace) -> Config:
@@ -175,10 +162,20 @@ def pid_path(cfg: Config) -> Path:
     return Path(cfg.proxy.confdir).expanduser() / "crawlguard.pid"
 
 
+_reloads: set[asyncio.Task[None]] = set()
+
+
 def reload_config(guard: Any, load: Callable[[], Config]) -> None:
-    """SIGHUP: apply a re-read config; a bad one is logged and the running one kept."""
+    """SIGHUP: re-read the config off the event loop (YAML parsing and validation take a
+    while for a big file), then apply it; a bad one is logged and the running one kept."""
+    task = asyncio.get_running_loop().create_task(_reload(guard, load))
+    _reloads.add(task)  # the loop keeps only a weak reference to a task
+    task.add_done_callback(_reloads.discard)
+
+
+async def _reload(guard: Any, load: Callable[[], Config]) -> None:
     try:
-        cfg = load()
+        cfg = await asyncio.to_thread(load)
     except ConfigError as exc:
         log.error("reload refused, running config kept: %s", exc)
         return
