@@ -303,8 +303,10 @@ async def test_a_parse_past_parse_timeout_answers_now_and_its_rules_land_for_the
     cache = RobotsCache(user_agent="t", parse_timeout=0.2, parse_pool=pool)
     try:
         async with robots_site() as site, robots_site() as other:
-            assert (await cache.get(other.origin, tenant="a")).result == "ok"
-            worker = await pool.worker_pid()
+            worker = await pool.worker_pid()  # started outside any deadline
+            # warm: on a loaded machine even this parse may pass 0.2 s; it lands all the same
+            await cache.get(other.origin, tenant="a")
+            assert await poll(lambda: getattr(cache.peek(other.origin), "result", "") == "ok")
             pause(worker)
             try:
                 late = await cache.get(site.origin, tenant="a")
@@ -462,7 +464,9 @@ def test_a_parse_past_parse_timeout_fails_that_site_closed_then_its_rules_apply_
     warm, slow = sites(), sites()
     worker = None
     try:
-        assert proxy.get(warm.url("/warm")).status_code == 200  # the parser process is up
+        # the parser process is up (its first parse may pass the deadline on a loaded machine)
+        assert wait_for(lambda: proxy.get(warm.url("/warm")).status_code == 200, 30)
+        timeouts = metric(proxy, "crawlguard_robots_parse_timeouts_total")
         [worker] = parser_pids(proxy.proc.pid)
         pause(worker)
         r = proxy.get(slow.url("/public"))
@@ -479,7 +483,7 @@ def test_a_parse_past_parse_timeout_fails_that_site_closed_then_its_rules_apply_
         assert (r.status_code, r.headers["X-Crawlguard-Decision"]) == (403, "robots-disallow")
         assert robots_fetches(slow) == 1
         assert slow.paths() == ["/public"]
-        assert metric(proxy, "crawlguard_robots_parse_timeouts_total") == 1
+        assert metric(proxy, "crawlguard_robots_parse_timeouts_total") == timeouts + 1
     finally:
         if worker is not None:
             resume(worker)
