@@ -264,9 +264,11 @@ async def test_close_closes_the_backend_even_when_it_fails(primary: FlakyState) 
     await FailoverState(primary, on_error="closed").close()  # logged, not raised
 
 
-async def test_an_unforeseen_error_is_an_outage_too(
+async def test_an_unforeseen_error_is_a_bug_not_an_outage(
     clock: FakeClock, primary: FlakyState, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A bug is logged as one and raised (the request fails closed at the proxy's last gate),
+    not hidden behind `on_error: open` as if Redis had gone away."""
     caplog.set_level(logging.INFO, logger="crawlguard")
 
     async def broken(*args: object, **kwargs: object) -> Reservation:
@@ -274,9 +276,10 @@ async def test_an_unforeseen_error_is_an_outage_too(
 
     primary.reserve = broken  # type: ignore[method-assign]
     state = FailoverState(primary, on_error="open", clock=clock)
-    assert (await state.reserve("k", 1.0, clock(), 0.0)).granted  # the fallback answered
-    assert state.down and outage_logs(caplog) == (1, 0)
-    assert "RuntimeError: unexpected reply" in caplog.text
+    with pytest.raises(RuntimeError, match="unexpected reply"):
+        await state.reserve("k", 1.0, clock(), 0.0)
+    assert not state.down and outage_logs(caplog) == (0, 0)
+    assert "crawlguard bug" in caplog.text and "RuntimeError: unexpected reply" in caplog.text
 
 
 def test_bad_on_error_is_refused(primary: FlakyState) -> None:

@@ -39,12 +39,6 @@ FUNCTION_GAUGE_SECONDS = 1.0
 """How often a worker copies its `FUNCTION_GAUGES` into its multiprocess file."""
 
 
-def multiprocess_enabled() -> bool:
-    """True in a `--workers N` worker: prometheus-client picked its multiprocess value files
-    (it decides from the environment when it is imported)."""
-    return bool(os.environ.get(MULTIPROC_ENV))
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

@@ -81,9 +81,8 @@ class AdminServer:
             self._runner, self.guard.cfg.admin.listen_host, self.guard.cfg.admin.port
         )
         await site.start()
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        if self._runner.addresses:  # port 0: the one the system picked
+            self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self._runner is not None:

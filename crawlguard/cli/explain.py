@@ -305,10 +305,9 @@ async def _admit_and_fetch(
     )
     try:
         entry = await cache.get((target.scheme, target.host, target.port))
-        slot = cache._slots.get((target.scheme, target.host, target.port))  # no public getter
+        status = cache.fetch_status((target.scheme, target.host, target.port))
     finally:
         await cache.close()
-    status = getattr(slot, "status", None)
     fetch = Fetch(
         url=url,
         result=entry.result,

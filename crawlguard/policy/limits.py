@@ -152,7 +152,7 @@ class Slot:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.limits._release(self.tenant_id)
+            self.limits.release_one(self.tenant_id)
 
 
 @dataclass(slots=True)
@@ -244,7 +244,7 @@ class TenantLimits:
         self._inflight[tenant_id] = self._inflight.get(tenant_id, 0) + 1
         return Slot(self, tenant_id)
 
-    def _release(self, tenant_id: str) -> None:
+    def release_one(self, tenant_id: str) -> None:
         n = self._inflight.get(tenant_id, 0) - 1
         if n > 0:
             self._inflight[tenant_id] = n

@@ -233,6 +233,11 @@ class RobotsCache:
         self._slots.move_to_end(origin)
         return slot.entry
 
+    def fetch_status(self, origin: Origin) -> int | None:
+        """The HTTP status of the last fetch's last hop for `origin` (None: no answer)."""
+        slot = self._slots.get(origin)
+        return slot.status if slot is not None else None
+
     async def get(self, origin: Origin, *, tenant: Tenant = None) -> RobotsEntry:
         """The fresh entry, fetching it on a miss; concurrent misses share one fetch, and its
         parse is queued for each `tenant` waiting (the proxy's fair share per tenant)."""

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from crawlguard.robots.cache import Claim, Origin, SharedRecord
 from crawlguard.state.outage import MAX_DOWN_INTERVAL, MIN_DOWN_INTERVAL, Outage
@@ -139,6 +140,7 @@ class RedisRobots:
         self._publish = client.register_script(PUBLISH)
         self._release = client.register_script(RELEASE)
         self._outage = Outage(
+            expected=(RedisError, OSError),  # OSError: connection refused, TimeoutError
             on_start=self._outage_started,
             on_end=self._outage_ended,
             min_interval=min_interval,
@@ -157,10 +159,6 @@ class RedisRobots:
     @property
     def down(self) -> bool:
         return self._outage.down
-
-    @property
-    def outages(self) -> int:
-        return self._outage.count
 
     def entry_key(self, origin: Origin) -> str:
         return f"{self.namespace}robots:{{{origin_key(origin)}}}"
@@ -237,8 +235,8 @@ class RedisRobots:
     # -- outages -----------------------------------------------------------------------------
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run a script unless Redis is considered down; None when skipped or failed (any
-        failure: RedisError, OSError (timeouts) or anything unforeseen)."""
+        """Run a script unless Redis is considered down; None when skipped or failed
+        (RedisError, OSError: timeouts)."""
         _, reply = await self._outage.call(lambda: script(keys=keys, args=args))
         return reply
 
