@@ -473,7 +473,7 @@ def micro_guard(tmp: Path, origin_ca: Path) -> list[tuple[str, float, float]]:
     from crawlguard.config import parse_config
     from crawlguard.policy import pipeline
     from crawlguard.policy.robots import RobotsRules
-    from crawlguard.robots.cache import RobotsEntry, _Slot
+    from crawlguard.robots.cache import RobotsEntry, _Origin
     from crawlguard.runtime import Guard
 
     home = tmp / "guard"
@@ -502,7 +502,7 @@ def micro_guard(tmp: Path, origin_ca: Path) -> list[tuple[str, float, float]]:
                 time.monotonic(),
                 time.monotonic() + 1e9,
             )
-            guard.robots._slots[("http", "example.com", 80)] = _Slot(entry=entry)
+            guard.robots._slots[("http", "example.com", 80)] = _Origin(entry=entry)
             calls = 0
 
             def drive(with_auth: bool) -> Any:
@@ -540,7 +540,7 @@ def _cache_memory(n: int, conn: Any) -> None:
     """In a fresh process: RSS delta of `n` origins in a real RobotsCache (each its own parsed
     RobotsRules and body, as after a fetch), inserted the way `_settle` leaves them."""
     from crawlguard.policy.robots import RobotsRules
-    from crawlguard.robots.cache import RobotsCache, RobotsEntry, _Slot
+    from crawlguard.robots.cache import RobotsCache, RobotsEntry, _Origin
 
     gc.collect()
     cache = RobotsCache(user_agent="bench", max_origins=n * 2)
@@ -552,7 +552,7 @@ def _cache_memory(n: int, conn: Any) -> None:
         entry = RobotsEntry(
             rules, True, hashlib.sha256(body).hexdigest(), body, "ok", now, now + 86400
         )
-        cache._slots[("https", f"site{i}.example", 443)] = _Slot(
+        cache._slots[("https", f"site{i}.example", 443)] = _Origin(
             entry=entry, good=rules, good_at=now, size=len(body)
         )
     gc.collect()

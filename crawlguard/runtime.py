@@ -320,7 +320,7 @@ class Guard:
         `state.on_error: closed` decides `state-unavailable`."""
         site, also = self.pacing_sites(req, pinned)
         try:
-            outcome = await self.pacer.admit(
+            outcome = await self.pacer.pace(
                 tenant.id,
                 site,
                 also=also,

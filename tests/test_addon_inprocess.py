@@ -84,7 +84,7 @@ def seed_robots(guard: Guard, origin: tuple[str, str, int], body: bytes) -> None
     """Put a fresh, available robots.txt entry for `origin` into the Guard's cache.
 
     RobotsCache has no public way to inject an entry, so this uses its internal slot API
-    (`_slot`, `_clock`, `_Slot.entry/good/good_at`) exactly as `_settle` does after an `ok`
+    (`_slot`, `_clock`, `_Origin.entry/good/good_at`) exactly as `_settle` does after an `ok`
     fetch: a test-only shortcut that keeps the property test free of per-example servers.
     """
     cache = guard.robots

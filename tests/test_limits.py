@@ -180,52 +180,52 @@ def test_max_rps_refusal_has_integer_retry_after() -> None:
     clock = Clock()
     limits = TenantLimits(clock=clock)
     t = cfg(max_rps=0.25)
-    first = limits.admit(t)
-    assert first.decision.allowed and first.slot is not None
-    first.slot.release()
-    refused = limits.admit(t)
-    assert refused.decision.kind is Kind.TENANT_LIMIT and refused.slot is None
+    first = limits.take(t)
+    assert first.decision.allowed and first.lease is not None
+    first.lease.release()
+    refused = limits.take(t)
+    assert refused.decision.kind is Kind.TENANT_LIMIT and refused.lease is None
     assert refused.decision.retry_after == 4
     assert refused.decision.status == 429
     assert refused.decision.rule == "tenants[acme].max_rps: 0.25"
     clock.t += 3.5
-    assert limits.admit(t).decision.retry_after == 1  # 0.5 s left: rounded up to 1
+    assert limits.take(t).decision.retry_after == 1  # 0.5 s left: rounded up to 1
     clock.t += 0.5
-    assert limits.admit(t).decision.allowed
-    assert limits.admit(cfg("other", max_rps=0.25)).decision.allowed  # per tenant
+    assert limits.take(t).decision.allowed
+    assert limits.take(cfg("other", max_rps=0.25)).decision.allowed  # per tenant
 
 
 def test_concurrency_counts_in_flight_and_refusals_hold_nothing() -> None:
     clock = Clock()
     limits = TenantLimits(clock=clock)
     t = cfg(max_concurrency=2, max_rps=100)
-    a, b = limits.admit(t), limits.admit(t)
-    assert a.slot and b.slot and limits.in_flight("acme") == 2
-    refused = limits.admit(t)
-    assert refused.decision.kind is Kind.TENANT_LIMIT and refused.slot is None
+    a, b = limits.take(t), limits.take(t)
+    assert a.lease and b.lease and limits.in_flight("acme") == 2
+    refused = limits.take(t)
+    assert refused.decision.kind is Kind.TENANT_LIMIT and refused.lease is None
     assert refused.decision.retry_after == 1
     assert refused.decision.rule == "tenants[acme].max_concurrency: 2"
     assert limits.in_flight("acme") == 2
-    a.slot.release()
-    a.slot.release()  # idempotent
+    a.lease.release()
+    a.lease.release()  # idempotent
     assert limits.in_flight("acme") == 1
-    c = limits.admit(t)
+    c = limits.take(t)
     assert c.decision.allowed and limits.in_flight("acme") == 2
-    b.slot.release()
-    assert c.slot is not None
-    c.slot.release()
+    b.lease.release()
+    assert c.lease is not None
+    c.lease.release()
     assert limits.in_flight("acme") == 0
 
 
 def test_concurrency_refusal_takes_no_token() -> None:
     limits = TenantLimits(clock=Clock())
     t = cfg(max_concurrency=1, max_rps=1)
-    held = limits.admit(t)
-    assert held.slot is not None
-    assert limits.admit(t).decision.rule == "tenants[acme].max_concurrency: 1"
-    held.slot.release()
+    held = limits.take(t)
+    assert held.lease is not None
+    assert limits.take(t).decision.rule == "tenants[acme].max_concurrency: 1"
+    held.lease.release()
     # the bucket is empty because of the first request only; the refusal did not count
-    assert limits.admit(t).decision.rule == "tenants[acme].max_rps: 1"
+    assert limits.take(t).decision.rule == "tenants[acme].max_rps: 1"
 
 
 def test_flow_metadata_api_holds_one_slot_per_flow() -> None:

@@ -72,7 +72,7 @@ async def admit(
     hold: bool = False,
     enforce: bool = True,
 ) -> PacingOutcome:
-    return await pacer.admit(
+    return await pacer.pace(
         tenant, origin, crawl_delay=delay, request_rate=rate, hold=hold, enforce=enforce
     )
 

@@ -67,7 +67,7 @@ def folder(clock: FakeClock, after: int = 3, tenant_after: int = 50) -> Folder:
 def test_first_n_per_key_are_recorded_then_one_folded_record_per_interval() -> None:
     clock = FakeClock()
     f = folder(clock)
-    admitted = [f.admit(refusal(i)) for i in range(100)]
+    admitted = [f.one_by_one(refusal(i)) for i in range(100)]
     assert admitted == [True] * 3 + [False] * 97
     assert f.take_due() == []  # the interval has not ended
     clock.now += 60
@@ -77,18 +77,18 @@ def test_first_n_per_key_are_recorded_then_one_folded_record_per_interval() -> N
                           last_ts=refusal(99).ts)  # fmt: skip
     assert rec.url == "http://a.example/p3"  # the sample: the first folded refusal
     assert f.take_due() == []  # handed over once
-    assert f.admit(refusal(100))  # a new interval: recorded one by one again
+    assert f.one_by_one(refusal(100))  # a new interval: recorded one by one again
 
 
 def test_actions_hosts_and_rules_are_separate_keys() -> None:
     clock = FakeClock()
     f = folder(clock, after=1)
-    assert f.admit(refusal(0))
-    assert f.admit(refusal(1, action="logged"))  # logged and blocked do not mix
-    assert f.admit(refusal(2, host="b.example"))
-    assert f.admit(refusal(3, rule="other"))
-    assert not f.admit(refusal(4))
-    assert not f.admit(refusal(5, action="logged"))
+    assert f.one_by_one(refusal(0))
+    assert f.one_by_one(refusal(1, action="logged"))  # logged and blocked do not mix
+    assert f.one_by_one(refusal(2, host="b.example"))
+    assert f.one_by_one(refusal(3, rule="other"))
+    assert not f.one_by_one(refusal(4))
+    assert not f.one_by_one(refusal(5, action="logged"))
     clock.now += 60
     due = sorted((r.action, r.count) for r, _ in f.take_due())
     assert due == [("blocked", 1), ("logged", 1)]
@@ -99,10 +99,10 @@ def test_a_tenant_cycling_through_hosts_is_bounded_and_every_refusal_counted() -
     folds, then one overflow fold; memory stays bounded; another tenant keeps its own share."""
     clock = FakeClock()
     f = folder(clock, after=3, tenant_after=20)
-    individual = sum(f.admit(refusal(i, host=f"h{i}.example")) for i in range(10_000))
+    individual = sum(f.one_by_one(refusal(i, host=f"h{i}.example")) for i in range(10_000))
     assert individual == 20
     assert f.entries <= 20 + 20 + 1
-    assert f.admit(refusal(0, tenant="globex"))  # not spent by acme
+    assert f.one_by_one(refusal(0, tenant="globex"))  # not spent by acme
     folded = f.drain()
     assert len(folded) == 21
     assert individual + sum(r.count for r, _ in folded) == 10_000
@@ -115,9 +115,9 @@ def test_drain_hands_over_the_current_interval_and_keeps_the_sample_body() -> No
     clock = FakeClock()
     f = folder(clock, after=1)
     body = b"User-agent: *\nDisallow: /\n"
-    f.admit(refusal(0, robots_sha256="ab"), body)
-    assert not f.admit(refusal(1, robots_sha256="ab"), body)
-    assert not f.admit(refusal(2, robots_sha256="ab"), body)
+    f.one_by_one(refusal(0, robots_sha256="ab"), body)
+    assert not f.one_by_one(refusal(1, robots_sha256="ab"), body)
+    assert not f.one_by_one(refusal(2, robots_sha256="ab"), body)
     assert f.pending == 2
     [(rec, kept)] = f.drain()
     assert (rec.count, kept) == (2, body)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from crawlguard.config import Tenant
 
 MAX_GLOB = 253
-FLOW_KEY = "crawlguard_limit_slot"  # flow.metadata: the Slot a forwarded request holds
+FLOW_KEY = "crawlguard_limit_slot"  # flow.metadata: the Lease a forwarded request holds
 _GLOB_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-*?:")
 
 
@@ -142,7 +142,7 @@ class TokenBucket:
 
 
 @dataclass(slots=True)
-class Slot:
+class Lease:
     """One in-flight request's share of its tenant's concurrency; release is idempotent."""
 
     limits: TenantLimits
@@ -158,7 +158,7 @@ class Slot:
 @dataclass(slots=True)
 class Admission:
     decision: Decision  # `allowed` or `tenant-limit`
-    slot: Slot | None  # held while the request is in flight; None when refused
+    lease: Lease | None  # held while the request is in flight; None when refused
 
 
 @dataclass
@@ -181,10 +181,10 @@ class TenantLimits:
 
     def check(self, cfg: Tenant, metadata: dict) -> Decision:
         """`allowed` (and a slot kept in `metadata`) or `tenant-limit` (no slot)."""
-        admission = self.admit(cfg)
-        if admission.slot is not None:
+        admission = self.take(cfg)
+        if admission.lease is not None:
             self.release(metadata)  # one slot per flow, whatever happens
-            metadata[FLOW_KEY] = admission.slot
+            metadata[FLOW_KEY] = admission.lease
         return admission.decision
 
     def hold_for(self, tenant_id: str, metadata: dict) -> None:
@@ -201,7 +201,7 @@ class TenantLimits:
 
     # -- the pure API --------------------------------------------------------------------------
 
-    def admit(self, cfg: Tenant) -> Admission:
+    def take(self, cfg: Tenant) -> Admission:
         """Concurrency first (a refused request takes no token), then the rate."""
         tid = cfg.id
         if cfg.max_concurrency is not None and self.in_flight(tid) >= cfg.max_concurrency:
@@ -238,11 +238,11 @@ class TenantLimits:
                 )
         return Admission(Decision(Kind.ALLOWED), self.hold(tid))
 
-    def hold(self, tenant_id: str) -> Slot:
+    def hold(self, tenant_id: str) -> Lease:
         """Count a request as in flight without checking (a monitor-mode request forwarded
         over its limit is still in flight)."""
         self._inflight[tenant_id] = self._inflight.get(tenant_id, 0) + 1
-        return Slot(self, tenant_id)
+        return Lease(self, tenant_id)
 
     def release_one(self, tenant_id: str) -> None:
         n = self._inflight.get(tenant_id, 0) - 1
@@ -255,7 +255,7 @@ class TenantLimits:
 __all__ = [
     "FLOW_KEY",
     "Admission",
-    "Slot",
+    "Lease",
     "TenantLimits",
     "TokenBucket",
     "host_decision",

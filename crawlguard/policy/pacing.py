@@ -151,7 +151,7 @@ class Pacer:
         # this process's next check sees it: until then it only stays longer (never shorter).
         self._quiet: dict[str, None] = {}
 
-    async def admit(
+    async def pace(
         self,
         tenant: str,
         origin: str,

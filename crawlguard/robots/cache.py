@@ -158,7 +158,7 @@ class SharedRobots(Protocol):
 
 
 @dataclass(slots=True)
-class _Slot:
+class _Origin:
     entry: RobotsEntry | None = None
     good: RobotsRules | None = None  # last 2xx copy, served while fetches fail
     good_at: float = 0.0
@@ -210,7 +210,7 @@ class RobotsCache:
         self._clock = clock
         self._backoff_base = float(backoff_base)
         self._backoff_max = float(backoff_max)
-        self._slots: OrderedDict[Origin, _Slot] = OrderedDict()
+        self._slots: OrderedDict[Origin, _Origin] = OrderedDict()
         self._bytes = 0
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -287,10 +287,10 @@ class RobotsCache:
 
     # -- cache bookkeeping -------------------------------------------------------------------
 
-    def _slot(self, origin: Origin) -> _Slot:
+    def _slot(self, origin: Origin) -> _Origin:
         slot = self._slots.get(origin)
         if slot is None:
-            slot = self._slots[origin] = _Slot()
+            slot = self._slots[origin] = _Origin()
             self._evict()
         else:
             self._slots.move_to_end(origin)
@@ -310,7 +310,7 @@ class RobotsCache:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    async def _refresh(self, origin: Origin, slot: _Slot) -> RobotsEntry:
+    async def _refresh(self, origin: Origin, slot: _Origin) -> RobotsEntry:
         entry: RobotsEntry | None = None
         try:
             if self._shared is None:
@@ -330,7 +330,7 @@ class RobotsCache:
             answer.set_result(entry or self._failure_entry("error", "robots fetch cancelled"))
 
     async def _refresh_shared(
-        self, origin: Origin, slot: _Slot, shared: SharedRobots
+        self, origin: Origin, slot: _Origin, shared: SharedRobots
     ) -> RobotsEntry:
         """Adopt another replica's fresh record, or fetch (under the lock) and publish."""
         claim = await self._claim(origin, shared)
@@ -382,7 +382,7 @@ class RobotsCache:
             await asyncio.sleep(min(pause, left, claim.wait if claim.wait > 0 else pause))
             pause = min(pause * 2, POLL_MAX)
 
-    def _record(self, slot: _Slot, entry: RobotsEntry) -> SharedRecord | None:
+    def _record(self, slot: _Origin, entry: RobotsEntry) -> SharedRecord | None:
         """`entry` as replicas share it; None when it is already due (nothing to share)."""
         now = self._clock()
         left = entry.expires_at - now
@@ -402,7 +402,7 @@ class RobotsCache:
             failures=slot.failures,
         )
 
-    async def _adopt(self, origin: Origin, slot: _Slot, rec: SharedRecord) -> RobotsEntry | None:
+    async def _adopt(self, origin: Origin, slot: _Origin, rec: SharedRecord) -> RobotsEntry | None:
         """Make another replica's record this process's entry (None: the record is unusable)."""
         rules: RobotsRules | None = None
         if rec.result in ("ok", "stale"):
@@ -459,7 +459,7 @@ class RobotsCache:
     def _parse_pool(self) -> RobotsParsePool:
         return self._pool if self._pool is not None else parse_pool.shared()
 
-    async def _parse_body(self, origin: Origin, slot: _Slot, body: bytes) -> RobotsRules:
+    async def _parse_body(self, origin: Origin, slot: _Origin, body: bytes) -> RobotsRules:
         """Rules for `body`, parsed at the turns of the tenants waiting. Past `parse_timeout`
         the waiters are answered now (`_answer_late`) and the parse goes on to the end."""
         if self._parse is not None:
@@ -476,7 +476,7 @@ class RobotsCache:
         finally:
             slot.job = None
 
-    def _answer_late(self, origin: Origin, slot: _Slot) -> None:
+    def _answer_late(self, origin: Origin, slot: _Origin) -> None:
         """The parse missed the deadline: this site fails closed (or keeps its stale copy) until
         it lands. Not a fetch failure: no back-off, and the fetched body is parsed all the same."""
         now = self._clock()
@@ -501,7 +501,7 @@ class RobotsCache:
             "its stale copy" if entry.available else "robots-unreachable",
         )
 
-    async def _fetch_and_settle(self, origin: Origin, slot: _Slot) -> RobotsEntry:
+    async def _fetch_and_settle(self, origin: Origin, slot: _Origin) -> RobotsEntry:
         started = time.perf_counter()
         try:
             fetched = await self._fetch(origin)
@@ -542,7 +542,7 @@ class RobotsCache:
     def _settle(
         self,
         origin: Origin,
-        slot: _Slot,
+        slot: _Origin,
         fetched: _Fetched,
         parsed: RobotsRules | BaseException | None,
     ) -> RobotsEntry:
@@ -593,7 +593,7 @@ class RobotsCache:
         self._account(origin, slot)
         return entry
 
-    def _account(self, origin: Origin, slot: _Slot) -> None:
+    def _account(self, origin: Origin, slot: _Origin) -> None:
         """Count the slot's good copy against the byte bound, then evict beyond the bounds."""
         size = slot.good.footprint if slot.good is not None else 0
         if self._slots.get(origin) is slot:  # not evicted while fetching

@@ -216,7 +216,7 @@ class StoreWriter:
         once closed, nothing folds."""
         if self.folder is None or self._closed:
             return False
-        if self.folder.admit(rec, body):
+        if self.folder.one_by_one(rec, body):
             return False
         if self.metrics is not None:
             self.metrics.violations_folded.labels(rec.tenant).inc(rec.count)
