@@ -147,7 +147,9 @@ class SafeResolver:
 
     def resolve_cached(self, host: str) -> Resolution | None:
         """The answer without any I/O (literal, loopback name, static map, fresh cache) or None."""
-        host = normalize_host(host)
+        return self._cached(normalize_host(host))
+
+    def _cached(self, host: str) -> Resolution | None:
         if not host:
             return _refused(host, "empty host")
         if parse_ip(host) is not None:
@@ -169,10 +171,10 @@ class SafeResolver:
 
     async def resolve(self, host: str, port: int) -> Resolution:
         """Checked addresses for `host` (canonical form), pinning one, or the refusal reason."""
-        cached = self.resolve_cached(host)
+        host = normalize_host(host)
+        cached = self._cached(host)
         if cached is not None:
             return cached
-        host = normalize_host(host)
         task = self._inflight.get(host)
         if task is None:
             task = asyncio.get_running_loop().create_task(
