@@ -162,6 +162,20 @@ def pid_path(cfg: Config) -> Path:
     return Path(cfg.proxy.confdir).expanduser() / "crawlguard.pid"
 
 
+SLOW_CALLBACK_ENV = "CRAWLGUARD_SLOW_CALLBACK"
+
+
+def watch_slow_callbacks(loop: asyncio.AbstractEventLoop) -> None:
+    """`CRAWLGUARD_SLOW_CALLBACK=0.05`: asyncio's debug mode, logging (logger `asyncio`,
+    WARNING) every callback that holds the event loop longer than that many seconds. For
+    operators chasing a stall, and for the test that nothing blocks the loop under load."""
+    value = os.environ.get(SLOW_CALLBACK_ENV)
+    if not value:
+        return
+    loop.set_debug(True)
+    loop.slow_callback_duration = float(value)
+
+
 _reloads: set[asyncio.Task[None]] = set()
 
 
@@ -197,10 +211,11 @@ async def serve(
     """Run the proxy until SIGTERM/SIGINT. `setup(master, guard)` runs before the master starts
     (`crawlguard dev` adds its reporter there); `pid_file=False` leaves no pid file for
     `crawlguard reload` (dev mode, which shares the default confdir with `run`)."""
+    loop = asyncio.get_running_loop()
+    watch_slow_callbacks(loop)
     master, guard = lean_master(cfg)
     if setup is not None:
         setup(master, guard)
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
     if load is not None:
