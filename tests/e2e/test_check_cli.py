@@ -13,7 +13,7 @@ from crawlguard.cli import main
 from crawlguard.policy.robots import RobotsRules
 from crawlguard.policy.ua import UserAgentPolicy, product_token_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROBOTS = """\
 User-agent: *
 Disallow: /

@@ -109,7 +109,7 @@ def test_token_env_reads_the_secret(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_shipped_configs_load(monkeypatch: pytest.MonkeyPatch):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.setenv("CRAWLGUARD_ADMIN_TOKEN", "x")
     monkeypatch.setenv("CRAWLGUARD_TOKEN_ACME", "y")
     for name in ("crawlguard.yaml", "example.yaml"):

@@ -34,8 +34,8 @@ from rawhttp import auth, request_bytes, send
 
 from crawlguard.config import Config
 
-TESTS = Path(__file__).resolve().parent
-HERE = "tests/test_config_keys.py"
+TESTS = Path(__file__).resolve().parents[1]
+HERE = "tests/e2e/test_config_keys.py"
 
 # -- the table -------------------------------------------------------------------------------
 
@@ -47,21 +47,22 @@ KEY_TESTS: dict[str, list[str]] = {
     ],
     "proxy.listen_port": [f"{HERE}::test_ports_and_hosts_from_the_file_without_flags"],
     "proxy.confdir": [
-        "tests/test_mitmdump_and_ca.py::test_ca_command_shows_and_exports",
-        "tests/test_proxy_e2e.py::test_https_with_auth_on_connect",  # verifies with confdir's CA
+        "tests/e2e/test_mitmdump_and_ca.py::test_ca_command_shows_and_exports",
+        # verifies with confdir's CA
+        "tests/e2e/test_proxy_e2e.py::test_https_with_auth_on_connect",
     ],
     "proxy.upstream_ca_file": [f"{HERE}::test_upstream_ca_file_is_trusted_for_origins"],
     "proxy.max_connections": [
-        "tests/test_client_limits.py::test_connections_over_the_cap_are_closed",
-        "tests/test_client_limits.py::test_one_source_filling_max_connections_does_not_shut_out_another",
+        "tests/e2e/test_client_limits.py::test_connections_over_the_cap_are_closed",
+        "tests/e2e/test_client_limits.py::test_one_source_filling_max_connections_does_not_shut_out_another",
     ],
     "proxy.max_unauthenticated_per_source": [
-        "tests/test_client_limits.py::test_a_source_over_its_unauthenticated_cap_loses_its_oldest_connections",
-        "tests/test_client_limits.py::test_authenticated_connections_are_never_closed_for_the_cap",
+        "tests/e2e/test_client_limits.py::test_a_source_over_its_unauthenticated_cap_loses_its_oldest_connections",
+        "tests/e2e/test_client_limits.py::test_authenticated_connections_are_never_closed_for_the_cap",
     ],
     "proxy.header_timeout": [
-        "tests/test_client_limits.py::test_a_slow_request_head_is_closed",
-        "tests/test_client_limits.py::test_requests_in_flight_outlive_the_header_timeout",
+        "tests/e2e/test_client_limits.py::test_a_slow_request_head_is_closed",
+        "tests/e2e/test_client_limits.py::test_requests_in_flight_outlive_the_header_timeout",
     ],
     "proxy.max_request_head": [f"{HERE}::test_request_head_caps_follow_the_config"],
     "proxy.max_request_line": [f"{HERE}::test_request_head_caps_follow_the_config"],
@@ -72,119 +73,122 @@ KEY_TESTS: dict[str, list[str]] = {
     ],
     "admin.port": [
         f"{HERE}::test_ports_and_hosts_from_the_file_without_flags",
-        "tests/test_mitmdump_and_ca.py::test_mitmdump_runs_the_same_addon",
+        "tests/e2e/test_mitmdump_and_ca.py::test_mitmdump_runs_the_same_addon",
     ],
     "admin.token_sha256": [
-        "tests/test_admin_api.py::test_api_needs_the_operator_token",
-        "tests/test_admin_api.py::test_without_an_operator_token_the_api_and_dashboard_refuse",
-        "tests/test_admin_api.py::test_sighup_with_a_new_token_revokes_the_old_one",
+        "tests/e2e/test_admin_api.py::test_api_needs_the_operator_token",
+        "tests/e2e/test_admin_api.py::test_without_an_operator_token_the_api_and_dashboard_refuse",
+        "tests/e2e/test_admin_api.py::test_sighup_with_a_new_token_revokes_the_old_one",
     ],
-    "admin.token_env": ["tests/test_admin_api.py::test_token_env_is_the_operator_token"],
+    "admin.token_env": ["tests/e2e/test_admin_api.py::test_token_env_is_the_operator_token"],
     # store
     "store.url": [
-        "tests/test_proxy_e2e.py::test_records_survive_a_restart",
-        "tests/test_violations_cli.py::test_relative_paths_are_relative_to_the_config_file",
+        "tests/e2e/test_proxy_e2e.py::test_records_survive_a_restart",
+        "tests/e2e/test_violations_cli.py::test_relative_paths_are_relative_to_the_config_file",
     ],
     "store.retention_days": [
-        "tests/test_records_bounded.py::test_guard_runs_retention_in_the_background",
-        "tests/test_records_bounded.py::test_guard_without_retention_starts_no_prune",
-        "tests/test_records_folded.py::test_retention_is_set_by_default_and_in_every_shipped_config",
+        "tests/unit/test_records_bounded.py::test_guard_runs_retention_in_the_background",
+        "tests/unit/test_records_bounded.py::test_guard_without_retention_starts_no_prune",
+        "tests/e2e/test_records_folded.py::test_retention_is_set_by_default_and_in_every_shipped_config",
     ],
     "store.fold_after": [
-        "tests/test_records_folded.py::test_a_client_refused_in_a_loop_leaves_n_plus_one_records",
+        "tests/e2e/test_records_folded.py::test_a_client_refused_in_a_loop_leaves_n_plus_one_records",
     ],
     "store.fold_tenant_after": [
-        "tests/test_records_folded.py::test_a_tenant_cycling_through_hosts_is_bounded_per_tenant",
+        "tests/e2e/test_records_folded.py::test_a_tenant_cycling_through_hosts_is_bounded_per_tenant",
     ],
     "store.fold_interval": [
-        "tests/test_records_folded.py::test_folded_records_are_written_when_their_interval_ends",
+        "tests/e2e/test_records_folded.py::test_folded_records_are_written_when_their_interval_ends",
     ],
     "store.min_free_bytes": [
-        "tests/test_records_folded.py::test_healthz_and_the_gauges_report_a_store_disk_nearly_full",
+        "tests/e2e/test_records_folded.py::test_healthz_and_the_gauges_report_a_store_disk_nearly_full",
     ],
     # state
-    "state.url": ["tests/test_state_e2e.py::test_two_proxies_sharing_redis_pace_a_tenant_as_one"],
+    "state.url": [
+        "tests/e2e/test_state_e2e.py::test_two_proxies_sharing_redis_pace_a_tenant_as_one"
+    ],
     "state.on_error": [
-        "tests/test_state_e2e.py::test_redis_killed_on_error_closed_refuses_503_then_recovers",
-        "tests/test_state_e2e.py::test_redis_killed_on_error_open_paces_per_process_then_shares_again",
-        "tests/test_config.py::test_bad_limit_keys_exit_2",  # open with memory://: exit 2
+        "tests/e2e/test_state_e2e.py::test_redis_killed_on_error_closed_refuses_503_then_recovers",
+        "tests/e2e/test_state_e2e.py::test_redis_killed_on_error_open_paces_per_process_then_shares_again",
+        "tests/e2e/test_config.py::test_bad_limit_keys_exit_2",  # open with memory://: exit 2
     ],
     # robots
-    "robots.user_agent": ["tests/test_robots_e2e.py::test_disallowed_url_never_reaches_origin"],
+    "robots.user_agent": ["tests/e2e/test_robots_e2e.py::test_disallowed_url_never_reaches_origin"],
     "robots.max_age": [f"{HERE}::test_robots_max_age_bounds_the_cache_lifetime"],
     "robots.fetch_timeout": [f"{HERE}::test_robots_fetch_timeout_is_the_limit"],
     "robots.max_origins": [f"{HERE}::test_robots_max_origins_evicts_the_oldest"],
     "robots.parse_workers": [
-        "tests/test_robots_parse_pool.py::test_parse_workers_is_the_number_of_parser_processes",
+        "tests/e2e/test_robots_parse_pool.py::test_parse_workers_is_the_number_of_parser_processes",
     ],
     "robots.parse_timeout": [
-        "tests/test_robots_parse_pool.py::"
+        "tests/e2e/test_robots_parse_pool.py::"
         "test_a_parse_past_parse_timeout_fails_that_site_closed_then_its_rules_apply_unfetched",
     ],
     # destinations
     "destinations.allow_private": [
-        "tests/test_attacks.py::test_forbidden_destinations_in_every_spelling_and_mode",
-        "tests/test_addon_inprocess.py::test_forbidden_destinations_every_mode",
-        "tests/test_egress.py::test_policy_from_config_uses_hosts_and_ttl",
+        "tests/e2e/test_attacks.py::test_forbidden_destinations_in_every_spelling_and_mode",
+        "tests/inprocess/test_addon_inprocess.py::test_forbidden_destinations_every_mode",
+        "tests/e2e/test_egress.py::test_policy_from_config_uses_hosts_and_ttl",
     ],
     "destinations.allowed_ports": [
-        "tests/test_proxy_e2e.py::test_destination_forbidden_private_address_and_port",
-        "tests/test_attacks.py::test_robots_redirect_to_a_forbidden_port_is_never_fetched",
+        "tests/e2e/test_proxy_e2e.py::test_destination_forbidden_private_address_and_port",
+        "tests/e2e/test_attacks.py::test_robots_redirect_to_a_forbidden_port_is_never_fetched",
     ],
     "destinations.hosts": [
-        "tests/test_config.py::test_destinations_hosts_are_canonicalised_and_used",
-        "tests/test_addon_inprocess.py::test_forbidden_destinations_every_mode",
+        "tests/e2e/test_config.py::test_destinations_hosts_are_canonicalised_and_used",
+        "tests/inprocess/test_addon_inprocess.py::test_forbidden_destinations_every_mode",
     ],
     "destinations.dns_cache_ttl": [
-        "tests/test_egress.py::test_policy_from_config_uses_hosts_and_ttl",  # config -> resolver
-        "tests/test_egress.py::test_ttl_and_cache_hits_do_no_io",  # the resolver's ttl
+        # config -> resolver
+        "tests/e2e/test_egress.py::test_policy_from_config_uses_hosts_and_ttl",
+        "tests/e2e/test_egress.py::test_ttl_and_cache_hits_do_no_io",  # the resolver's ttl
     ],
     # pacing
     "pacing.default_min_interval": [
-        "tests/test_pacing_e2e.py::test_default_min_interval_applies_without_robots_delay",
+        "tests/e2e/test_pacing_e2e.py::test_default_min_interval_applies_without_robots_delay",
     ],
     "pacing.max_hold": [
-        "tests/test_pacing_e2e.py::test_delay_beyond_max_hold_is_refused_and_not_forwarded",
+        "tests/e2e/test_pacing_e2e.py::test_delay_beyond_max_hold_is_refused_and_not_forwarded",
     ],
     "pacing.max_held": [
-        "tests/test_client_limits.py::test_held_requests_are_capped",
-        "tests/test_integrity.py::test_a_tenant_filling_the_held_pool_cannot_make_another_one_a_violator",
+        "tests/e2e/test_client_limits.py::test_held_requests_are_capped",
+        "tests/e2e/test_integrity.py::test_a_tenant_filling_the_held_pool_cannot_make_another_one_a_violator",
     ],
     "pacing.scope": [
-        "tests/test_integrity.py::test_two_ports_of_one_host_share_a_slot_unless_scope_is_origin",
-        "tests/test_integrity.py::test_names_of_one_address_share_a_slot_with_scope_address",
+        "tests/e2e/test_integrity.py::test_two_ports_of_one_host_share_a_slot_unless_scope_is_origin",
+        "tests/e2e/test_integrity.py::test_names_of_one_address_share_a_slot_with_scope_address",
     ],
     # tenants
     "tenants[].id": [
-        "tests/test_proxy_e2e.py::test_allowed_request_reaches_origin_without_proxy_credentials",
-        "tests/test_proxy_e2e.py::test_bad_credentials_get_407_and_never_reach_origin",
+        "tests/e2e/test_proxy_e2e.py::test_allowed_request_reaches_origin_without_proxy_credentials",
+        "tests/e2e/test_proxy_e2e.py::test_bad_credentials_get_407_and_never_reach_origin",
     ],
     "tenants[].token_sha256": [
-        "tests/test_proxy_e2e.py::test_bad_credentials_get_407_and_never_reach_origin",
+        "tests/e2e/test_proxy_e2e.py::test_bad_credentials_get_407_and_never_reach_origin",
     ],
     "tenants[].token_env": [f"{HERE}::test_tenant_token_env_authenticates"],
     "tenants[].product_tokens": [
-        "tests/test_proxy_e2e.py::test_user_agent_decisions",  # ua-mismatch
-        "tests/test_reload.py::test_reload_adds_a_tenant_and_keeps_open_connections",
+        "tests/e2e/test_proxy_e2e.py::test_user_agent_decisions",  # ua-mismatch
+        "tests/e2e/test_reload.py::test_reload_adds_a_tenant_and_keeps_open_connections",
     ],
     "tenants[].mode": [
-        "tests/test_proxy_e2e.py::test_monitor_mode_forwards_and_logs",
-        "tests/test_proxy_e2e.py::test_off_mode_forwards_and_records_nothing",
-        "tests/test_reload.py::test_sighup_changes_a_mode",
+        "tests/e2e/test_proxy_e2e.py::test_monitor_mode_forwards_and_logs",
+        "tests/e2e/test_proxy_e2e.py::test_off_mode_forwards_and_records_nothing",
+        "tests/e2e/test_reload.py::test_sighup_changes_a_mode",
     ],
     "tenants[].pacing": [
-        "tests/test_pacing_e2e.py::test_reject_mode_429_with_retry_after_then_200",
-        "tests/test_pacing_e2e.py::test_delay_mode_holds_requests_fifo_and_spaced",
+        "tests/e2e/test_pacing_e2e.py::test_reject_mode_429_with_retry_after_then_200",
+        "tests/e2e/test_pacing_e2e.py::test_delay_mode_holds_requests_fifo_and_spaced",
     ],
     "tenants[].max_concurrency": [
-        "tests/test_limits_e2e.py::test_max_concurrency_until_the_first_completes",
+        "tests/e2e/test_limits_e2e.py::test_max_concurrency_until_the_first_completes",
     ],
-    "tenants[].max_rps": ["tests/test_limits_e2e.py::test_max_rps_limits_one_tenant_only"],
+    "tenants[].max_rps": ["tests/e2e/test_limits_e2e.py::test_max_rps_limits_one_tenant_only"],
     "tenants[].allow_hosts": [
-        "tests/test_limits_e2e.py::test_allow_hosts_admit_only_matching_hosts",
+        "tests/e2e/test_limits_e2e.py::test_allow_hosts_admit_only_matching_hosts",
     ],
     "tenants[].deny_hosts": [
-        "tests/test_limits_e2e.py::test_deny_hosts_refuse_before_anything_reaches_the_origin",
+        "tests/e2e/test_limits_e2e.py::test_deny_hosts_refuse_before_anything_reaches_the_origin",
     ],
 }
 
@@ -253,6 +257,12 @@ def functions_in(path: str) -> frozenset[str] | None:
     return frozenset(n for n in names if n.split("::")[-1].startswith("test"))
 
 
+def tier_hint(path: str) -> str:
+    """Where a test file named by its pre-tier path (tests/test_x.py) lives now."""
+    found = sorted(str(p.relative_to(TESTS.parent)) for p in TESTS.glob(f"*/{Path(path).name}"))
+    return f"; the tests are in tiers now: {', '.join(found)}" if found else ""
+
+
 def test_every_config_key_has_a_behaviour_test() -> None:
     keys = leaf_keys()
     assert len(keys) == len(set(keys))
@@ -274,7 +284,7 @@ def test_key_table_names_existing_tests(key: str) -> None:
         functions = functions_in(path)
         if functions is None and key in PENDING:
             pytest.skip(f"{key}: {path} does not exist yet ({PENDING[key]})")
-        assert functions is not None, f"{key}: {path} does not exist"
+        assert functions is not None, f"{key}: {path} does not exist{tier_hint(path)}"
         if any(c in name for c in "*?["):
             assert fnmatch.filter(sorted(functions), name), f"{key}: nothing in {path} is {name}"
         else:

@@ -5,7 +5,7 @@ checker is taken as already encoded, so a raw UTF-8 URL matches no encoded rule.
 canonicalises request targets (`identity.canonical_path`) before matching, so on the wire a
 raw UTF-8 path cannot dodge a rule. ID_Encoding/06 passes because a URL is allowed only if
 both the RFC 9309 §2.2.2 reading (escapes of unreserved characters decoded) and the
-as-written one allow it; see tests/test_robots_rules.py.
+as-written one allow it; see tests/unit/test_robots_rules.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CASES = Path(__file__).resolve().parent / "data/conformance/google_robotstxt_cases.json"
+REPO = Path(__file__).resolve().parents[2]
+CASES = Path(__file__).resolve().parents[1] / "data/conformance/google_robotstxt_cases.json"
 
 RFC_DIFFERENCES: dict[str, str] = {}
 GOOGLE_DIFFERENCES = {

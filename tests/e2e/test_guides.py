@@ -27,7 +27,7 @@ from harness import LocalOrigin, Proxy, Route, base_config, free_port, sha256_he
 
 from crawlguard.policy.decisions import Kind
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 EXAMPLES = DOCS / "examples"
 UA_TOKEN = "DemoBot"

@@ -28,7 +28,7 @@ from crawlguard.policy.records import ViolationRecord
 from crawlguard.store.fold import OVERFLOW_REASON, Folder
 
 GENERIC_UA = "python-requests/2.31"  # refused ua-generic before any origin is contacted
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:

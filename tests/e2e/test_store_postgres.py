@@ -1,7 +1,7 @@
 """PostgreSQL store specifics (issue 11): schema creation under concurrent starts, connection
 handling, the spool while PostgreSQL is unreachable, and the real proxy on a PostgreSQL store.
 
-What every backend must do is in tests/test_store_contract.py. Outages are real from the
+What every backend must do is in tests/e2e/test_store_contract.py. Outages are real from the
 client's view: the store talks to PostgreSQL through a TCP relay (pgutil.TcpRelay) that the
 test cuts and restores; the shared server is never touched. Each test has its own schema.
 """

@@ -533,7 +533,7 @@ def test_the_config_snapshot_reads_back_as_the_same_config(tmp_path: Path) -> No
     from crawlguard.cli.workers import write_snapshot
     from crawlguard.config import load_config
 
-    for source in sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml")):
+    for source in sorted((Path(__file__).resolve().parents[2] / "config").glob("*.yaml")):
         cfg = load_config(source, secrets=False)
         write_snapshot(cfg, tmp_path / "snapshot.yaml")  # raises if it does not read back
         assert load_config(tmp_path / "snapshot.yaml", secrets=False) == cfg

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-TABLE = Path(__file__).resolve().parent / "data" / "decisions_golden.jsonl"
-sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+TABLE = Path(__file__).resolve().parents[1] / "data" / "decisions_golden.jsonl"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
 
 import decisions  # noqa: E402
 
