@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from adminutil import OP, Admin, cookie_of, start_admin, stop_admin
 from harness import Proxy, base_config
 from rawhttp import Reply, request_bytes, send
 from redisutil import RedisServer, private_redis, redis_base, redis_url  # noqa: F401
-from test_admin_api import OP, Admin, cookie_of, start_admin, stop_admin
 from test_workers import WorkersProxy
 
 from crawlguard.admin.auth import SESSION_COOKIE

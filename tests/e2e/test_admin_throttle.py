@@ -16,10 +16,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import requests
+from adminutil import OP, Admin, cookie_of, start_admin, stop_admin
 from harness import Proxy, base_config
 from prometheus_client.parser import text_string_to_metric_families
 from rawhttp import read_reply, request_bytes
-from test_admin_api import OP, Admin, cookie_of, start_admin, stop_admin
 
 from crawlguard.admin import throttle
 from crawlguard.admin.auth import SESSION_COOKIE

@@ -12,16 +12,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from harness import at, minute_record
 
 from crawlguard.policy.records import ViolationRecord, utc_now_iso
 from crawlguard.store import (
     SCHEMA_VERSION,
     SQLiteStore,
     StoreError,
+    ViolationFilter,
     ViolationStore,
     normalize_ts,
     open_store,
     parse_since,
+    url_host,
 )
 
 ROBOTS = b"User-agent: *\nDisallow: /private/\n"
@@ -275,3 +278,81 @@ def test_a_version_3_store_gets_fold_columns_and_keeps_its_records(url: str) -> 
     finally:
         db.close()
     open_store(url).close()  # opening the migrated file again changes nothing
+
+
+# -- the hosts column and url_host (the admin API's top hosts read them) -------------------------
+
+
+V2_SCHEMA = """
+CREATE TABLE violations (
+    id INTEGER PRIMARY KEY, ts TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+    action TEXT NOT NULL, method TEXT NOT NULL, url TEXT NOT NULL, user_agent TEXT, rule TEXT,
+    crawl_delay REAL, retry_after INTEGER, robots_sha256 TEXT, delay_seconds REAL, reason TEXT
+);
+CREATE INDEX violations_tenant_ts ON violations (tenant, ts);
+CREATE INDEX violations_kind_ts ON violations (kind, ts);
+CREATE INDEX violations_ts ON violations (ts);
+CREATE INDEX violations_robots_sha256 ON violations (robots_sha256)
+    WHERE robots_sha256 IS NOT NULL;
+CREATE TABLE robots_bodies (sha256 TEXT PRIMARY KEY, body BLOB NOT NULL, first_seen TEXT NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE request_counts (hour TEXT NOT NULL, tenant TEXT NOT NULL, decision TEXT NOT NULL,
+    n INTEGER NOT NULL, PRIMARY KEY (hour, tenant, decision)) WITHOUT ROWID;
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_store_gets_its_hosts_backfilled(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(V2_SCHEMA)
+    urls = ["http://Old.Example:8080/a", "[2001:DB8::1]:443", "not a url at all", "https://x.test"]
+    db.executemany(
+        "INSERT INTO violations (ts, tenant, kind, action, method, url) VALUES (?, ?, ?, ?, ?, ?)",
+        [(at(i), "acme", "ua-generic", "blocked", "GET", u) for i, u in enumerate(urls)],
+    )
+    db.commit()
+    db.close()
+    store = SQLiteStore(str(path))
+    try:
+        page = store.page(ViolationFilter(), limit=10)
+        assert [v.host for v in reversed(page.items)] == [
+            "old.example", "2001:db8::1", None, "x.test",
+        ]  # fmt: skip
+        old = store.page(ViolationFilter(host="old.example"), limit=5).items
+        assert [v.record.url for v in old] == [urls[0]]
+        store.record(minute_record(9, url="http://new.example/"))
+        new = store.page(ViolationFilter(host="new.example"), limit=5).items
+        assert [v.host for v in new] == ["new.example"]
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"violations_host_ts", "violations_tenant_ts", "violations_kind_ts"} <= indexes
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM violations WHERE host = ? ORDER BY ts DESC",
+            ("x",),
+        ).fetchall()
+        assert "violations_host_ts" in str(plan)
+    finally:
+        db.close()
+    SQLiteStore(str(path)).close()  # opening a current store again changes nothing
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://EXAMPLE.test./p?q#f", "example.test"),
+        ("https://user@h.example:8443/", "h.example"),
+        ("http://[::FFFF:127.0.0.1]:80/", "::ffff:7f00:1"),
+        ("h.example:443", "h.example"),
+        ("[::1]:8080", "::1"),
+        ("http://0177.1/", "127.0.0.1"),
+        ("http://bad host/", None),
+        ("", None),
+    ],
+)
+def test_url_host(url: str, host: str | None) -> None:
+    assert url_host(url) == host

@@ -1,7 +1,7 @@
 """The operator admin API and its authentication (issue 10), over real HTTP on loopback.
 
-Most tests run a real Guard and AdminServer in-process and seed records through the store;
-the robots/evidence and SIGHUP tests run `crawlguard run` with a real origin.
+A real Guard and AdminServer in-process (tests/adminutil.py), records seeded through the
+store. The robots/evidence and SIGHUP tests run `crawlguard run`: tests/e2e/test_admin_api_live.py.
 """
 
 from __future__ import annotations
@@ -10,85 +10,22 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import signal
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import pytest
-import requests
-import yaml
-from harness import LocalOrigin, Proxy, at, base_config, minute_record, sha256_hex, wait_for
+from adminutil import OP, Admin, cookie_of, start_admin, stop_admin
+from harness import at, base_config, minute_record, sha256_hex
 
-from crawlguard.admin import AdminServer
 from crawlguard.admin.auth import SESSION_COOKIE
 from crawlguard.config import parse_config
 from crawlguard.policy.decisions import Kind
-from crawlguard.policy.records import FIELDS, ViolationRecord
-from crawlguard.runtime import Guard
-from crawlguard.store import SCHEMA_VERSION, SQLiteStore, ViolationFilter, url_host
+from crawlguard.policy.records import FIELDS
 
-OP = "op"  # the operator token of harness.base_config
 VALID_KINDS = [k.value for k in Kind if k is not Kind.ALLOWED]
-ROBOTS = b"User-agent: *\nDisallow: /private\n# \xc3\xa9t\xc3\xa9\n"
-
-
-@dataclass
-class Admin:
-    guard: Guard
-    server: AdminServer
-    session: aiohttp.ClientSession
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}"
-
-    async def get(
-        self, path: str, token: str | None = OP, headers: dict[str, str] | None = None, **kw: Any
-    ) -> aiohttp.ClientResponse:
-        h = dict(headers or {})
-        if token is not None:
-            h["Authorization"] = f"Bearer {token}"
-        async with self.session.get(self.base + path, headers=h, allow_redirects=False, **kw) as r:
-            await r.read()
-            return r
-
-    async def json(self, path: str, **kw: Any) -> Any:
-        r = await self.get(path, **kw)
-        assert r.status == 200, (r.status, await r.text())
-        return await r.json()
-
-    async def post(self, path: str, data: dict[str, str], **kw: Any) -> aiohttp.ClientResponse:
-        async with self.session.post(self.base + path, data=data, allow_redirects=False, **kw) as r:
-            await r.read()
-            return r
-
-    def seed(self, *records: ViolationRecord) -> None:
-        self.guard.store.record_many([(rec, None) for rec in records])
-
-
-async def start_admin(
-    tmp_path: Path, server_kw: dict[str, Any] | None = None, **sections: Any
-) -> Admin:
-    guard = Guard(parse_config(base_config(tmp_path, **sections)))
-    guard.start()
-    server = AdminServer(guard, **(server_kw or {}))
-    await server.start()
-    # no cookie jar: every test says exactly which cookie it sends
-    session = aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
-    return Admin(guard, server, session)
-
-
-async def stop_admin(admin: Admin) -> None:
-    await admin.session.close()
-    await admin.server.stop()
-    await admin.guard.close()
 
 
 @pytest.fixture
@@ -331,11 +268,6 @@ async def test_token_env_is_the_operator_token(
         await stop_admin(a)
 
 
-def cookie_of(r: aiohttp.ClientResponse) -> str:
-    morsel = r.cookies[SESSION_COOKIE]
-    return morsel.value
-
-
 async def test_login_cookie_flow(admin: Admin) -> None:
     r = await admin.get("/login", token=None)
     assert r.status == 200 and r.content_type == "text/html"
@@ -553,183 +485,5 @@ async def test_summary_buckets_kinds_and_top_hosts(admin: Admin) -> None:
 
 # -- schema migration ----------------------------------------------------------------------------
 
-V2_SCHEMA = """
-CREATE TABLE violations (
-    id INTEGER PRIMARY KEY, ts TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
-    action TEXT NOT NULL, method TEXT NOT NULL, url TEXT NOT NULL, user_agent TEXT, rule TEXT,
-    crawl_delay REAL, retry_after INTEGER, robots_sha256 TEXT, delay_seconds REAL, reason TEXT
-);
-CREATE INDEX violations_tenant_ts ON violations (tenant, ts);
-CREATE INDEX violations_kind_ts ON violations (kind, ts);
-CREATE INDEX violations_ts ON violations (ts);
-CREATE INDEX violations_robots_sha256 ON violations (robots_sha256)
-    WHERE robots_sha256 IS NOT NULL;
-CREATE TABLE robots_bodies (sha256 TEXT PRIMARY KEY, body BLOB NOT NULL, first_seen TEXT NOT NULL)
-    WITHOUT ROWID;
-CREATE TABLE request_counts (hour TEXT NOT NULL, tenant TEXT NOT NULL, decision TEXT NOT NULL,
-    n INTEGER NOT NULL, PRIMARY KEY (hour, tenant, decision)) WITHOUT ROWID;
-PRAGMA user_version = 2;
-"""
-
-
-def test_a_version_2_store_gets_its_hosts_backfilled(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    db = sqlite3.connect(path)
-    db.executescript(V2_SCHEMA)
-    urls = ["http://Old.Example:8080/a", "[2001:DB8::1]:443", "not a url at all", "https://x.test"]
-    db.executemany(
-        "INSERT INTO violations (ts, tenant, kind, action, method, url) VALUES (?, ?, ?, ?, ?, ?)",
-        [(at(i), "acme", "ua-generic", "blocked", "GET", u) for i, u in enumerate(urls)],
-    )
-    db.commit()
-    db.close()
-    store = SQLiteStore(str(path))
-    try:
-        page = store.page(ViolationFilter(), limit=10)
-        assert [v.host for v in reversed(page.items)] == [
-            "old.example", "2001:db8::1", None, "x.test",
-        ]  # fmt: skip
-        old = store.page(ViolationFilter(host="old.example"), limit=5).items
-        assert [v.record.url for v in old] == [urls[0]]
-        store.record(rec(9, url="http://new.example/"))
-        new = store.page(ViolationFilter(host="new.example"), limit=5).items
-        assert [v.host for v in new] == ["new.example"]
-    finally:
-        store.close()
-    db = sqlite3.connect(path)
-    try:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
-        indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert {"violations_host_ts", "violations_tenant_ts", "violations_kind_ts"} <= indexes
-        plan = db.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM violations WHERE host = ? ORDER BY ts DESC",
-            ("x",),
-        ).fetchall()
-        assert "violations_host_ts" in str(plan)
-    finally:
-        db.close()
-    SQLiteStore(str(path)).close()  # opening a current store again changes nothing
-
-
-@pytest.mark.parametrize(
-    ("url", "host"),
-    [
-        ("http://EXAMPLE.test./p?q#f", "example.test"),
-        ("https://user@h.example:8443/", "h.example"),
-        ("http://[::FFFF:127.0.0.1]:80/", "::ffff:7f00:1"),
-        ("h.example:443", "h.example"),
-        ("[::1]:8080", "::1"),
-        ("http://0177.1/", "127.0.0.1"),
-        ("http://bad host/", None),
-        ("", None),
-    ],
-)
-def test_url_host(url: str, host: str | None) -> None:
-    assert url_host(url) == host
-
 
 # -- robots and evidence through the real proxy --------------------------------------------------
-
-
-@pytest.fixture
-def site() -> Iterator[LocalOrigin]:
-    o = LocalOrigin(robots=ROBOTS)
-    yield o
-    o.close()
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[Proxy]:
-    p = Proxy(base_config(tmp_path), tmp_path)
-    yield p
-    p.stop()
-
-
-def admin_get(proxy: Proxy, path: str, token: str | None = OP, **kw: Any) -> requests.Response:
-    session = requests.Session()
-    session.trust_env = False
-    headers = kw.pop("headers", {})
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    return session.get(
-        f"http://127.0.0.1:{proxy.admin_port}{path}",
-        headers=headers,
-        timeout=10,
-        allow_redirects=False,
-        proxies={"http": None, "https": None},
-        **kw,
-    )
-
-
-def test_robots_state_and_evidence_after_a_real_request(live: Proxy, site: LocalOrigin) -> None:
-    origin = f"http://127.0.0.1:{site.port}"
-    assert admin_get(live, f"/api/robots?origin={origin}").status_code == 404
-    before = datetime.now(UTC)
-    r = live.get(site.url("/private/page"))
-    assert r.status_code == 403 and r.headers["X-Crawlguard-Decision"] == "robots-disallow"
-    after = datetime.now(UTC)
-    sha = hashlib.sha256(ROBOTS).hexdigest()
-
-    r = admin_get(live, f"/api/robots?origin=http://0x7f000001:{site.port}/")  # canonicalised
-    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
-    state = r.json()
-    assert state["origin"] == f"http://127.0.0.1:{site.port}"
-    assert (state["cached"], state["result"], state["available"]) == (True, "ok", True)
-    assert state["sha256"] == sha
-    assert state["body"] == ROBOTS.decode("utf-8")
-    assert state["evidence_url"] == f"/api/evidence/{sha}"
-    fetched = datetime.fromisoformat(state["fetched_at"])
-    expires = datetime.fromisoformat(state["expires_at"])
-    slack = timedelta(seconds=60)  # a clock conversion check, not a timing one
-    assert before - slack <= fetched <= after + slack
-    assert fetched < expires
-
-    r = admin_get(live, state["evidence_url"])
-    assert r.status_code == 200 and r.content == ROBOTS
-    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
-    assert r.headers["X-Content-Type-Options"] == "nosniff"
-    assert admin_get(live, f"/api/evidence/{sha.upper()}").content == ROBOTS
-    assert admin_get(live, state["evidence_url"], token=None).status_code == 401
-    assert admin_get(live, f"/api/evidence/{'0' * 64}").status_code == 404
-    assert admin_get(live, "/api/evidence/abc").status_code == 400
-    assert admin_get(live, f"/api/evidence/{'g' * 64}").status_code == 400
-
-    items = admin_get(live, "/api/violations?kind=robots-disallow").json()
-    assert len(items) == 1
-    assert items[0]["host"] == "127.0.0.1" and items[0]["robots_sha256"] == sha
-    assert items[0]["url"] == site.url("/private/page")
-
-    for bad in ("ftp://127.0.0.1/", "http://127.0.0.1:99999", "http://u@h.example/", "x", ""):
-        r = admin_get(live, "/api/robots?origin=" + quote(bad, safe=""))
-        assert r.status_code == 400, bad
-    r = admin_get(live, "/api/robots?origin=https://never.example")
-    assert r.status_code == 404 and r.json()["cached"] is False
-
-    # the tenant's proxy credentials never open the admin side, even on the real server
-    assert admin_get(live, "/api/violations", token="acme-secret").status_code == 401
-    r = admin_get(live, "/api/violations", token=None, auth=("acme", "acme-secret"))
-    assert r.status_code == 401
-    assert admin_get(live, "/metrics", token=None).status_code == 200
-    assert admin_get(live, "/healthz", token=None).status_code == 200
-
-
-def test_sighup_with_a_new_token_revokes_the_old_one(live: Proxy) -> None:
-    session = requests.Session()
-    session.trust_env = False
-    r = session.post(
-        f"http://127.0.0.1:{live.admin_port}/login",
-        data={"token": OP},
-        allow_redirects=False,
-        timeout=10,
-    )
-    assert r.status_code == 303
-    cookie = {"Cookie": f"{SESSION_COOKIE}={r.cookies[SESSION_COOKIE]}"}
-    assert admin_get(live, "/api/tenants", token=None, headers=cookie).status_code == 200
-    cfg = dict(live.config, admin={**live.config["admin"], "token_sha256": sha256_hex("new-op")})
-    live.config_path.write_text(yaml.safe_dump(cfg))
-    live.proc.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: "config reloaded" in live.log(), 20), live.log()
-    assert "running values kept" not in live.log()
-    assert admin_get(live, "/api/tenants", token=None, headers=cookie).status_code == 401
-    assert admin_get(live, "/api/tenants").status_code == 401
-    assert admin_get(live, "/api/tenants", token="new-op").status_code == 200
