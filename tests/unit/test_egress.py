@@ -4,7 +4,8 @@ and the network guard itself.
 No test here can send a packet off this machine: names resolve through static maps or fake
 lookups, the only real lookups are of loopback names (answered without DNS by the guard), and
 every test runs under `netguard`, which fails it on any non-loopback attempt before a socket
-connects.
+connects. Nothing here opens a socket that connects: the adapter against a real origin and the
+guard letting loopback through are in tests/e2e/test_egress_e2e.py.
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import subprocess
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from netguard import NetguardRefused, install, netguard, subprocess_env  # noqa: F401
-from origins import RecordingOrigin, closed_port, respond
+from netguard import NetguardRefused, install, netguard  # noqa: F401
 
 from crawlguard.config import DestinationsSection
 from crawlguard.egress import (
@@ -438,19 +435,6 @@ def test_policy_refuses_a_resolver_disagreeing_on_allow_private() -> None:
 # -- aiohttp adapter --------------------------------------------------------------------------
 
 
-async def test_aiohttp_connects_only_to_the_pinned_address() -> None:
-    async with RecordingOrigin(respond(body=b"hi")) as origin:
-        cfg = dest(allow_private=True, allowed_ports=[origin.port])
-        resolver = SafeResolver({"site.test": ["127.0.0.1"]}, allow_private=True)
-        policy = EgressPolicy(cfg, resolver)
-        connector = aiohttp.TCPConnector(resolver=policy.aiohttp_resolver(), use_dns_cache=False)
-        session = aiohttp.ClientSession(connector=connector, trust_env=False)
-        async with session, session.get(f"http://site.test:{origin.port}/x") as resp:
-            assert resp.status == 200 and await resp.read() == b"hi"
-        [hit] = origin.hits
-        assert hit.headers["Host"] == f"site.test:{origin.port}"
-
-
 @pytest.mark.parametrize(
     ("name", "addresses", "allow_private"),
     [
@@ -548,21 +532,6 @@ def test_guard_refuses_before_the_real_call() -> None:
     assert len(record) == 8 and all(line.startswith("netguard: refused") for line in record)
 
 
-def test_guard_lets_loopback_through() -> None:
-    record: list[str] = []
-    undo = install(record)
-    try:
-        port = closed_port()
-        with socket.socket() as s, pytest.raises(ConnectionRefusedError):
-            s.connect(("127.0.0.1", port))
-        infos = socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
-        assert {i[4][0] for i in infos} <= {"127.0.0.1", "::1"}
-        assert socket.gethostbyname("localhost") == "127.0.0.1"
-    finally:
-        undo()
-    assert record == []
-
-
 async def test_guard_covers_asyncio_connections() -> None:
     with Tripwire() as wire:
         record: list[str] = []
@@ -575,27 +544,3 @@ async def test_guard_covers_asyncio_connections() -> None:
         finally:
             undo()
     assert wire.hits == [] and len(record) == 2
-
-
-def test_guard_in_a_subprocess(tmp_path: Path) -> None:
-    log = tmp_path / "netguard.log"
-    port = closed_port()
-    # 0.0.0.0 is not loopback to the guard, yet even unguarded it never leaves this host.
-    code = (
-        "import socket\n"
-        "assert 'install' in socket.getaddrinfo.__qualname__, 'guard not installed'\n"
-        "s = socket.socket()\n"
-        f"try:\n    s.connect(('0.0.0.0', {port}))\nexcept PermissionError as e:\n"
-        "    print('refused', e)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env=subprocess_env(log),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "refused" in proc.stdout
-    [line] = log.read_text().splitlines()
-    assert line.startswith("netguard: refused connect ('0.0.0.0'")
