@@ -4,7 +4,7 @@ Round trip, filters and order, keyset pages, dashboard summary, report (held apa
 bodies, request counts, retention, bounded fields, durability (across a crash:
 tests/e2e/test_store_crash.py), concurrency, group commit.
 Backend-specific behaviour (SQLite file migration and pragmas, PostgreSQL schema locking and
-the spool) is in tests/unit/test_store.py and tests/e2e/test_store_postgres.py.
+the spool) is in tests/unit/test_store.py and tests/inprocess/test_store_postgres.py.
 """
 
 from __future__ import annotations

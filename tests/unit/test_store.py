@@ -1,6 +1,6 @@
 """The SQLite violation store's own behaviour (pragmas, file migration, paths) and the helpers
 every store shares (time parsing, store URLs). What every backend must do is the contract
-suite, tests/e2e/test_store_contract.py (SQLite and PostgreSQL)."""
+suite, tests/inprocess/test_store_contract.py (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
