@@ -74,7 +74,7 @@ KEY_TESTS: dict[str, list[str]] = {
     "store.retention_days": [
         "tests/unit/test_records_bounded.py::test_guard_runs_retention_in_the_background",
         "tests/unit/test_records_bounded.py::test_guard_without_retention_starts_no_prune",
-        "tests/e2e/test_records_folded.py::test_retention_is_set_by_default_and_in_every_shipped_config",
+        "tests/unit/test_records_fold_rules.py::test_retention_is_set_by_default_and_in_every_shipped_config",
     ],
     "store.fold_after": [
         "tests/e2e/test_records_folded.py::test_a_client_refused_in_a_loop_leaves_n_plus_one_records",
