@@ -1,22 +1,15 @@
 """FailoverState (state.on_error) on a fake backend and a fake clock: closed refuses, open paces
 per process, a down backend is left alone for a growing interval and probed by one call at a
-time, outages are logged and counted once."""
+time, outages are logged and counted once. The Guard against a Redis that is not there:
+tests/inprocess/test_state_failover_guard.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import pytest
-from harness import GOOD_UA, base_config, free_port
 
-from crawlguard.config import parse_config
-from crawlguard.policy.decisions import Decision, Kind
-from crawlguard.policy.identity import request_identity
-from crawlguard.policy.pipeline import RequestInfo
-from crawlguard.policy.plan import plan
-from crawlguard.runtime import Guard
 from crawlguard.state import (
     Backoff,
     MemoryState,
@@ -305,39 +298,3 @@ async def test_open_state_factory() -> None:
 def test_flaky_state_is_a_pacing_state() -> None:
     state: PacingState = FlakyState()
     assert state is not None
-
-
-@pytest.mark.parametrize("on_error", ["closed", "open"])
-async def test_guard_decides_state_unavailable_only_when_closed(
-    tmp_path: Path, on_error: str
-) -> None:
-    """The service branch: a dead Redis with `closed` is a 503 `state-unavailable` decision
-    (Retry-After, kept robots evidence); with `open` the request is paced per process."""
-    dead = f"redis://127.0.0.1:{free_port()}/0?timeout=0.5"  # nothing listens there
-    cfg = parse_config(base_config(tmp_path, state={"url": dead, "on_error": on_error}))
-    guard = Guard(cfg)
-    try:
-        tenant = guard.tenants["acme"]
-        req = RequestInfo("GET", request_identity("http", "127.0.0.1", 8000, "/x"), GOOD_UA)
-        allowed = Decision(Kind.ALLOWED, crawl_delay=5.0, robots_sha256="ab" * 32)
-        decision, outcome = await guard.pace(tenant, req, allowed)
-        fallbacks = guard.metrics.state_fallbacks._value.get()
-        if on_error == "closed":
-            assert decision.kind is Kind.STATE_UNAVAILABLE and decision.status == 503
-            assert decision.retry_after is not None and decision.retry_after >= 1
-            assert decision.rule == "state.on_error: closed"
-            assert (decision.crawl_delay, decision.robots_sha256) == (5.0, "ab" * 32)
-            assert not outcome.forward and not outcome.held
-            assert plan("enforce", decision).refuse and plan("monitor", decision).record
-            assert "127.0.0.1" not in decision.body()  # the backend's address stays in the log
-            assert fallbacks == 0
-        else:
-            assert decision.kind is Kind.ALLOWED and outcome.forward
-            again, _ = await guard.pace(tenant, req, allowed)
-            assert again.kind is Kind.CRAWL_DELAY  # paced within the process
-            assert fallbacks == 1
-        # Feedback after the decision never raises, whatever the mode.
-        await guard.pacer.observe_response(tenant.id, req.origin, 429, "30")
-        await guard.pacer.observe_response(tenant.id, req.origin, 200, None)
-    finally:
-        await guard.close()
