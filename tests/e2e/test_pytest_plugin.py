@@ -8,11 +8,8 @@ plugin is registered once either way.
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
 import trustme
-from harness import REPO
 
 pytest_plugins = ["pytester"]
 
@@ -280,11 +277,3 @@ def test_a_bad_product_token_says_why(pytester: pytest.Pytester):
     result = run(pytester, "-k", "polite and not im")
     result.assert_outcomes(errors=1, deselected=1)
     assert "--product-token 'curl': is the name of an HTTP library" in result.stdout.str()
-
-
-def test_pytest_discovers_the_plugin_through_its_entry_point():
-    """pyproject.toml declares the plugin, so installing crawlguard is enough."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project.get("entry-points", {}).get("pytest11", {}).get("crawlguard") == (
-        "crawlguard.pytest_plugin"
-    )
