@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import string
-import time
 
 import pytest
+from costs import measure
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -881,7 +881,10 @@ def test_any_text_gets_a_verdict(user_agent: str) -> None:
 
 
 def test_evaluate_is_fast() -> None:
-    """Per-request cost: 1,000 distinct, uncached UAs of every kind average well under 1 ms."""
+    """Per-request cost: 1,000 distinct, uncached UAs of every kind run a few hundred lines of
+    crawlguard code each, counted (tests/costs.py): the crawler names are matched by one
+    alternation, not a loop over the dataset's ~200 patterns (which would add ~400 lines a UA).
+    The time (well under 1 ms a UA) is measured by benchmarks/decide_worst_case.py."""
     templates = [
         "AcmeBot/{i}.0 (+https://acme.example/bot/{i})",
         "Mozilla/5.0 (compatible; OtherBot{i}/2.{i}; +https://other.example/{i})",
@@ -898,8 +901,7 @@ def test_evaluate_is_fast() -> None:
     uas = [templates[i % len(templates)].format(i=i) for i in range(1000)]
     assert len(set(uas)) == 1000
     policy = UserAgentPolicy(["AcmeBot"])
-    start = time.perf_counter()
-    for ua in uas:
-        policy.evaluate(ua)
-    average = (time.perf_counter() - start) / len(uas)
-    assert average < 0.0003, f"{average * 1000:.3f} ms per UA"
+    works = [measure(lambda: policy.evaluate(ua))[1] for ua in uas]  # noqa: B023
+    mean = sum(w.lines for w in works) / len(works)
+    worst = max(works, key=lambda w: w.lines)
+    assert mean <= 400 and worst.lines <= 1_500, f"mean {mean:.0f} lines; worst: {worst}"
