@@ -2,15 +2,15 @@
 
 Tolerances: the k-th arrival at the origin must be at least k * interval - GAP_SLACK after the
 first (the proxy forwards at the slot; connection setup can shift one arrival by a few ms
-either way, and a busy machine can make one forward late, never early). Upper
-bounds are generous because CI runs on two busy cores.
+either way, and a busy machine can make one forward late, never early). Nothing here bounds
+how long a request took by the clock: a slot reused or a request not queued shows in the
+proxy's own headers and in the order the origin saw.
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
-import math
 import re
 import socket
 import threading
@@ -104,18 +104,16 @@ def records_for(proxy: Proxy, site: LocalOrigin, *args: str) -> list[dict[str, A
 
 def test_reject_mode_429_with_retry_after_then_200(proxy: Proxy, site_factory):
     site = site_factory(robots(1.5))
-    sent = time.monotonic()
     assert proxy.get(site.url("/p1")).status_code == 200  # admitted after robots.txt is in
     r = proxy.get(site.url("/p2"))
-    elapsed = time.monotonic() - sent
     assert r.status_code == 429
     assert r.headers["X-Crawlguard-Decision"] == "crawl-delay"
     ra = int(r.headers["Retry-After"])  # an integer, whole seconds
     # remaining = 1.5 - (time since /p1 was admitted), rounded up, at least 1
-    assert max(1, math.ceil(1.5 - elapsed)) <= ra <= 2
+    assert 1 <= ra <= 2
     assert "Crawl-delay" in r.text
     time.sleep(ra)
-    assert proxy.get(site.url("/p2")).status_code == 200
+    assert proxy.get(site.url("/p2")).status_code == 200  # Retry-After was long enough
     assert site.paths() == ["/p1", "/p2"]
     assert_spaced(site.page_hits(), 1.5)
     recs = records_for(proxy, site, "--tenant", "acme", "--kind", "crawl-delay")
@@ -205,7 +203,6 @@ def raw_proxy_request(proxy: Proxy, url: str, tid: str, ua: str) -> socket.socke
 def test_disconnect_while_held_frees_the_slot(proxy: Proxy, site_factory):
     site = site_factory(robots(2))
     get = lambda path: proxy.get(site.url(path), tenant="slowco", ua=SLOW_UA)  # noqa: E731
-    t0 = time.monotonic()
     assert get("/a").status_code == 200  # slot t0; next free t0 + 2
     sock = raw_proxy_request(proxy, site.url("/abandoned"), "slowco", SLOW_UA)  # slot t0 + 2
     try:
@@ -213,14 +210,11 @@ def test_disconnect_while_held_frees_the_slot(proxy: Proxy, site_factory):
     finally:
         sock.close()
     assert wait_for(lambda: delayed_gauge(proxy) == 0, 2)  # the proxy noticed
-    start = time.monotonic()
-    # Freed: /c gets the abandoned slot (t0 + 2). Not freed: t0 + 4, past max_hold → 429.
+    # Freed: /c gets the abandoned slot (t0 + 2), held less than one interval by the proxy's own
+    # account. Not freed: t0 + 4, past max_hold → 429.
     r = get("/c")
-    took = time.monotonic() - start
     assert r.status_code == 200, r.headers
     assert float(r.headers["X-Crawlguard-Delayed"]) < 2.0
-    assert took < 2.5
-    assert time.monotonic() - t0 < 3.5
     time.sleep(0.5)  # past the abandoned slot: it must not be forwarded late
     assert site.paths() == ["/a", "/c"]
     assert_spaced(site.page_hits(), 2.0)
@@ -355,12 +349,11 @@ def test_threads_of_two_tenants_on_one_origin_do_not_wait_for_each_other(
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(slow, "/s2")
         assert wait_for(lambda: delayed_gauge(proxy) > 0, 2)
-        start = time.monotonic()
         r = proxy.get(site.url("/acme"))
         assert r.status_code == 200
-        assert time.monotonic() - start < 1.0
+        assert "X-Crawlguard-Delayed" not in r.headers  # not queued behind slowco's hold
         assert held.result(timeout=15).status_code == 200
-    assert site.paths() == ["/s1", "/acme", "/s2"]
+    assert site.paths() == ["/s1", "/acme", "/s2"]  # /acme reached the origin first
 
 
 # -- 9. default_min_interval --------------------------------------------------------------------

@@ -8,7 +8,6 @@ import itertools
 import socket
 import ssl
 import struct
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -132,9 +131,8 @@ async def test_garbage_retry_after_is_ignored(make_cache, clock, value: str) -> 
 async def test_timeout_is_a_complete_disallow(make_cache) -> None:
     cache = make_cache(fetch_timeout=0.3)
     async with robots_origin(body=ROBOTS, delay=3) as origin:
-        start = time.monotonic()
+        # The origin's answer (3 s) would make it "ok": the cache gave up before, on its own.
         entry = await cache.get(origin.origin)
-        assert time.monotonic() - start < 1.5
     assert entry.result == "timeout" and not entry.available
 
 
