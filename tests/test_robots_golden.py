@@ -1,4 +1,6 @@
-"""`RobotsRules` against the verdict table of the Protego-based parser (tests/robots_golden.py).
+"""`RobotsRules` against the verdict table of the Protego-based parser.
+
+The table: tests/data/robots_golden.jsonl, made by tests/golden/robots_rules.py.
 
 Every body of Google's conformance suite, the hostile and generated files of the robots tests
 and benchmark, and hundreds of hypothesis-drawn files, each decided for the product tokens and
@@ -10,13 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
-import robots_golden as golden
 
 from crawlguard.policy.robots import RobotsRules
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+
+import robots_rules as golden
 
 LONG_URLS, RECORDS = golden.load()
 
@@ -26,7 +33,7 @@ def _id(record: dict[str, Any]) -> str:
 
 
 def test_the_table_covers_the_corpus() -> None:
-    """The file holds what tests/robots_golden.py says: not a table that shrank unnoticed."""
+    """The file holds what tests/golden/robots_rules.py says: not a table that shrank unnoticed."""
     sources = Counter(r["source"] for r in RECORDS)
     assert sources["conformance"] >= 60 and sources["generated"] >= 35
     assert sources["hypothesis"] >= 500

@@ -16,8 +16,8 @@ tests/test_robots_rules.py and benchmarks/robots_hostile.py, and files drawn by 
 from `robots_cases()` (derandomized). Each is checked with the product tokens and URLs it
 names, variations of its rule values, and a fixed set of tricky URLs.
 
-    .venv/bin/python tests/robots_golden.py   # rewrites the file: every verdict change it
-                                              # shows in `git diff` is accepted by doing so
+    .venv/bin/python tests/golden/robots_rules.py [OUT]   # rewrites the file (or writes OUT):
+                                          # every verdict change `git diff` shows is accepted so
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent
 GOLDEN = TESTS / "data" / "robots_golden.jsonl"
 CONFORMANCE = TESTS / "data" / "conformance" / "google_robotstxt_cases.json"
 SHARED_OTHER = Path("/work/shared/conformance/google_robotstxt_other_checks.json")
@@ -212,9 +213,17 @@ def _module(path: Path, name: str) -> ModuleType:
     return module
 
 
+def _rules_tests() -> ModuleType:
+    """tests/test_robots_rules.py (or tests/unit/, where the test tiers put it)."""
+    for path in (TESTS / "unit" / "test_robots_rules.py", TESTS / "test_robots_rules.py"):
+        if path.exists():
+            return _module(path, "_golden_test_robots_rules")
+    raise FileNotFoundError("test_robots_rules.py")
+
+
 def _long_urls() -> list[str]:
     """The long URLs the hostile-input tests and the benchmark decide on."""
-    rules_tests = _module(TESTS / "test_robots_rules.py", "_golden_test_robots_rules")
+    rules_tests = _rules_tests()
     bench = _module(TESTS.parent / "benchmarks" / "robots_hostile.py", "_golden_robots_hostile")
     urls = [
         "/a" * 500,
@@ -236,7 +245,7 @@ def _long_urls() -> list[str]:
 
 def generated_bodies() -> list[tuple[str, bytes]]:
     """(name, body) of the hostile and generated files of the robots tests and benchmark."""
-    rules_tests = _module(TESTS / "test_robots_rules.py", "_golden_test_robots_rules")
+    rules_tests = _rules_tests()
     bench = _module(TESTS.parent / "benchmarks" / "robots_hostile.py", "_golden_robots_hostile")
     out: list[tuple[str, bytes]] = []
     for name, body in rules_tests.HOSTILE.items():
@@ -570,15 +579,17 @@ def build(
 
 def main() -> None:
     sys.path.insert(0, str(TESTS))
+    sys.path.insert(0, str(HERE))
     from robots_protego_reference import RobotsRules  # the parser the table comes from
 
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else GOLDEN
     long_urls, records = build(RobotsRules.parse)
-    with GOLDEN.open("w", encoding="utf-8") as f:
+    with out.open("w", encoding="utf-8") as f:
         f.write(json.dumps({LONG: [encode_url(u) for u in long_urls]}) + "\n")
         for rec in records:
             f.write(json.dumps(rec, separators=(",", ":")) + "\n")
     total = sum(len(row) for rec in records for g in rec["grids"] for row in g["table"])
-    print(f"{GOLDEN}: {len(records)} bodies, {total} verdicts")
+    print(f"{out}: {len(records)} bodies, {total} verdicts")
 
 
 if __name__ == "__main__":
