@@ -76,57 +76,20 @@ def test_verdicts_match_the_table(record: dict[str, Any]) -> None:
     assert not wrong, f"{len(wrong)} of {total} verdicts differ; first: {wrong[:3]}"
 
 
-# --- side by side with the Protego-based parser (deleted with Protego) -----------------------
+def test_crawlguard_imports_no_robots_txt_library() -> None:
+    """The parser is crawlguard's own: no module under crawlguard/ imports Protego (or reppy,
+    or urllib.robotparser), so the table above is checked against crawlguard's code alone."""
+    import ast
 
-import os  # noqa: E402
+    import crawlguard
 
-import robots_protego_reference as reference  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-SIDE_BY_SIDE_EXAMPLES = int(os.environ.get("ROBOTS_SIDE_BY_SIDE_EXAMPLES", "300"))
-
-
-def _agree(body: bytes, tokens: list[str], urls: list[str]) -> None:
-    old, new = reference.RobotsRules.parse(body), RobotsRules.parse(body)
-    assert (new.too_complex, new.parse_error) == (old.too_complex, old.parse_error)
-    assert (new.body, new.sha256, new.footprint) == (old.body, old.sha256, old.footprint)
-    tokens = [*tokens, *golden.named_tokens(body), "UnnamedBot"]
-    urls = [*urls, *golden.rule_urls(body), "/", "/robots.txt"]
-    for token in tokens:
-        for url in urls:
-            for fetch in (True, False):
-                assert golden.verdict_of(new, token, url, fetch) == golden.verdict_of(
-                    old, token, url, fetch
-                ), (token, url, fetch)
-
-
-@pytest.mark.parametrize("record", RECORDS, ids=_id)
-def test_same_verdicts_as_the_protego_parser(record: dict[str, Any]) -> None:
-    old = reference.RobotsRules.parse(golden.decode_bytes(record["body"]))
-    new = RobotsRules.parse(golden.decode_bytes(record["body"]))
-    assert (new.too_complex, new.parse_error, new.footprint) == (
-        old.too_complex,
-        old.parse_error,
-        old.footprint,
-    )
-    for token, url, fetch, _ in golden.checks(record, LONG_URLS):
-        assert golden.verdict_of(new, token, url, fetch) == golden.verdict_of(
-            old, token, url, fetch
-        ), (token, url[:80], fetch)
-
-
-@settings(max_examples=SIDE_BY_SIDE_EXAMPLES, deadline=None)
-@given(golden.robots_cases())
-def test_same_verdicts_on_generated_files(case: tuple[bytes, list[str], list[str]]) -> None:
-    _agree(*case)
-
-
-@settings(max_examples=SIDE_BY_SIDE_EXAMPLES, deadline=None)
-@given(
-    st.one_of(st.binary(max_size=400), st.text(max_size=400).map(str.encode)),
-    st.lists(st.text(max_size=12), max_size=3),
-    st.lists(st.text(max_size=20), max_size=4),
-)
-def test_same_verdicts_on_arbitrary_bytes(body: bytes, tokens: list[str], urls: list[str]) -> None:
-    _agree(body, tokens, urls)
+    imported = set()
+    for path in Path(crawlguard.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {(path.name, a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module))
+    assert len(imported) > 100  # the walk saw the package
+    libraries = ("protego", "reppy", "urllib.robotparser", "robotexclusionrulesparser")
+    assert not [(f, m) for f, m in imported if m.split(".")[0] in libraries or m in libraries]

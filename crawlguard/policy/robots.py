@@ -5,7 +5,7 @@ Google's matcher do, which Protego alone did not (an unknown line ending a group
 matched by substring, a UTF-8 BOM read into the first line, no way to say which line decided
 a verdict). Protego used to re-parse a synthetic copy of our groups and hand back exactly
 those groups' lines (0 differences over the conformance suite and the golden corpus of
-tests/test_robots_golden.py) for ~45 % of the parse time, so it was removed. The reading:
+tests/test_robots_golden.py) for 31-44 % of the parse time, so it was removed. The reading:
 
 - lines split on CR, LF and CRLF, comments and unknown records dropped (RFC 9309 §2.2.4:
   other records must not end a group), BOM removed, invalid UTF-8 kept as raw octets;

@@ -1,8 +1,10 @@
 """The robots.txt verdict table that `crawlguard.policy.robots` must keep giving.
 
 `tests/data/robots_golden.jsonl` was generated from the Protego-based parser (the last one
-before crawlguard parsed and grouped robots.txt by itself) and is what
-`tests/test_robots_golden.py` holds the parser to. One line per robots.txt body:
+before crawlguard parsed and grouped robots.txt by itself: its frozen copy ran beside the new
+parser in commit 558d7a3, tests/robots_protego_reference.py, deleted with Protego) and is what
+`tests/test_robots_golden.py` holds the parser to. The first line lists the long URLs; then one
+line per robots.txt body:
 
     {"source": ..., "names": [...], "body": <encoded>, "sha256": ..., "too_complex": ...,
      "parse_error": ..., "verdicts": [[allowed, rule, crawl_delay, request_rate, agents], ...],
@@ -578,9 +580,7 @@ def build(
 
 
 def main() -> None:
-    sys.path.insert(0, str(TESTS))
-    sys.path.insert(0, str(HERE))
-    from robots_protego_reference import RobotsRules  # the parser the table comes from
+    from crawlguard.policy.robots import RobotsRules
 
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else GOLDEN
     long_urls, records = build(RobotsRules.parse)
