@@ -16,8 +16,8 @@ from crawlguard.policy.robots import (
     MAX_BYTES,
     RobotsRules,
     normalize_path,
-    product_token_of,
 )
+from crawlguard.policy.ua import product_token_of
 
 
 def decide(body: str | bytes, token: str, url: str) -> tuple[bool, str | None]:
@@ -404,7 +404,7 @@ def test_crawl_delay_falls_back_to_star_group_and_ignores_preamble() -> None:
     assert RobotsRules.parse(b"Crawl-delay: 99\n").decide("AcmeBot", "/").crawl_delay is None
 
 
-# --- product tokens --------------------------------------------------------------------
+# --- product tokens (derived by policy.ua, the one derivation; robots matches with them) ----
 
 
 @pytest.mark.parametrize(
@@ -683,7 +683,7 @@ def test_parser_exception_fails_closed_for_that_site(
     def boom(text: str) -> object:
         raise RuntimeError("parser bug")
 
-    monkeypatch.setattr(robots, "_canonicalize", boom)
+    monkeypatch.setattr(robots, "_groups", boom)
     with caplog.at_level("ERROR", logger="crawlguard"):
         rules = RobotsRules.parse(b"User-agent: *\nAllow: /\n")
     assert rules.parse_error == "RuntimeError" and rules.too_complex is None
