@@ -21,7 +21,7 @@ import pytest
 
 from crawlguard.policy.robots import RobotsRules
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
 
 import robots_rules as golden
 
