@@ -274,7 +274,7 @@ def robots_decision(
     if req.is_robots_txt:
         if not entry.available:
             return Decision(Kind.ALLOWED)
-        rv = entry.rules.decide(token, req.target.path)
+        rv = entry.rules.decide(token, req.target.path, canonical=True)
         return Decision(
             Kind.ALLOWED,
             crawl_delay=rv.crawl_delay,
@@ -288,7 +288,9 @@ def robots_decision(
             reason=f"{req.origin}/robots.txt could not be fetched ({entry.result}).",
             retry_after=entry.retry_after(now),
         )
-    rv = entry.rules.decide(token, req.target.path, fetch=req.method in ROBOTS_METHODS)
+    rv = entry.rules.decide(
+        token, req.target.path, fetch=req.method in ROBOTS_METHODS, canonical=True
+    )
     if not rv.allowed:
         return Decision(
             Kind.ROBOTS_DISALLOW,

@@ -560,13 +560,21 @@ class RobotsRules:
             return cls(body, sha256, too_complex=reason)  # selections dropped: never used
         return cls(body, sha256, selections)
 
-    def decide(self, product_token: str, url: str, *, fetch: bool = True) -> RobotsVerdict:
+    def decide(
+        self, product_token: str, url: str, *, fetch: bool = True, canonical: bool = False
+    ) -> RobotsVerdict:
         """Verdict for `url` (absolute URL or path+query) for the crawler's product token.
         /robots.txt itself is always allowed to be fetched (RFC 9309 §2.2.2); `fetch=False`
-        (another method than GET/HEAD) matches it like any other path."""
+        (another method than GET/HEAD) matches it like any other path. `canonical`: `url` is
+        the proxy's canonical request target (`identity.canonical_path`), already in the
+        normal form rules compare with: it is not normalised a second time per request."""
         sel = self._selections.get(product_token.strip().lower(), self._default)
-        target = _target(url)
-        path = normalize_path(target, encode_non_ascii=False)
+        if canonical:
+            target = url
+            path = url.replace("*", "%2A").replace("$", "%24") if "*" in url or "$" in url else url
+        else:
+            target = _target(url)
+            path = normalize_path(target, encode_non_ascii=False)
         hit = None
         if fetch and (path == "/robots.txt" or path.startswith("/robots.txt?")):
             pass

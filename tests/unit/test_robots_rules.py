@@ -772,3 +772,21 @@ def test_long_paths_past_the_trigram_filter_match_like_brute_force(
     allowed, texts = _brute_force(FEW, path)
     assert verdict.allowed == allowed
     assert verdict.rule in texts if texts else verdict.rule is None
+
+
+@given(st.text(alphabet="/abc%2Ee.*$?=~éK\u212a", max_size=30).map(lambda t: "/" + t))
+@settings(max_examples=300, deadline=None)
+def test_a_canonical_target_is_not_normalised_twice(raw: str) -> None:
+    """The pipeline hands `decide` the canonical target and skips the second normalisation:
+    the verdict is the one the normalising path gives that target."""
+    from crawlguard.policy.identity import IdentityError, canonical_path
+
+    try:
+        target = canonical_path(raw)
+    except IdentityError:
+        return
+    rules = RobotsRules.parse(
+        b"User-agent: *\nDisallow: /a*b$\nAllow: /a%2Eb\nDisallow: /%7E\nDisallow: /c$\n"
+        b"Disallow: /*?q=\nDisallow: /\xc3\xa9\n"
+    )
+    assert rules.decide("AcmeBot", target, canonical=True) == rules.decide("AcmeBot", target)
