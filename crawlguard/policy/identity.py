@@ -324,13 +324,18 @@ def _port(scheme: str, port: int | None) -> int:
     return port
 
 
-def request_identity(scheme: str, host: str, port: int | None, target: str) -> Target:
+def request_identity(
+    scheme: str, host: str, port: int | None, target: str, *, host_is_canonical: bool = False
+) -> Target:
     """The canonical Target of a request, or IdentityError saying why there is none.
 
     `scheme` http or https (any case), `port` None for the scheme's default, `target` the
-    origin-form request target as sent.
+    origin-form request target as sent. `host_is_canonical`: the host is `canonical_host`'s
+    output already (a tunnel's, made canonical at its CONNECT): not redone per request.
     """
     scheme = scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise IdentityError(f"scheme must be http or https, not {scheme[:20]!r}")
-    return Target(scheme, canonical_host(host), _port(scheme, port), canonical_path(target))
+    if not host_is_canonical:
+        host = canonical_host(host)
+    return Target(scheme, host, _port(scheme, port), canonical_path(target))

@@ -57,7 +57,7 @@ class Facts:
     port: int | None
     path: str  # the request target as sent (origin-form)
     fields: tuple[tuple[bytes, bytes], ...] = ()
-    pinned: str | None = None  # a tunnel's address, admitted when its CONNECT was
+    pinned: str | None = None  # a tunnel's address, admitted with its (canonical) host at CONNECT
 
     @property
     def user_agents(self) -> list[str]:
@@ -188,6 +188,7 @@ async def decide(
     forwarded request keeps its tenant concurrency slot (the flow's metadata) until the
     proxy releases it."""
     mode = tenant.cfg.mode
+    tunnel = facts.pinned is not None  # its authority was made canonical at its CONNECT
     user_agents = facts.user_agents
     ua = ", ".join(user_agents) if user_agents else None
     problem = head_problem(facts.fields)
@@ -195,7 +196,9 @@ async def decide(
         raw = RequestInfo(facts.method, None, ua, facts.spelling)
         return Verdict(raw, None, plan(mode, invalid(problem)))
     try:
-        target = request_identity(facts.scheme, facts.host, facts.port, facts.path)
+        target = request_identity(
+            facts.scheme, facts.host, facts.port, facts.path, host_is_canonical=tunnel
+        )
     except IdentityError as exc:
         raw = RequestInfo(facts.method, None, ua, facts.spelling)
         return Verdict(raw, None, plan(mode, invalid(str(exc))))
@@ -274,7 +277,7 @@ def robots_decision(
     if req.is_robots_txt:
         if not entry.available:
             return Decision(Kind.ALLOWED)
-        rv = entry.rules.decide(token, req.target.path)
+        rv = entry.rules.decide(token, req.target.path, canonical=True)
         return Decision(
             Kind.ALLOWED,
             crawl_delay=rv.crawl_delay,
@@ -288,7 +291,9 @@ def robots_decision(
             reason=f"{req.origin}/robots.txt could not be fetched ({entry.result}).",
             retry_after=entry.retry_after(now),
         )
-    rv = entry.rules.decide(token, req.target.path, fetch=req.method in ROBOTS_METHODS)
+    rv = entry.rules.decide(
+        token, req.target.path, fetch=req.method in ROBOTS_METHODS, canonical=True
+    )
     if not rv.allowed:
         return Decision(
             Kind.ROBOTS_DISALLOW,

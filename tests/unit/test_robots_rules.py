@@ -17,8 +17,8 @@ from crawlguard.policy.robots import (
     MAX_BYTES,
     RobotsRules,
     normalize_path,
-    product_token_of,
 )
+from crawlguard.policy.ua import product_token_of
 
 
 def decide(body: str | bytes, token: str, url: str) -> tuple[bool, str | None]:
@@ -405,7 +405,7 @@ def test_crawl_delay_falls_back_to_star_group_and_ignores_preamble() -> None:
     assert RobotsRules.parse(b"Crawl-delay: 99\n").decide("AcmeBot", "/").crawl_delay is None
 
 
-# --- product tokens --------------------------------------------------------------------
+# --- product tokens (derived by policy.ua, the one derivation; robots matches with them) ----
 
 
 @pytest.mark.parametrize(
@@ -691,7 +691,7 @@ def test_parser_exception_fails_closed_for_that_site(
     def boom(text: str) -> object:
         raise RuntimeError("parser bug")
 
-    monkeypatch.setattr(robots, "_canonicalize", boom)
+    monkeypatch.setattr(robots, "_groups", boom)
     with caplog.at_level("ERROR", logger="crawlguard"):
         rules = RobotsRules.parse(b"User-agent: *\nAllow: /\n")
     assert rules.parse_error == "RuntimeError" and rules.too_complex is None
@@ -780,3 +780,21 @@ def test_long_paths_past_the_trigram_filter_match_like_brute_force(
     allowed, texts = _brute_force(FEW, path)
     assert verdict.allowed == allowed
     assert verdict.rule in texts if texts else verdict.rule is None
+
+
+@given(st.text(alphabet="/abc%2Ee.*$?=~éK\u212a", max_size=30).map(lambda t: "/" + t))
+@settings(max_examples=300, deadline=None)
+def test_a_canonical_target_is_not_normalised_twice(raw: str) -> None:
+    """The pipeline hands `decide` the canonical target and skips the second normalisation:
+    the verdict is the one the normalising path gives that target."""
+    from crawlguard.policy.identity import IdentityError, canonical_path
+
+    try:
+        target = canonical_path(raw)
+    except IdentityError:
+        return
+    rules = RobotsRules.parse(
+        b"User-agent: *\nDisallow: /a*b$\nAllow: /a%2Eb\nDisallow: /%7E\nDisallow: /c$\n"
+        b"Disallow: /*?q=\nDisallow: /\xc3\xa9\n"
+    )
+    assert rules.decide("AcmeBot", target, canonical=True) == rules.decide("AcmeBot", target)

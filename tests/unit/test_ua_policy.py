@@ -595,13 +595,6 @@ def test_product_token_of(user_agent: str, token: str) -> None:
     assert lint(user_agent).token == (token or None)
 
 
-def test_robots_module_reexports_the_one_derivation() -> None:
-    from crawlguard.policy import robots
-
-    for user_agent, _ in AGREEMENT:
-        assert robots.product_token_of(user_agent) == product_token_of(user_agent)
-
-
 # --- lint (no tenant) -------------------------------------------------------------------------
 
 
