@@ -16,6 +16,7 @@ import logging
 import ssl
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from crawlguard.admin.metrics import Metrics
 from crawlguard.config import Config, ConfigError
@@ -37,9 +38,22 @@ from crawlguard.policy.tenants import TenantRuntime
 from crawlguard.policy.ua import UserAgentPolicy
 from crawlguard.robots.cache import RobotsCache, RobotsEntry
 from crawlguard.robots.parse_pool import RobotsParsePool
-from crawlguard.robots.shared import open_shared_robots
 from crawlguard.state import StateUnavailable, open_state
 from crawlguard.store import ViolationStore, open_store, store_spool_dir
+
+if TYPE_CHECKING:
+    from crawlguard.robots.shared import RedisRobots
+
+
+def open_shared_robots(url: str) -> RedisRobots | None:
+    """crawlguard.robots.shared's, imported (and redis with it, ~0.1 s) only when `state.url`
+    is shared: a proxy on memory:// state starts without it."""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    from crawlguard.robots.shared import open_shared_robots as open_shared
+
+    return open_shared(url)
+
 
 log = logging.getLogger("crawlguard")
 violation_log = logging.getLogger("crawlguard.violations")
