@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -223,6 +224,10 @@ async def serve(
     pid = pid_path(cfg) if pid_file else None
     if pid is not None:
         pid.write_text(f"{os.getpid()}\n")
+    # Everything built so far (modules, config, tenants' compiled policies) lives as long as the
+    # process: out of the collector's sight, a full collection while serving scans only what
+    # requests made, instead of pausing the loop ~50 ms to walk the startup heap again.
+    gc.freeze()
     try:
         await master.run()
     finally:
