@@ -377,6 +377,7 @@ def test_a_few_empty_lines_before_a_request_are_ignored(plain_proxy: Proxy, orig
     assert origin.paths() == ["/after-empty-lines"]
 
 
+@pytest.mark.alone  # what a flood gets in before the close depends on the proxy's CPU
 def test_empty_lines_without_end_close_a_tunnel(plain_proxy: Proxy, origin: LocalOrigin):
     authority = f"127.0.0.1:{origin.port}"
     sock, reply = connect(plain_proxy.port, authority, proxy_auth=auth())
