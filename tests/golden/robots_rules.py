@@ -3,7 +3,7 @@
 `tests/data/robots_golden.jsonl` was generated from the Protego-based parser (the last one
 before crawlguard parsed and grouped robots.txt by itself: its frozen copy ran beside the new
 parser in commit 558d7a3, tests/robots_protego_reference.py, deleted with Protego) and is what
-`tests/test_robots_golden.py` holds the parser to. The first line lists the long URLs; then one
+`tests/unit/test_robots_golden.py` holds the parser to. The first line lists the long URLs; then one
 line per robots.txt body:
 
     {"source": ..., "names": [...], "body": <encoded>, "sha256": ..., "too_complex": ...,
