@@ -264,7 +264,8 @@ class EgressPolicy:
         connection is made, against the running policy (a reload may have narrowed it since
         the address was pinned), as Smokescreen's dialer classifies every address it dials."""
         judged = self.resolver.resolve_cached(address)  # an IP literal: judged without a lookup
-        assert judged is not None
+        if judged is None:  # not a literal after all: judged as one, never looked up here
+            judged = self.resolver.judge(address, (address,))
         return self.port_reason(port) or judged.reason
 
     def reconfigure(self, cfg: DestinationsSection) -> None:
