@@ -12,7 +12,7 @@ from mitmproxy.master import Master
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.test import tflow
 
-from crawlguard.proxy.hook_dispatch import HookDispatch, hook_args, install, skip_debug_typechecks
+from crawlguard.proxy.hook_dispatch import HookDispatch, hook_args, install
 
 
 class Recorder:
@@ -147,8 +147,8 @@ def test_the_lean_master_dispatches_through_hook_dispatch(tmp_path: Any) -> None
 
     from harness import base_config
 
-    from crawlguard.cli.run import lean_master
     from crawlguard.config import parse_config
+    from crawlguard.proxy.master import lean_master
 
     async def build() -> None:
         cfg = parse_config(base_config(tmp_path))
@@ -164,11 +164,3 @@ def test_the_lean_master_dispatches_through_hook_dispatch(tmp_path: Any) -> None
             await guard.close()
 
     asyncio.run(build())
-
-
-def test_debug_typechecks_are_skipped() -> None:
-    skip_debug_typechecks()
-    # mitmproxy's __debug__ check would raise on a str where bytes belong.
-    request = http.Request.make("GET", "http://example.com/")
-    data = request.data
-    assert type(data)(**{**vars(data), "http_version": "HTTP/1.1"}) is not None  # type: ignore[arg-type]

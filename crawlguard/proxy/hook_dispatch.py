@@ -24,6 +24,8 @@ from typing import Any
 from mitmproxy import exceptions, flow, hooks
 from mitmproxy.addonmanager import AddonManager, traverse
 
+from crawlguard.proxy import compat
+
 log = logging.getLogger("mitmproxy.addonmanager")
 
 Handler = Callable[..., Any]
@@ -108,23 +110,4 @@ class HookDispatch(AddonManager):
 
 def install(master: Any) -> HookDispatch:
     """Give a freshly made master (no addons yet) a HookDispatch in place of its manager."""
-    if master.addons.chain:
-        raise RuntimeError("install HookDispatch before adding addons")
-    master.options.changed.disconnect(master.addons._configure_all)
-    master.addons = HookDispatch(master)
-    return master.addons
-
-
-def skip_debug_typechecks() -> None:
-    """Drop the type check mitmproxy's HTTP messages run on construction when `__debug__`
-    (what `python -O` would drop): a debugging aid measured at ~4% of the proxy's CPU, and
-    the values come from mitmproxy's own parser."""
-    from mitmproxy import http
-
-    if "__post_init__" in vars(http.MessageData):
-        # The dataclasses' generated __init__ calls self.__post_init__(): keep a no-op.
-        http.MessageData.__post_init__ = _no_check  # type: ignore[attr-defined]
-
-
-def _no_check(self: Any) -> None:
-    return None
+    return compat.replace_addon_manager(master, HookDispatch)
