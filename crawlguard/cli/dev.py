@@ -303,12 +303,10 @@ class DevAddon:
         self.admin_token = admin_token
 
     def running(self) -> None:
-        from mitmproxy import ctx
-
         from crawlguard.proxy.ca import cert_file
+        from crawlguard.proxy.master import listen_addrs
 
-        proxy = ctx.master.addons.get("proxyserver")
-        addrs = proxy.listen_addrs() if proxy else []
+        addrs = listen_addrs()
         host, port = (addrs[0][0], addrs[0][1]) if addrs else (self.cfg.proxy.listen_host, "?")
         url = f"http://{url_host(host)}:{port}"
         admin = self.guard_addon.admin
@@ -334,9 +332,9 @@ class DevAddon:
         out.write("  Ctrl-C stops it and prints a summary of the violations.")
 
     def tls_failed_client(self, data: Any) -> None:
-        from mitmproxy.utils import human
+        from crawlguard.proxy.master import format_address
 
-        where = human.format_address(data.context.server.address)
+        where = format_address(data.context.server.address)
         ca = Path(self.cfg.proxy.confdir) / "mitmproxy-ca-cert.pem"
         self.reporter.note(
             f"CONNECT {where}: the client did not accept crawlguard's certificate "
@@ -344,9 +342,9 @@ class DevAddon:
         )
 
     def tls_failed_server(self, data: Any) -> None:
-        from mitmproxy.utils import human
+        from crawlguard.proxy.master import format_address
 
-        where = human.format_address(data.conn.address)
+        where = format_address(data.conn.address)
         self.reporter.note(
             f"{where}: crawlguard did not accept the site's certificate ({data.conn.error}); "
             "a local test site with its own CA: start crawlguard dev with --upstream-ca FILE"

@@ -1,4 +1,5 @@
-"""`crawlguard run` (the proxy in-process on a lean mitmproxy master) and `crawlguard ca`."""
+"""`crawlguard run` (the proxy in-process on the lean master of crawlguard.proxy.master) and
+`crawlguard ca`."""
 
 from __future__ import annotations
 
@@ -114,50 +115,6 @@ def bind_problem(host: str, port: int) -> str | None:
     return None
 
 
-def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
-    """A master with only the addons the proxy needs (a DumpMaster walks ~35 on every hook),
-    and the Guard it runs. `serve_admin=False`: a `--workers N` worker (no admin port)."""
-    from mitmproxy import options
-    from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
-    from mitmproxy.master import Master
-
-    from crawlguard.proxy import hook_dispatch
-    from crawlguard.proxy.addon import CrawlGuardAddon, apply_mitmproxy_options
-    from crawlguard.proxy.ca import ensure_ca
-    from crawlguard.proxy.client_limits import ClientLimitsAddon
-    from crawlguard.runtime import Guard
-
-    opts = options.Options()
-    try:  # crawlguard's CA, before the confdir option reaches TlsConfig (which would create
-        # mitmproxy's own); an existing CA is kept
-        ensure_ca(cfg.proxy.confdir, opts.key_size)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create the CA in proxy.confdir {cfg.proxy.confdir}: {exc}"
-        ) from None
-    master = Master(opts)
-    hook_dispatch.install(master)
-    hook_dispatch.skip_debug_typechecks()
-    try:
-        guard = Guard(cfg)
-    except Exception as exc:  # store or robots setup: report as a config problem
-        raise ConfigError(str(exc)) from exc
-    master.addons.add(
-        proxyserver.Proxyserver(),
-        next_layer.NextLayer(),
-        tlsconfig.TlsConfig(),
-        errorcheck.ErrorCheck(),
-    )
-    # Before our addon (added last, so its next_layer runs after mitmproxy's): its configure
-    # keeps the options crawlguard's guarantees rest on.
-    apply_mitmproxy_options(opts, cfg, listen=True)
-    master.addons.add(
-        ClientLimitsAddon(lambda: guard.cfg.proxy, lambda: guard.metrics),
-        CrawlGuardAddon(guard, serve_admin=serve_admin),
-    )
-    return master, guard
-
-
 def pid_path(cfg: Config) -> Path:
     """Where a running proxy leaves its pid for `crawlguard reload` (beside its CA)."""
     return Path(cfg.proxy.confdir).expanduser() / "crawlguard.pid"
@@ -212,6 +169,8 @@ async def serve(
     """Run the proxy until SIGTERM/SIGINT. `setup(master, guard)` runs before the master starts
     (`crawlguard dev` adds its reporter there); `pid_file=False` leaves no pid file for
     `crawlguard reload` (dev mode, which shares the default confdir with `run`)."""
+    from crawlguard.proxy.master import lean_master
+
     loop = asyncio.get_running_loop()
     watch_slow_callbacks(loop)
     master, guard = lean_master(cfg)

@@ -59,8 +59,6 @@ that keeps dying sooner waits twice as long each time, up to `BACKOFF_MAX`."""
 LISTEN_BACKLOG = 1024
 """The shared socket's queue of connections no worker accepted yet (capped by the kernel's
 net.core.somaxconn)."""
-ACCEPT_BATCH = 1
-"""Connections a worker accepts per wake-up (asyncio's default: 100; see `listen_on`)."""
 RESTART_SECTIONS = ("proxy", "admin", "store", "state", "robots")
 """Config sections a reload cannot change (as crawlguard.runtime.Guard.reload)."""
 ROBOTS_UNAVAILABLE = (
@@ -544,35 +542,6 @@ class Supervisor:
 # -- a worker --------------------------------------------------------------------------------
 
 
-class InheritedSocket(socket.socket):
-    """A listening socket the parent made and listens on. asyncio calls `listen(backlog)`
-    with the `backlog` it was given, which here is `ACCEPT_BATCH`: that must not shrink the
-    kernel's queue of the socket every worker shares."""
-
-    def listen(self, backlog: int = 0, /) -> None:
-        return None
-
-
-def listen_on(socks: list[socket.socket]) -> None:
-    """Make mitmproxy's regular-mode server accept on the inherited sockets instead of binding
-    host:port itself (this process runs nothing else).
-
-    asyncio accepts up to `backlog` pending connections each time the socket is readable: by
-    default 100, so the first worker to wake takes every connection of a burst (a crawler
-    opening 16 keep-alive connections would land all on one worker). One per wake-up lets
-    the idle workers take their share, and a busy worker, back in its loop less often,
-    takes fewer."""
-    from mitmproxy.proxy import mode_servers
-
-    async def listen(self: Any, host: str, port: int) -> list[asyncio.Server]:
-        return [
-            await asyncio.start_server(self.handle_stream, sock=sock, backlog=ACCEPT_BATCH)
-            for sock in socks
-        ]
-
-    mode_servers.RegularInstance.listen = listen  # type: ignore[method-assign]
-
-
 class WorkerAddon:
     """Last addon of a worker: says "ready" to the parent once the proxy accepts, and keeps
     the set_function gauges in the multiprocess files."""
@@ -584,11 +553,10 @@ class WorkerAddon:
         self._publisher: asyncio.Task[None] | None = None
 
     async def running(self) -> None:
-        from mitmproxy import ctx
+        from crawlguard.proxy.master import listen_addrs
 
         self._publisher = asyncio.get_running_loop().create_task(self._publish())
-        proxy = ctx.master.addons.get("proxyserver")
-        addrs = ", ".join(f"{a[0]}:{a[1]}" for a in proxy.listen_addrs()) if proxy else "?"
+        addrs = ", ".join(f"{a[0]}:{a[1]}" for a in listen_addrs()) or "?"
         log.info("worker %d (pid %d) accepting on %s", self.index, os.getpid(), addrs)
         if self.status_fd is not None:
             with contextlib.suppress(OSError):  # the parent left: the lifeline stops us
@@ -622,7 +590,8 @@ def setup_worker_logging(index: int) -> None:
 
 
 async def serve_worker(cfg: Config, args: argparse.Namespace) -> int:
-    from crawlguard.cli.run import lean_master, reload_config
+    from crawlguard.cli.run import reload_config
+    from crawlguard.proxy.master import lean_master
 
     master, guard = lean_master(cfg, serve_admin=False)
     master.addons.add(WorkerAddon(guard, args.index, args.status_fd))
@@ -670,6 +639,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"crawlguard: worker {args.index}: {exc}", file=sys.stderr)
         return 2
+    from crawlguard.proxy.workers import InheritedSocket, listen_on
+
     listen_on([InheritedSocket(fileno=fd) for fd in args.listen_fds])
     try:
         return asyncio.run(serve_worker(cfg, args))

@@ -36,7 +36,7 @@ from crawlguard.policy.pipeline import Facts, RequestInfo, invalid
 from crawlguard.policy.plan import Plan, plan
 from crawlguard.policy.tenants import TenantRuntime
 from crawlguard.proxy import ca, client_limits, compat
-from crawlguard.proxy.sniff import FirstBytes, classify, leading_empty_lines
+from crawlguard.proxy.sniff import FirstBytes, classify
 from crawlguard.runtime import HELD, Guard
 from crawlguard.store import StoreBacklogged
 
@@ -118,7 +118,6 @@ class CrawlGuardAddon:
         self._gone: dict[str, asyncio.Event] = {}
         # called once per decided request, after its record (`crawlguard dev` prints it)
         self.on_decision: DecisionHook | None = None
-        compat.install()
 
     # -- mitmproxy lifecycle -----------------------------------------------------------------
 
@@ -237,7 +236,7 @@ class CrawlGuardAddon:
 
         Runs after mitmproxy's NextLayer addon. An incomplete request line defers the choice
         (mitmproxy asks again with more bytes), so a request split over segments is parsed as
-        HTTP; leading empty lines are dropped as RFC 9112 §2.2 allows.
+        HTTP; the engine's request reader drops leading empty lines (`compat.install`).
         """
         tunnel = self._tunnels.get(nextlayer.context.client)
         if tunnel is None or nextlayer.layer is None:
@@ -250,7 +249,6 @@ class CrawlGuardAddon:
             nextlayer.layer = None
             return
         if kind is FirstBytes.HTTP:
-            _drop_leading_empty_lines(nextlayer)
             if not isinstance(nextlayer.layer, layers.HttpLayer):
                 nextlayer.layer = layers.HttpLayer(nextlayer.context, HTTPMode.transparent)
             return
@@ -548,18 +546,6 @@ def engine_request_info(refusal: compat.EngineRefusal, tunnel: Tunnel | None) ->
 
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
-
-
-def _drop_leading_empty_lines(nextlayer: layer.NextLayer) -> None:
-    """mitmproxy's HTTP/1 reader stalls on a leading CRLF; RFC 9112 §2.2 says ignore it."""
-    for i, event in enumerate(nextlayer.events):
-        if isinstance(event, events.DataReceived) and event.connection is nextlayer.context.client:
-            cut = leading_empty_lines(event.data)
-            if cut == 0:
-                return
-            nextlayer.events[i] = events.DataReceived(event.connection, event.data[cut:])
-            if cut < len(event.data):
-                return
 
 
 STREAM_LARGE_BODIES = "1m"

@@ -5,7 +5,8 @@ inactivity, which a client sending a byte every few seconds never reaches. crawl
 the smallest layer that bounds both: a global connection cap (`proxy.max_connections`) and a
 sweep that closes every connection that has had no request in flight for
 `proxy.header_timeout` seconds — a slow request head, or idle keep-alive, whichever it is.
-Request-head size caps live in `compat`.
+Request-head size caps live in `compat`, as does closing a connection (mitmproxy's handler
+for it is cancelled, as its inactivity timeout does).
 
 A connection nobody has authenticated on yet costs its source nothing, so one source could
 fill the global cap for everyone: each source address (an IPv6 /64) may hold
@@ -213,7 +214,6 @@ class ClientLimitsAddon:
         self._settings = settings  # -> the running config's `proxy` section, or None
         self._metrics = metrics  # -> the Guard's Metrics, or None
         self.limits: ClientLimits | None = None
-        compat.install_connection_close()  # a closed connection must free its socket
 
     async def running(self) -> None:
         cfg = self._settings()
@@ -284,10 +284,5 @@ class ClientLimitsAddon:
 
 
 def _close_client(client_id: str) -> None:
-    """Close one client connection: cancel mitmproxy's handler for it."""
-    from mitmproxy import ctx
-
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(client_id) if proxyserver is not None else None
-    if handler is not None:
-        asyncio.get_running_loop().create_task(handler.on_timeout())
+    """Close one client connection (its socket is freed: `compat.install`)."""
+    compat.close_client(client_id)

@@ -1,15 +1,20 @@
-"""Hook dispatch for the lean master: what mitmproxy spends most of its per-request CPU on.
+"""Hook dispatch for the lean master: mitmproxy's `AddonManager`, with less work per event.
 
 A py-spy profile of the proxy under load (issue 12) showed mitmproxy's `AddonManager` at
-~15% of the CPU: each of the ~8 hooks a request fires walks every addon through `traverse`,
-a generator of `getattr` probes, a `contextlib` context manager and `Hook.args()` (which
-calls `dataclasses.fields`), and every flow hook is followed by an `UpdateHook` that no
-addon of the lean master handles. `HookDispatch` resolves, once per hook name, the handlers
-the addons define and calls just those. The addons are fixed after start-up (`add`,
-`remove` and `clear` rebuild the table), so what it calls is what mitmproxy would call.
+~15% of the CPU: for each of the ~8 hooks a request fires it walks every addon through
+`traverse` (a generator), enters a `contextlib` context manager per addon and calls
+`Hook.args()` (which calls `dataclasses.fields`) per handler. `HookDispatch` makes the same
+walk without them: per event, per addon, one `getattr` of the hook name and one of `addons`,
+the hook's arguments looked up once per hook class, and the `update` hook that follows a flow
+hook dispatched without building it.
 
-Error handling is mitmproxy's: an exception in a handler is logged as an addon error and
-the next addon still runs; `AddonHalt` stops the event; `OptionsError` propagates.
+What it calls, and when, is exactly what `AddonManager` calls (tests/test_hook_dispatch.py
+sends the same events through both): every addon and sub-addon is asked for the hook at each
+event, so a sub-addon registered later, a hook replaced on an instance or added later are
+called as mitmproxy would; a hook name bound to something neither callable nor a module is
+logged as an addon error; an exception in a handler is logged as an addon error and skips the
+rest of that addon's tree (its sub-addons) but not the next addon; `AddonHalt` stops the
+event; `OptionsError` propagates.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from typing import Any
 from mitmproxy import exceptions, flow, hooks
 from mitmproxy.addonmanager import AddonManager, traverse
 
-log = logging.getLogger("mitmproxy.addonmanager")
+from crawlguard.proxy import compat
+
+log = logging.getLogger("mitmproxy.addonmanager")  # where mitmproxy logs addon errors
 
 Handler = Callable[..., Any]
 _ARG_NAMES: dict[type, tuple[str, ...]] = {}
+_UPDATE = hooks.UpdateHook.name
 
 
 def hook_args(event: hooks.Hook) -> list[Any]:
@@ -39,92 +47,76 @@ def hook_args(event: hooks.Hook) -> list[Any]:
 
 
 class HookDispatch(AddonManager):
-    """An `AddonManager` that dispatches each hook through a per-name table of handlers."""
-
-    def __init__(self, master: Any) -> None:
-        super().__init__(master)
-        self._handlers: dict[str, tuple[Handler, ...]] = {}
+    """An `AddonManager` whose `trigger_event` / `handle_lifecycle` do the same walk faster."""
 
     def handlers(self, name: str) -> tuple[Handler, ...]:
-        """The handlers of hook `name`, addon chain order, sub-addons after their parent."""
-        found = self._handlers.get(name)
-        if found is None:
-            found = tuple(
-                func
-                for addon in self.chain
-                for a in traverse([addon])
-                if (func := getattr(a, name, None))
-                and callable(func)
-                and not isinstance(func, types.ModuleType)
-            )
-            self._handlers[name] = found
-        return found
-
-    def add(self, *addons: Any) -> None:
-        try:
-            super().add(*addons)
-        finally:  # also when it failed part-way, or a hook during it built a table
-            self._handlers.clear()
-
-    def remove(self, addon: Any) -> None:
-        try:
-            super().remove(addon)
-        finally:  # also when it failed part-way, or a hook during it built a table
-            self._handlers.clear()
-
-    def clear(self) -> None:
-        try:
-            super().clear()
-        finally:  # also when it failed part-way, or a hook during it built a table
-            self._handlers.clear()
+        """The handlers of hook `name` as of now, addon chain order, sub-addons after their
+        parent (what an event would call, if no handler changed anything on the way)."""
+        return tuple(
+            func
+            for addon in self.chain
+            for a in traverse([addon])
+            if (func := getattr(a, name, None))
+            and callable(func)
+            and not isinstance(func, types.ModuleType)
+        )
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        handlers = self.handlers(event.name)
         args = hook_args(event)
-        if handlers:
-            await self._call(handlers, args)
-        if (update := self.handlers(hooks.UpdateHook.name)) and isinstance(args[0], flow.Flow):
-            await self._call(update, [[args[0]]])
+        message = args[0]
+        await self._dispatch(
+            event.name, args, [[message]] if isinstance(message, flow.Flow) else None
+        )
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        handlers = self.handlers(event.name)
-        if handlers:
-            await self._call(handlers, hook_args(event))
+        await self._dispatch(event.name, hook_args(event), None)
 
-    @staticmethod
-    async def _call(handlers: tuple[Handler, ...], args: list[Any]) -> None:
-        for func in handlers:
-            try:
+    async def _dispatch(self, name: str, args: list[Any], update: list[Any] | None) -> None:
+        """mitmproxy's `trigger_event`, then (`update` given: the arguments of an `update`
+        hook) again for `update`, as its `handle_lifecycle` does: each addon of the chain and
+        its sub-addons in a `safecall`; the common case, an addon without sub-addons, inline."""
+        while True:
+            for addon in self.chain:
+                try:
+                    func = getattr(addon, name, None)
+                    if func:
+                        if callable(func):
+                            res = func(*args)
+                            if res is not None and inspect.isawaitable(res):
+                                await res
+                        elif not isinstance(func, types.ModuleType):
+                            raise exceptions.AddonManagerError(
+                                f"Addon handler {name} ({addon}) not callable"
+                            )
+                    if hasattr(addon, "addons"):
+                        await _dispatch_tree(addon.addons, name, args)
+                except exceptions.AddonHalt:
+                    break
+                except exceptions.OptionsError:
+                    raise
+                except Exception as exc:
+                    log.error(f"Addon error: {exc}", exc_info=True)
+            if update is None:
+                return
+            name, args, update = _UPDATE, update, None
+
+
+async def _dispatch_tree(addons: Any, name: str, args: list[Any]) -> None:
+    """mitmproxy's `traverse` of sub-addons: each is asked for the hook when its turn comes,
+    its own sub-addons right after it."""
+    for addon in addons:
+        func = getattr(addon, name, None)
+        if func:
+            if callable(func):
                 res = func(*args)
                 if res is not None and inspect.isawaitable(res):
                     await res
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as exc:
-                log.error(f"Addon error: {exc}", exc_info=True)
+            elif not isinstance(func, types.ModuleType):
+                raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")
+        if hasattr(addon, "addons"):
+            await _dispatch_tree(addon.addons, name, args)
 
 
 def install(master: Any) -> HookDispatch:
     """Give a freshly made master (no addons yet) a HookDispatch in place of its manager."""
-    if master.addons.chain:
-        raise RuntimeError("install HookDispatch before adding addons")
-    master.options.changed.disconnect(master.addons._configure_all)
-    master.addons = HookDispatch(master)
-    return master.addons
-
-
-def skip_debug_typechecks() -> None:
-    """Drop the type check mitmproxy's HTTP messages run on construction when `__debug__`
-    (what `python -O` would drop): a debugging aid measured at ~4% of the proxy's CPU, and
-    the values come from mitmproxy's own parser."""
-    from mitmproxy import http
-
-    if "__post_init__" in vars(http.MessageData):
-        # The dataclasses' generated __init__ calls self.__post_init__(): keep a no-op.
-        http.MessageData.__post_init__ = _no_check  # type: ignore[attr-defined]
-
-
-def _no_check(self: Any) -> None:
-    return None
+    return compat.replace_addon_manager(master, HookDispatch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import ssl
@@ -21,20 +22,44 @@ import requests
 import yaml
 from harness import GOOD_UA, REPO, LocalOrigin, base_config, free_port, running_proxy, wait_for
 
+PROBE = """
+import json, os
+from mitmproxy import ctx, http
+
+class Probe:
+    def running(self):
+        from crawlguard.proxy import compat
+        state = {
+            "patched": compat.installed(),
+            "manager": type(ctx.master.addons).__name__,
+            "post_init": getattr(http.MessageData, "__post_init__", None) is not None
+            and not getattr(http.MessageData.__post_init__, "_crawlguard_wrapped", False),
+        }
+        with open(os.environ["CRAWLGUARD_PROBE"], "w") as f:
+            json.dump(state, f)
+
+addons = [Probe()]
+"""
+
 
 def test_mitmdump_runs_the_same_addon(tmp_path: Path, origin: LocalOrigin):
+    """...and changes in mitmproxy only what the README's "Running under mitmdump" says: the
+    HTTP/1 server patches of `compat.install()`, not the lean master's."""
     cfg = base_config(tmp_path, admin={"port": free_port()})
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = free_port()
     mitmdump = Path(sys.executable).parent / "mitmdump"
     log = (tmp_path / "mitmdump.log").open("wb")
+    (tmp_path / "probe.py").write_text(PROBE)
+    probe = tmp_path / "probe.json"
     proc = subprocess.Popen(
         [str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
          "--set", f"confdir={tmp_path / 'ca'}",
-         "-s", str(REPO / "addons" / "crawlguard_addon.py"),
+         "-s", str(REPO / "addons" / "crawlguard_addon.py"), "-s", str(tmp_path / "probe.py"),
          "--set", f"crawlguard_config={path}"],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "CRAWLGUARD_PROBE": str(probe)},
     )  # fmt: skip
     try:
         proxies = {"http": f"http://acme:acme-secret@127.0.0.1:{port}"}
@@ -58,6 +83,28 @@ def test_mitmdump_runs_the_same_addon(tmp_path: Path, origin: LocalOrigin):
         assert origin.paths() == ["/via-mitmdump"]
         admin = f"http://127.0.0.1:{cfg['admin']['port']}/metrics"
         assert 'decision="ua-generic",tenant="acme"' in requests.get(admin, timeout=5).text
+        assert wait_for(probe.exists)
+        assert json.loads(probe.read_text()) == {
+            "patched": [
+                "mitmproxy.proxy.layers.http._http1.make_error_response",
+                "mitmproxy.proxy.layers.http._http1.Http1Server.read_headers",
+                "mitmproxy.proxy.layers.http._http1.Http1Server.send",
+                "mitmproxy.proxy.layers.http.HttpStream.start_request_stream",
+                "mitmproxy.proxy.server.ConnectionHandler.handle_connection",
+            ],
+            "manager": "AddonManager",
+            "post_init": True,  # mitmproxy's debug type check stays
+        }
+        # The head caps apply to every connection of this mitmdump, as documented.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /" + b"a" * 20000)
+            reply = b""
+            while chunk := sock.recv(65536):  # answered, then closed
+                reply += chunk
+        assert (
+            reply.startswith(b"HTTP/1.1 414 ")
+            and b"X-Crawlguard-Decision: request-invalid" in reply
+        )
     finally:
         proc.terminate()
         proc.wait(10)

@@ -309,6 +309,7 @@ async def test_a_worker_accepts_one_connection_per_wake_up(
     from mitmproxy.proxy import mode_servers
 
     import crawlguard.cli.workers as workers
+    import crawlguard.proxy.workers as worker_side
 
     monkeypatch.setattr(mode_servers.RegularInstance, "listen", mode_servers.RegularInstance.listen)
     calls: list[dict[str, Any]] = []
@@ -320,13 +321,13 @@ async def test_a_worker_accepts_one_connection_per_wake_up(
     monkeypatch.setattr(workers.asyncio, "start_server", start_server)
     parent = workers.bind_listeners("127.0.0.1", 0)
     try:
-        inherited = workers.InheritedSocket(fileno=os.dup(parent[0].fileno()))
+        inherited = worker_side.InheritedSocket(fileno=os.dup(parent[0].fileno()))
         inherited.listen(1)  # a no-op: the parent's queue length stays
-        workers.listen_on([inherited])
+        worker_side.listen_on([inherited])
         instance = object.__new__(mode_servers.RegularInstance)
         assert await instance.listen("ignored", 1) == ["server"]
-        assert calls == [{"sock": inherited, "backlog": workers.ACCEPT_BATCH}]
-        assert workers.ACCEPT_BATCH == 1
+        assert calls == [{"sock": inherited, "backlog": worker_side.ACCEPT_BATCH}]
+        assert worker_side.ACCEPT_BATCH == 1
         inherited.close()
     finally:
         for sock in parent:
