@@ -1,6 +1,7 @@
 """Process-wide state does not leak from one test to the next (tests/processstate.py, applied
-to every test by the `process_state` fixture): running the addon in-process patches
-mitmproxy's HTTP/1 server and sets the head caps, and the next test finds neither."""
+to every test by the `process_state` fixture): the entry points' `compat.install()` patches
+mitmproxy's HTTP/1 server and running the addon sets the head caps, and the next test finds
+neither."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def changed_since_collection() -> list[str]:
 
 
 async def test_running_the_addon_patches_mitmproxy_and_sets_the_head_caps(tmp_path: Path) -> None:
+    compat.install()  # as `crawlguard run` and the mitmdump script do before the addon runs
     caps = {"max_request_line": 2048, "max_request_head": 8192}
     cfg = parse_config(base_config(tmp_path, proxy=caps))
     guard = Guard(cfg)
