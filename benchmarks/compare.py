@@ -474,7 +474,7 @@ def micro_guard(tmp: Path, origin_ca: Path) -> list[tuple[str, float, float]]:
     from crawlguard.policy import pipeline
     from crawlguard.policy.robots import RobotsRules
     from crawlguard.robots.cache import RobotsEntry, _Origin
-    from crawlguard.runtime import Guard
+    from crawlguard.runtime import Runtime
 
     home = tmp / "guard"
     home.mkdir()
@@ -486,7 +486,7 @@ def micro_guard(tmp: Path, origin_ca: Path) -> list[tuple[str, float, float]]:
             destinations={"hosts": {"example.com": ["127.0.0.1"]}, "allowed_ports": [80]},
         )
     )
-    guard = Guard(cfg)
+    guard = Runtime(cfg)
     out = []
     header = proxy_auth()
     fields = ((b"Host", b"example.com"), (b"User-Agent", UA.encode()))

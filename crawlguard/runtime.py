@@ -81,7 +81,7 @@ def ssl_context(cfg: Config) -> ssl.SSLContext:
     return ctx
 
 
-class Guard:
+class Runtime:
     """Per-process crawlguard state: tenants, robots cache, store, metrics."""
 
     def __init__(self, cfg: Config, *, metrics: Metrics | None = None) -> None:
@@ -203,8 +203,8 @@ class Guard:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _bind_gauges(self) -> None:
-        """Gauges read at scrape time from this Guard's live objects (rebound on reload, so a
-        shared `Metrics` always reports the Guard that runs)."""
+        """Gauges read at scrape time from this Runtime's live objects (rebound on reload, so a
+        shared `Metrics` always reports the Runtime that runs)."""
         robots = self.robots
         self.metrics.robots_cache_entries.set_function(lambda: float(len(robots)))
 

@@ -1,4 +1,4 @@
-"""The admin server in-process for tests: a real Guard and AdminServer on loopback and an
+"""The admin server in-process for tests: a real Runtime and AdminServer on loopback and an
 aiohttp client that sends exactly the token or cookie a test names (shared by the admin API,
 session and throttle tests)."""
 
@@ -15,14 +15,14 @@ from crawlguard.admin import AdminServer
 from crawlguard.admin.auth import SESSION_COOKIE
 from crawlguard.config import parse_config
 from crawlguard.policy.records import ViolationRecord
-from crawlguard.runtime import Guard
+from crawlguard.runtime import Runtime
 
 OP = "op"  # the operator token of harness.base_config
 
 
 @dataclass
 class Admin:
-    guard: Guard
+    guard: Runtime
     server: AdminServer
     session: aiohttp.ClientSession
 
@@ -57,7 +57,7 @@ class Admin:
 async def start_admin(
     tmp_path: Path, server_kw: dict[str, Any] | None = None, **sections: Any
 ) -> Admin:
-    guard = Guard(parse_config(base_config(tmp_path, **sections)))
+    guard = Runtime(parse_config(base_config(tmp_path, **sections)))
     guard.start()
     server = AdminServer(guard, **(server_kw or {}))
     await server.start()

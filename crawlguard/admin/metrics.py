@@ -34,7 +34,7 @@ disable_created_metrics()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FUNCTION_GAUGES = ("robots_cache_entries",)
-"""Gauges the Guard binds with `set_function` (read at scrape time in their own process)."""
+"""Gauges the Runtime binds with `set_function` (read at scrape time in their own process)."""
 FUNCTION_GAUGE_SECONDS = 1.0
 """How often a worker copies its `FUNCTION_GAUGES` into its multiprocess file."""
 

@@ -153,7 +153,7 @@ def dev_config(args: argparse.Namespace, admin_token: str) -> Config:
         "tenants": [
             {
                 "id": TENANT,
-                # never used: dev mode takes every request as this tenant's (Guard.open_tenant)
+                # never used: dev mode takes every request as this tenant's (Runtime.open_tenant)
                 "token_sha256": hashlib.sha256(secrets.token_bytes(32)).hexdigest(),
                 "product_tokens": list(dict.fromkeys(args.product_tokens)),
                 "mode": args.mode,
@@ -195,7 +195,7 @@ class Reporter:
         self.decisions: Counter[str] = Counter()
         self.violations: dict[str, KindTally] = {}
         self.held = 0
-        # why an origin's robots.txt could not be fetched (set by cmd_dev from the Guard)
+        # why an origin's robots.txt could not be fetched (set by cmd_dev from the Runtime)
         self.robots_detail: Callable[[RequestInfo], str | None] = lambda info: None
         self._explained: set[str] = set()  # origins whose robots.txt failure was explained
 

@@ -17,7 +17,7 @@ The parent process
   * on SIGTERM/SIGINT stops every worker gracefully (each one commits its queued violation
     records and request counts) and exits 0.
 
-A worker is today's proxy without an admin port: its own Guard (store writer, robots.txt
+A worker is today's proxy without an admin port: its own Runtime (store writer, robots.txt
 cache, pacing through the shared state). It reads the config the parent validated (a
 snapshot in the private directory, rewritten on each accepted reload, so a restarted worker
 runs what its siblings run) and stops by itself if the parent disappears (the lifeline pipe
@@ -60,7 +60,7 @@ LISTEN_BACKLOG = 1024
 """The shared socket's queue of connections no worker accepted yet (capped by the kernel's
 net.core.somaxconn)."""
 RESTART_SECTIONS = ("proxy", "admin", "store", "state", "robots")
-"""Config sections a reload cannot change (as crawlguard.runtime.Guard.reload)."""
+"""Config sections a reload cannot change (as crawlguard.runtime.Runtime.reload)."""
 ROBOTS_UNAVAILABLE = (
     "not available with --workers N: each worker keeps its own robots.txt cache in memory, "
     "and this admin server runs in the parent process; run crawlguard with --workers 1 to "
@@ -252,7 +252,7 @@ class AdminStore:
 
 @dataclass
 class ParentAdminSource:
-    """What the admin server reads in the parent, in place of a Guard."""
+    """What the admin server reads in the parent, in place of a Runtime."""
 
     cfg: Config
     store: Any
@@ -309,7 +309,7 @@ class Supervisor:
         write_snapshot(cfg, self.snapshot)
         try:
             store = AdminStore(cfg.store.url)
-        except StoreError as exc:  # as a Guard's store: a config problem
+        except StoreError as exc:  # as a Runtime's store: a config problem
             raise ConfigError(str(exc)) from exc
         self.source = ParentAdminSource(cfg, store, AggregatedMetrics(self.metrics_dir))
         admin = AdminServer(self.source, health=self.health, robots_unavailable=ROBOTS_UNAVAILABLE)

@@ -1,4 +1,4 @@
-"""The mitmproxy adapter: turns flows into Guard calls and plans into effects.
+"""The mitmproxy adapter: turns flows into Runtime calls and plans into effects.
 
 Options are declared in `load` and validated in `configure`, as mitmproxy's own addons do.
 Tenants authenticate on each plain-HTTP request, or once on CONNECT for the whole tunnel.
@@ -37,7 +37,7 @@ from crawlguard.policy.plan import Plan, plan
 from crawlguard.policy.tenants import TenantRuntime
 from crawlguard.proxy import ca, client_limits, compat
 from crawlguard.proxy.sniff import FirstBytes, classify
-from crawlguard.runtime import HELD, Guard
+from crawlguard.runtime import HELD, Runtime
 from crawlguard.store import StoreBacklogged
 
 log = logging.getLogger("crawlguard")
@@ -102,7 +102,7 @@ class _Close(layer.Layer):
 
 
 class CrawlGuardAddon:
-    def __init__(self, guard: Guard | None = None, *, serve_admin: bool = True) -> None:
+    def __init__(self, guard: Runtime | None = None, *, serve_admin: bool = True) -> None:
         """`serve_admin=False`: a `run --workers N` worker; the parent serves the admin side."""
         self.guard = guard
         self.serve_admin = serve_admin
@@ -137,8 +137,8 @@ class CrawlGuardAddon:
                 raise exceptions.OptionsError(str(exc)) from None
             if self.guard is None:
                 ensure_named_ca()
-                self.guard = Guard(cfg)
-            else:  # a changed path is a reload: one Guard per process, nothing leaked
+                self.guard = Runtime(cfg)
+            else:  # a changed path is a reload: one Runtime per process, nothing leaked
                 kept = self.guard.reload(cfg)
                 if kept:
                     log.warning("crawlguard: needs a restart, running values kept: %s", kept)

@@ -212,7 +212,7 @@ class ClientLimitsAddon:
         self, settings: Callable[[], Any], metrics: Callable[[], Any] | None = None
     ) -> None:
         self._settings = settings  # -> the running config's `proxy` section, or None
-        self._metrics = metrics  # -> the Guard's Metrics, or None
+        self._metrics = metrics  # -> the Runtime's Metrics, or None
         self.limits: ClientLimits | None = None
 
     async def running(self) -> None:

@@ -14,7 +14,7 @@ from crawlguard.config import Config, ConfigError
 
 
 def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
-    """A master with only the addons the proxy needs, and the Guard it runs.
+    """A master with only the addons the proxy needs, and the Runtime it runs.
     `serve_admin=False`: a `--workers N` worker (no admin port). Call in a running loop."""
     from mitmproxy import options
     from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
@@ -24,7 +24,7 @@ def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
     from crawlguard.proxy.addon import CrawlGuardAddon, apply_mitmproxy_options
     from crawlguard.proxy.ca import ensure_ca
     from crawlguard.proxy.client_limits import ClientLimitsAddon
-    from crawlguard.runtime import Guard
+    from crawlguard.runtime import Runtime
 
     opts = options.Options()
     try:  # crawlguard's CA, before the confdir option reaches TlsConfig (which would create
@@ -39,7 +39,7 @@ def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
     master = Master(opts)
     hook_dispatch.install(master)
     try:
-        guard = Guard(cfg)
+        guard = Runtime(cfg)
     except Exception as exc:  # store or robots setup: report as a config problem
         raise ConfigError(str(exc)) from exc
     master.addons.add(

@@ -3,7 +3,7 @@ process and across processes sharing Redis, and a session cannot be forged from 
 file or the Redis contents. Replays go through a raw socket client (tests/rawhttp.py), which
 sends the captured cookie value and nothing else, as an attacker holding it would.
 
-In-process tests run a real Guard and AdminServer (tests/e2e/test_admin_api.py's helpers); the
+In-process tests run a real Runtime and AdminServer (tests/e2e/test_admin_api.py's helpers); the
 replica and `--workers 2` tests run `crawlguard run` subprocesses over the real Redis.
 """
 

@@ -151,9 +151,9 @@ def test_addon_keeps_the_options_its_checks_rest_on(tmp_path: Path):
 
     from crawlguard.config import parse_config
     from crawlguard.proxy.addon import SAFE_OPTIONS, CrawlGuardAddon
-    from crawlguard.runtime import Guard
+    from crawlguard.runtime import Runtime
 
-    guard = Guard(parse_config(base_config(tmp_path)))
+    guard = Runtime(parse_config(base_config(tmp_path)))
     addon = CrawlGuardAddon(guard)
     try:
         with taddons.context(Proxyserver(), addon) as tctx:

@@ -542,7 +542,7 @@ def test_one_free_port_for_every_address(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_cannot_start_stops_the_proxy(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
-    # The parent cannot see this one: only a worker's Guard reads the CA bundle.
+    # The parent cannot see this one: only a worker's Runtime reads the CA bundle.
     cfg = workers_config(tmp_path, redis_url, proxy={"upstream_ca_file": str(tmp_path / "no.pem")})
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -197,7 +197,7 @@ async def decide_all(cases: list[Case], tmp: Path) -> list[dict[str, Any]]:
 
     from crawlguard.config import parse_config
     from crawlguard.proxy.addon import CrawlGuardAddon, apply_mitmproxy_options
-    from crawlguard.runtime import Guard
+    from crawlguard.runtime import Runtime
 
     rows: dict[int, dict[str, Any]] = {}
     for name in ("open", "closed"):
@@ -205,7 +205,7 @@ async def decide_all(cases: list[Case], tmp: Path) -> list[dict[str, Any]]:
         cfg = parse_config(config(tmp, name))
         # one addon per mitmproxy context: the two configs run one after the other
         with taddons.context(proxyserver.Proxyserver()) as tctx:
-            guard = Guard(cfg)
+            guard = Runtime(cfg)
             addon = CrawlGuardAddon(guard)
             apply_mitmproxy_options(tctx.options, cfg, listen=False)
             tctx.master.addons.add(addon)

@@ -1,4 +1,4 @@
-"""CrawlGuardAddon in-process: real Guard, real sqlite store, real local origin, mitmproxy
+"""CrawlGuardAddon in-process: real Runtime, real sqlite store, real local origin, mitmproxy
 test flows. The hooks are called directly (no proxy subprocess, no sockets but loopback):
 what is decided is what is sent, and the last gate (`server_connect`) only lets through
 what a decision pinned.
@@ -32,7 +32,7 @@ from crawlguard.policy.records import ViolationRecord
 from crawlguard.policy.robots import RobotsRules
 from crawlguard.proxy.addon import CrawlGuardAddon
 from crawlguard.robots.cache import RobotsEntry
-from crawlguard.runtime import Guard
+from crawlguard.runtime import Runtime
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("netguard")]
 
@@ -76,12 +76,12 @@ def make_flow(
     return tflow.tflow(client_conn=client or tflow.tclient_conn(), req=req)
 
 
-def records(guard: Guard, **query: Any) -> list[ViolationRecord]:
+def records(guard: Runtime, **query: Any) -> list[ViolationRecord]:
     return guard.store.query(**query)
 
 
-def seed_robots(guard: Guard, origin: tuple[str, str, int], body: bytes) -> None:
-    """Put a fresh, available robots.txt entry for `origin` into the Guard's cache.
+def seed_robots(guard: Runtime, origin: tuple[str, str, int], body: bytes) -> None:
+    """Put a fresh, available robots.txt entry for `origin` into the Runtime's cache.
 
     RobotsCache has no public way to inject an entry, so this uses its internal slot API
     (`_slot`, `_clock`, `_Origin.entry/good/good_at`) exactly as `_settle` does after an `ok`

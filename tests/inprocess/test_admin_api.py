@@ -1,6 +1,6 @@
 """The operator admin API and its authentication (issue 10), over real HTTP on loopback.
 
-A real Guard and AdminServer in-process (tests/adminutil.py), records seeded through the
+A real Runtime and AdminServer in-process (tests/adminutil.py), records seeded through the
 store. The robots/evidence and SIGHUP tests run `crawlguard run`: tests/e2e/test_admin_api_live.py.
 """
 

@@ -1,4 +1,4 @@
-"""Tenant limits in-process through the addon's hooks (mitmproxy's test flows, a real Guard and
+"""Tenant limits in-process through the addon's hooks (mitmproxy's test flows, a real Runtime and
 origin): a concurrency slot is given back on every path (response, error, refusal, client gone
 during a hold), limits refuse before robots.txt and pacing, monitor mode forwards and counts,
 host globs refuse in every mode without DNS. The rules alone: tests/unit/test_limits.py.
@@ -22,7 +22,7 @@ from origins import RecordingOrigin, respond, routes
 
 from crawlguard.policy.decisions import DECISION_HEADER
 from crawlguard.proxy.addon import CrawlGuardAddon
-from crawlguard.runtime import Guard
+from crawlguard.runtime import Runtime
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,7 +46,7 @@ def flow_for(port: int, path: str, tid: str = "acme", ua: str = GOOD_UA) -> http
 @asynccontextmanager
 async def running(
     tmp_path: Path, tenants: list[dict[str, Any]]
-) -> AsyncIterator[tuple[Guard, CrawlGuardAddon]]:
+) -> AsyncIterator[tuple[Runtime, CrawlGuardAddon]]:
     async with in_process(tmp_path, tenants=tenants) as env:
         yield env.guard, env.addon
 

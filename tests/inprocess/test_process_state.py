@@ -15,7 +15,7 @@ from processstate import Snapshot
 from crawlguard.config import parse_config
 from crawlguard.proxy import compat
 from crawlguard.proxy.addon import CrawlGuardAddon, apply_mitmproxy_options
-from crawlguard.runtime import Guard
+from crawlguard.runtime import Runtime
 
 AT_COLLECTION = Snapshot.take()  # before any test of this session ran the addon
 
@@ -34,7 +34,7 @@ async def test_running_the_addon_patches_mitmproxy_and_sets_the_head_caps(tmp_pa
     compat.install()  # as `crawlguard run` and the mitmdump script do before the addon runs
     caps = {"max_request_line": 2048, "max_request_head": 8192}
     cfg = parse_config(base_config(tmp_path, proxy=caps))
-    guard = Guard(cfg)
+    guard = Runtime(cfg)
     addon = CrawlGuardAddon(guard, serve_admin=False)  # a worker's addon: no admin port
     with taddons.context(proxyserver.Proxyserver()) as tctx:
         apply_mitmproxy_options(tctx.options, cfg, listen=False)

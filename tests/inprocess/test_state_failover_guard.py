@@ -1,4 +1,4 @@
-"""state.on_error in the Guard against a Redis that is not there (a real connection refused on
+"""state.on_error in the Runtime against a Redis that is not there (a real connection refused on
 loopback): `closed` decides 503 `state-unavailable`, `open` paces per process. FailoverState
 alone, on a fake backend and clock: tests/unit/test_state_failover.py.
 """
@@ -15,7 +15,7 @@ from crawlguard.policy.decisions import Decision, Kind
 from crawlguard.policy.identity import request_identity
 from crawlguard.policy.pipeline import RequestInfo
 from crawlguard.policy.plan import plan
-from crawlguard.runtime import Guard
+from crawlguard.runtime import Runtime
 
 
 @pytest.mark.parametrize("on_error", ["closed", "open"])
@@ -26,7 +26,7 @@ async def test_guard_decides_state_unavailable_only_when_closed(
     (Retry-After, kept robots evidence); with `open` the request is paced per process."""
     dead = f"redis://127.0.0.1:{free_port()}/0?timeout=0.5"  # nothing listens there
     cfg = parse_config(base_config(tmp_path, state={"url": dead, "on_error": on_error}))
-    guard = Guard(cfg)
+    guard = Runtime(cfg)
     try:
         tenant = guard.tenants["acme"]
         req = RequestInfo("GET", request_identity("http", "127.0.0.1", 8000, "/x"), GOOD_UA)

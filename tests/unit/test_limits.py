@@ -21,7 +21,7 @@ from crawlguard.policy.limits import (
     host_matches,
     normalise_glob,
 )
-from crawlguard.runtime import Guard
+from crawlguard.runtime import Runtime
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -238,7 +238,7 @@ def test_flow_metadata_api_holds_one_slot_per_flow() -> None:
 
 async def test_reload_keeps_in_flight_counts_and_applies_new_limits(tmp_path: Path) -> None:
     tenants = [tenant("acme", ["AcmeBot"], max_concurrency=1)]
-    guard = Guard(parse_config(base_config(tmp_path, tenants=tenants)))
+    guard = Runtime(parse_config(base_config(tmp_path, tenants=tenants)))
     try:
         meta: dict[str, Any] = {}
         assert guard.limits.check(guard.tenants["acme"].cfg, meta).allowed

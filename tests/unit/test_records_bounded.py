@@ -1,4 +1,4 @@
-"""Issue 9: bounded records, the bounded group-commit write queue, and retention in the Guard."""
+"""Issue 9: bounded records, the bounded group-commit write queue, and retention in the Runtime."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from crawlguard.config import parse_config
 from crawlguard.policy.decisions import Action, Decision, Kind
 from crawlguard.policy.pipeline import RequestInfo
 from crawlguard.policy.records import FIELD_LIMITS, ViolationRecord, cut, cut_marker, utc_now_iso
-from crawlguard.runtime import Guard
+from crawlguard.runtime import Runtime
 from crawlguard.store import SQLiteStore, StoreBacklogged, StoreWriter
 
 MB = 1024 * 1024
@@ -98,14 +98,14 @@ def test_store_bounds_records_too(tmp_path: Path) -> None:
     assert (tmp_path / "s.db").stat().st_size < 200_000
 
 
-# -- the Guard: one bounded record for the store and the log -------------------------------------
+# -- the Runtime: one bounded record for the store and the log -------------------------------------
 
 
 @pytest.fixture
-async def guard(tmp_path: Path) -> AsyncIterator[Guard]:
+async def guard(tmp_path: Path) -> AsyncIterator[Runtime]:
     # every record on its own: these tests count individual records (folding: test_records_folded)
     store = {"fold_after": 1000, "fold_tenant_after": 1000}
-    g = Guard(parse_config(base_config(tmp_path, store=store)))
+    g = Runtime(parse_config(base_config(tmp_path, store=store)))
     g.start()
     try:
         yield g
@@ -124,7 +124,7 @@ def request(i: int = 0, size: int = MB) -> RequestInfo:
 
 
 async def test_guard_records_the_bounded_record_in_store_and_log(
-    guard: Guard, caplog: pytest.LogCaptureFixture
+    guard: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     tenant = guard.tenants["acme"]
     with caplog.at_level(logging.INFO, logger="crawlguard.violations"):
@@ -144,7 +144,7 @@ async def test_guard_records_the_bounded_record_in_store_and_log(
     assert logged == set(stored)
 
 
-async def test_each_record_is_committed_when_record_returns(guard: Guard, tmp_path: Path) -> None:
+async def test_each_record_is_committed_when_record_returns(guard: Runtime, tmp_path: Path) -> None:
     """Durability: another connection sees the record as soon as `record` returns."""
     tenant = guard.tenants["acme"]
 
@@ -243,7 +243,7 @@ async def test_full_queue_raises_store_backlogged(setup: Any) -> None:
 
 
 async def test_guard_record_raises_store_backlogged_before_logging(
-    guard: Guard, caplog: pytest.LogCaptureFixture
+    guard: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     guard.store_writer.queue_max = 0
     with (
@@ -302,11 +302,11 @@ async def test_close_drains_the_queue_and_a_cancelled_caller_is_still_written(
     assert b"crawlguard_store_queue_depth 0.0" in generate_latest(metrics.registry)
 
 
-# -- retention in the Guard ---------------------------------------------------------------------
+# -- retention in the Runtime ---------------------------------------------------------------------
 
 
 async def test_guard_runs_retention_in_the_background(tmp_path: Path) -> None:
-    guard = Guard(parse_config(base_config(tmp_path, store={"retention_days": 7})))
+    guard = Runtime(parse_config(base_config(tmp_path, store={"retention_days": 7})))
     old = ViolationRecord(
         "2020-01-01T00:00:00Z", "acme", "ua-generic", "blocked", "GET", "http://old/"
     )
@@ -342,7 +342,7 @@ async def test_guard_runs_retention_in_the_background(tmp_path: Path) -> None:
 
 async def test_guard_without_retention_starts_no_prune(tmp_path: Path) -> None:
     """`retention_days: null` (explicitly: the default is 30) keeps everything."""
-    guard = Guard(parse_config(base_config(tmp_path, store={"retention_days": None})))
+    guard = Runtime(parse_config(base_config(tmp_path, store={"retention_days": None})))
     assert guard.store_writer.retention_days is None
     guard.store.record(
         ViolationRecord(

@@ -1,6 +1,6 @@
 """FailoverState (state.on_error) on a fake backend and a fake clock: closed refuses, open paces
 per process, a down backend is left alone for a growing interval and probed by one call at a
-time, outages are logged and counted once. The Guard against a Redis that is not there:
+time, outages are logged and counted once. The Runtime against a Redis that is not there:
 tests/inprocess/test_state_failover_guard.py."""
 
 from __future__ import annotations
