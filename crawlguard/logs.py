@@ -28,12 +28,13 @@ def _queued(target: logging.Handler) -> QueueHandler:
     return QueueHandler(q)
 
 
-def setup_logging() -> None:
+def setup_logging(*, name: str = "%(name)s") -> None:
     """stderr: the log, WARNING and up (crawlguard's own INFO too); stdout: the JSON lines of
-    violation records, one per record. Idempotent: a second call replaces the first."""
+    violation records, one per record. `name`: how a line names its logger (a `--workers N`
+    worker adds its index). Idempotent: a second call replaces the first."""
     stop_logging()
     log = logging.StreamHandler(sys.stderr)
-    log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
     lines = logging.StreamHandler(sys.stdout)
     lines.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()

@@ -169,11 +169,11 @@ async def serve(
     """Run the proxy until SIGTERM/SIGINT. `setup(master, guard)` runs before the master starts
     (`crawlguard dev` adds its reporter there); `pid_file=False` leaves no pid file for
     `crawlguard reload` (dev mode, which shares the default confdir with `run`)."""
-    from crawlguard.proxy.master import lean_master
+    from crawlguard.proxy.master import lean_master, open_runtime
 
     loop = asyncio.get_running_loop()
     watch_slow_callbacks(loop)
-    master, guard = lean_master(cfg)
+    master, guard = lean_master(cfg, runtime=await open_runtime(cfg))
     if setup is not None:
         setup(master, guard)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -583,17 +583,14 @@ class WorkerAddon:
 def setup_worker_logging(index: int) -> None:
     from crawlguard.cli.run import setup_logging
 
-    setup_logging()
-    fmt = f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s"
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(fmt))
+    setup_logging(name=f"%(name)s[worker {index}]")
 
 
 async def serve_worker(cfg: Config, args: argparse.Namespace) -> int:
     from crawlguard.cli.run import reload_config
-    from crawlguard.proxy.master import lean_master
+    from crawlguard.proxy.master import lean_master, open_runtime
 
-    master, guard = lean_master(cfg, serve_admin=False)
+    master, guard = lean_master(cfg, serve_admin=False, runtime=await open_runtime(cfg))
     master.addons.add(WorkerAddon(guard, args.index, args.status_fd))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

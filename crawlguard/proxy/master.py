@@ -13,9 +13,30 @@ from typing import Any
 from crawlguard.config import Config, ConfigError
 
 
-def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
-    """A master with only the addons the proxy needs, and the Runtime it runs.
-    `serve_admin=False`: a `--workers N` worker (no admin port). Call in a running loop."""
+def build_runtime(cfg: Config) -> Any:
+    """The Runtime of `cfg`; it opens the store (a SQLite file, a PostgreSQL connection) and
+    starts its writer thread: blocking work, so `open_runtime` runs it off the event loop."""
+    from crawlguard.runtime import Runtime
+
+    try:
+        return Runtime(cfg)
+    except Exception as exc:  # store or robots setup: report as a config problem
+        raise ConfigError(str(exc)) from exc
+
+
+async def open_runtime(cfg: Config) -> Any:
+    """`build_runtime` in a worker thread: nothing that connects blocks the loop."""
+    import asyncio
+
+    return await asyncio.to_thread(build_runtime, cfg)
+
+
+def lean_master(
+    cfg: Config, *, serve_admin: bool = True, runtime: Any | None = None
+) -> tuple[Any, Any]:
+    """A master with only the addons the proxy needs, and the Runtime it runs (`runtime`, built
+    with `open_runtime`; else built here, on the loop). `serve_admin=False`: a `--workers N`
+    worker (no admin port). Call in a running loop."""
     from mitmproxy import options
     from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
@@ -24,7 +45,6 @@ def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
     from crawlguard.proxy.addon import CrawlGuardAddon, apply_mitmproxy_options
     from crawlguard.proxy.ca import ensure_ca
     from crawlguard.proxy.client_limits import ClientLimitsAddon
-    from crawlguard.runtime import Runtime
 
     opts = options.Options()
     try:  # crawlguard's CA, before the confdir option reaches TlsConfig (which would create
@@ -38,10 +58,7 @@ def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
     compat.install_lean()
     master = Master(opts)
     hook_dispatch.install(master)
-    try:
-        guard = Runtime(cfg)
-    except Exception as exc:  # store or robots setup: report as a config problem
-        raise ConfigError(str(exc)) from exc
+    guard = runtime if runtime is not None else build_runtime(cfg)
     master.addons.add(
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
