@@ -99,7 +99,7 @@ class EngineRefusalHook(commands.StartHook):
     name: ClassVar[str] = "crawlguard_engine_refusal"
 
 
-def head_problem(data: bytes | bytearray) -> tuple[int, str] | None:
+def buffered_head_problem(data: bytes | bytearray) -> tuple[int, str] | None:
     """(status, message) when a buffered, still incomplete request head is over its caps."""
     start = leading_empty_lines(data)
     if start > HeadLimits.empty_lines:
@@ -233,7 +233,7 @@ def _capped_read_headers(read_headers: Callable[..., Any]) -> Callable[..., Any]
         head = b""
         if isinstance(event, events.DataReceived):
             head = bytes(self.buf)
-            problem = head_problem(head)
+            problem = buffered_head_problem(head)
             if problem is not None:
                 status, message = problem
                 setattr(self, _MARK, True)

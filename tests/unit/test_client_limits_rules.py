@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crawlguard.proxy.client_limits import ClientLimits, source_key
-from crawlguard.proxy.compat import HeadLimits, head_problem
+from crawlguard.proxy.compat import HeadLimits, buffered_head_problem
 from crawlguard.proxy.sniff import FirstBytes, classify
 
 
@@ -42,12 +42,12 @@ def test_connection_cap_and_sweep_of_clients_without_a_request_in_flight():
 
 
 def test_head_caps():
-    assert head_problem(b"GET / HTTP/1.1\r\nHost: x\r\n") is None
-    assert head_problem(b"GET /" + b"a" * HeadLimits.line)[0] == 414
+    assert buffered_head_problem(b"GET / HTTP/1.1\r\nHost: x\r\n") is None
+    assert buffered_head_problem(b"GET /" + b"a" * HeadLimits.line)[0] == 414
     big = b"GET / HTTP/1.1\r\n" + b"X-A: " + b"b" * HeadLimits.head
-    assert head_problem(big)[0] == 431
+    assert buffered_head_problem(big)[0] == 431
     done = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"body" * HeadLimits.head
-    assert head_problem(done) is None  # a complete head followed by a body is not capped
+    assert buffered_head_problem(done) is None  # a complete head followed by a body is not capped
 
 
 def test_a_source_over_its_unauthenticated_cap_loses_its_oldest_first():
@@ -176,12 +176,12 @@ def test_sources_are_addresses_and_ipv6_64s(host: str, key: str):
 
 
 def test_empty_lines_before_a_request_are_capped():
-    assert head_problem(b"\r\n" * 100 + b"GET / HTTP/1.1\r\n") is None
-    assert head_problem(b"\n" * HeadLimits.empty_lines) is None
-    assert head_problem(b"\r\n" * HeadLimits.empty_lines)[0] == 400
-    assert head_problem(b"\n" * (HeadLimits.empty_lines + 1))[0] == 400
+    assert buffered_head_problem(b"\r\n" * 100 + b"GET / HTTP/1.1\r\n") is None
+    assert buffered_head_problem(b"\n" * HeadLimits.empty_lines) is None
+    assert buffered_head_problem(b"\r\n" * HeadLimits.empty_lines)[0] == 400
+    assert buffered_head_problem(b"\n" * (HeadLimits.empty_lines + 1))[0] == 400
     line = b"\r\n" * 10 + b"GET /" + b"a" * HeadLimits.line  # caps count after the empty lines
-    assert head_problem(line)[0] == 414
+    assert buffered_head_problem(line)[0] == 414
     assert classify(b"\r\n" * 100) is FirstBytes.MORE
     assert classify(b"\r\n" * HeadLimits.empty_lines) is FirstBytes.OTHER
 
