@@ -1,13 +1,16 @@
-# Two commands: `make run` and `make test`. Both create .venv (Python 3.12) if needed.
+# Two commands: `make run` and `make test`; `make check` is the fast lane. All create .venv
+# (Python 3.12) if needed.
 # make run CONFIG=path/to.yaml ARGS="--listen-port 8081 --admin-port 9465"
+# make test WORKERS=2   (pytest-xdist workers; the e2e tests mostly wait, so more than cores)
 PYTHON ?= python3.12
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/crawlguard.yaml
 ARGS ?=
+WORKERS ?= 4
 
-.PHONY: run test lint format clean system-tools
+.PHONY: run check test lint format clean system-tools
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (pyenv honours .python-version)"; exit 1; }
@@ -38,10 +41,21 @@ system-tools:
 		echo "missing$$missing (apt-get install -y$$missing): the tests that need them will fail and say so"; \
 	fi
 
+# The fast lane: ruff, then tests/unit (no sockets, no subprocesses) and tests/inprocess
+# (crawlguard in the test process), in under a minute.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -n 2 tests/unit tests/inprocess
+
+# Everything, tests/e2e included (real proxies, CLIs, browsers as subprocesses). A file's tests
+# stay on one worker (--dist loadfile), so a module's shared proxy starts once; the few tests
+# marked `alone` (a bound on the proxy's own CPU time) run afterwards, on a quiet machine.
 test: $(STAMP) system-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile -m "not alone" --durations=15
+	$(BIN)/python -m pytest -q -m alone
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

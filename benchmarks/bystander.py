@@ -54,7 +54,12 @@ from typing import Any
 
 import yaml
 
-from crawlguard.robots import MATCH_BUDGET, MAX_BYTES, MAX_WILDCARD_PATTERN, MAX_WILDCARD_RULES
+from crawlguard.policy.robots import (
+    MATCH_BUDGET,
+    MAX_BYTES,
+    MAX_WILDCARD_PATTERN,
+    MAX_WILDCARD_RULES,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import free_port, sha256_hex  # the benchmarks' shared helpers

@@ -24,11 +24,11 @@ Then, in interleaved A/B rounds (the order flips every round), it drives both pr
 For every run: requests/s, p50/p99 latency, proxy CPU µs per request (utime+stime of the proxy
 process tree, before/after the run) and peak RSS (VmHWM). Medians over rounds, and the ratio
 crawlguard / mitmdump. Then in-process micro-benchmarks (timeit): RobotsRules.decide on a
-20-rule and a 3,000-rule file, the whole Guard.decide path on a cached robots.txt, and the RSS
-of 100k cached origins in a real RobotsCache. `--held`: proxy CPU while 1,000 requests are
-held by `delay` pacing. `--workers-too`: runs benchmarks/workers.py (Redis) afterwards.
-Bounded: about 2 * (3 + 1) * rounds * seconds + 40 s (+ ~40 s for --held, + ~110 s for
---workers-too with the default --seconds/--rounds).
+20-rule and a 3,000-rule file, the whole decision pipeline (`pipeline.decide`) on a cached
+robots.txt, and the RSS of 100k cached origins in a real RobotsCache. `--held`: proxy CPU
+while 1,000 requests are held by `delay` pacing. `--workers-too`: runs benchmarks/workers.py
+(Redis) afterwards. Bounded: about 2 * (3 + 1) * rounds * seconds + 40 s (+ ~40 s for
+--held, + ~110 s for --workers-too with the default --seconds/--rounds).
 """
 
 from __future__ import annotations
@@ -438,7 +438,7 @@ def time_per_call(fn: Any, number: int, repeat: int = 7) -> tuple[float, float]:
 
 
 def micro_decide() -> list[tuple[str, float, float]]:
-    from crawlguard.robots import RobotsRules
+    from crawlguard.policy.robots import RobotsRules
 
     out = []
     files = (
@@ -465,21 +465,31 @@ def micro_decide() -> list[tuple[str, float, float]]:
 
 
 def micro_guard(tmp: Path, origin_ca: Path) -> list[tuple[str, float, float]]:
-    """Guard.decide on a cached robots.txt, driven without sockets or an event loop: with the
-    entry cached, `await self.robots.get(...)` never suspends, so `coro.send(None)` runs the
-    whole coroutine (UA policy, cache lookup, robots match, Decision) and ends it."""
+    """The decision pipeline on a cached robots.txt, driven without sockets or an event loop:
+    with the name in `destinations.hosts`, the entry cached and memory pacing state, nothing
+    in `pipeline.decide` suspends, so `coro.send(None)` runs the whole coroutine (head check,
+    canonical target, host globs, destination, UA policy, limits, cache lookup, robots match,
+    pacing) and ends it."""
     from crawlguard.config import parse_config
-    from crawlguard.identity import request_identity
-    from crawlguard.robots import RobotsRules
-    from crawlguard.robots_cache import RobotsEntry, _Slot
-    from crawlguard.service import Guard, RequestInfo
+    from crawlguard.policy import pipeline
+    from crawlguard.policy.robots import RobotsRules
+    from crawlguard.robots.cache import RobotsEntry, _Origin
+    from crawlguard.runtime import Runtime
 
     home = tmp / "guard"
     home.mkdir()
-    cfg = parse_config(crawlguard_config(home, free_port(), origin_ca))
-    guard = Guard(cfg)
+    cfg = parse_config(
+        crawlguard_config(
+            home,
+            free_port(),
+            origin_ca,
+            destinations={"hosts": {"example.com": ["127.0.0.1"]}, "allowed_ports": [80]},
+        )
+    )
+    guard = Runtime(cfg)
     out = []
     header = proxy_auth()
+    fields = ((b"Host", b"example.com"), (b"User-Agent", UA.encode()))
     try:
         for name, body in (("20 rules", rules_20()), ("3,000 rules", rules_3000())):
             rules = RobotsRules.parse(body)
@@ -492,7 +502,7 @@ def micro_guard(tmp: Path, origin_ca: Path) -> list[tuple[str, float, float]]:
                 time.monotonic(),
                 time.monotonic() + 1e9,
             )
-            guard.robots._slots[("http", "example.com", 80)] = _Slot(entry=entry)
+            guard.robots._slots[("http", "example.com", 80)] = _Origin(entry=entry)
             calls = 0
 
             def drive(with_auth: bool) -> Any:
@@ -500,19 +510,19 @@ def micro_guard(tmp: Path, origin_ca: Path) -> list[tuple[str, float, float]]:
                 path = PATHS[calls % 3]
                 calls += 1
                 tenant = guard.authenticate(header) if with_auth else guard.tenants["bench"]
-                req = RequestInfo("GET", request_identity("http", "example.com", 80, path), UA)
-                coro = guard.decide(tenant, req)
+                facts = pipeline.Facts("GET", "http", "example.com", 80, path, fields)
+                coro = pipeline.decide(facts, tenant, guard)
                 try:
                     coro.send(None)
                 except StopIteration as stop:
-                    return stop.value
+                    return stop.value.decision
                 coro.close()
-                raise RuntimeError("Guard.decide suspended: robots.txt not cached?")
+                raise RuntimeError("pipeline.decide suspended: robots.txt not cached?")
 
             assert drive(False).kind.value in ("allowed", "robots-disallow"), drive(False)
             n = 20_000 if len(body) < 4096 else 2_000
             med, best = time_per_call(lambda: drive(False), n)
-            out.append((f"Guard.decide (canonical target + decide), {name}", med, best))
+            out.append((f"pipeline.decide (the whole decision), {name}", med, best))
             med, best = time_per_call(lambda: drive(True), n)
             out.append((f"  + authenticate (Proxy-Authorization), {name}", med, best))
     finally:
@@ -529,8 +539,8 @@ def _rss_kb() -> int:
 def _cache_memory(n: int, conn: Any) -> None:
     """In a fresh process: RSS delta of `n` origins in a real RobotsCache (each its own parsed
     RobotsRules and body, as after a fetch), inserted the way `_settle` leaves them."""
-    from crawlguard.robots import RobotsRules
-    from crawlguard.robots_cache import RobotsCache, RobotsEntry, _Slot
+    from crawlguard.policy.robots import RobotsRules
+    from crawlguard.robots.cache import RobotsCache, RobotsEntry, _Origin
 
     gc.collect()
     cache = RobotsCache(user_agent="bench", max_origins=n * 2)
@@ -542,7 +552,7 @@ def _cache_memory(n: int, conn: Any) -> None:
         entry = RobotsEntry(
             rules, True, hashlib.sha256(body).hexdigest(), body, "ok", now, now + 86400
         )
-        cache._slots[("https", f"site{i}.example", 443)] = _Slot(
+        cache._slots[("https", f"site{i}.example", 443)] = _Origin(
             entry=entry, good=rules, good_at=now, size=len(body)
         )
     gc.collect()

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from crawlguard.robots_parse_pool import default_workers
+from crawlguard.robots.parse_pool import default_workers
 
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 PORT_RANGE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
@@ -232,7 +232,7 @@ class PacingSection(_Strict):
     max_hold: Annotated[float, Field(ge=0, le=3600)] = 30
     max_held: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
     """Requests held by `delay` pacing at once, all tenants together. Shared fairly
-    (crawlguard.pacing.HeldPool): a tenant over its share gets 429 `crawl-delay`, one within
+    (crawlguard.policy.pacing.HeldPool): a tenant over its share gets 429 `crawl-delay`, one within
     it that finds the pool full gets 503 `proxy-busy`."""
     scope: Literal["origin", "host", "address"] = "host"
     """What one pacing slot covers: an origin (scheme, host, port: RFC 9309's scope), a host
@@ -250,7 +250,7 @@ class Tenant(_Strict):
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     max_rps: Annotated[float, Field(gt=0)] | None = None
     allow_hosts: list[str] = Field(default_factory=list)
-    """Host globs (crawlguard.limits): when non-empty, only matching hosts may be crawled."""
+    """Host globs (crawlguard.policy.limits): when non-empty, only matching hosts may be crawled."""
     deny_hosts: list[str] = Field(default_factory=list)
     """Host globs this tenant may never crawl; deny wins over allow. Every mode, `off` too."""
 
@@ -259,14 +259,14 @@ class Tenant(_Strict):
     @field_validator("allow_hosts", "deny_hosts")
     @classmethod
     def _globs(cls, v: list[str]) -> list[str]:
-        from crawlguard.limits import normalise_glob
+        from crawlguard.policy.limits import normalise_glob
 
         return [normalise_glob(glob) for glob in v]
 
     @field_validator("product_tokens")
     @classmethod
     def _tokens(cls, v: list[str]) -> list[str]:
-        from crawlguard.ua_policy import product_token_problem
+        from crawlguard.policy.ua import product_token_problem
 
         for token in v:
             problem = product_token_problem(token)

@@ -210,7 +210,7 @@ class CrawlguardProxy:
 
     def reset(self) -> None:
         """Hide the violations recorded so far (for a proxy shared by several tests)."""
-        from crawlguard.records import utc_now_iso
+        from crawlguard.policy.records import utc_now_iso
 
         self._since = utc_now_iso()
 

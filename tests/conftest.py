@@ -5,6 +5,24 @@ from collections.abc import Iterator
 import pytest
 import trustme
 from harness import LocalOrigin, Proxy, base_config
+from hypothesis import settings
+from processstate import Snapshot
+
+# No test asserts wall-clock time, Hypothesis included: its default 200 ms deadline per example
+# fails a test when a busy machine is slow, not when the code is. Costs are counted instead
+# (tests/costs.py) and timed in benchmarks/.
+settings.register_profile("crawlguard", deadline=None)
+settings.load_profile("crawlguard")
+
+
+@pytest.fixture(autouse=True)
+def process_state() -> Iterator[None]:
+    """Every test starts with mitmproxy, h11 and crawlguard's process-wide settings as the last
+    one found them: what a test patched in-process (by running the addon, the lean master,
+    the head caps) is put back after it (tests/processstate.py)."""
+    snapshot = Snapshot.take()
+    yield
+    snapshot.restore()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import requests
 import urllib3
 import yaml
 
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.records import ViolationRecord
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_UA = "AcmeBot/1.0 (+https://acme.example/bot)"
@@ -61,6 +61,9 @@ class Route:
     body: bytes = b"hello from origin\n"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # The answer waits until the test sets it (at most 60 s): "the origin has not answered
+    # yet" as a state a test controls, instead of a delay it must outrun.
+    gate: threading.Event | None = None
 
 
 class LocalOrigin:
@@ -103,6 +106,8 @@ class LocalOrigin:
                     route = origin.routes.get(path, Route())
                 if route.delay:
                     time.sleep(route.delay)
+                if route.gate is not None:
+                    route.gate.wait(60)
                 self.send_response(route.status)
                 for k, v in route.headers.items():
                     self.send_header(k, v)
@@ -208,7 +213,7 @@ class Proxy:
                 raise RuntimeError(f"proxy exited {self.proc.returncode}:\n{self.log()}")
             if self.log().count("crawlguard ready") > seen:
                 return
-            time.sleep(0.05)
+            time.sleep(0.01)  # the harness waits on "ready" closely: starts are ~1 s
         self.stop()
         raise RuntimeError(f"proxy did not become ready:\n{self.log()}")
 

@@ -1,4 +1,4 @@
-"""The addon in-process: a real Guard and CrawlGuardAddon inside mitmproxy's test context."""
+"""The addon in-process: a real Runtime and CrawlGuardAddon inside mitmproxy's test context."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from harness import base_config
 from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons
 
-from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
 from crawlguard.config import parse_config
-from crawlguard.service import Guard
+from crawlguard.proxy.addon import CrawlGuardAddon, apply_mitmproxy_options
+from crawlguard.runtime import Runtime
 
 
 @dataclass
 class Env:
-    guard: Guard
+    guard: Runtime
     addon: CrawlGuardAddon
     tctx: taddons.context
 
@@ -27,7 +27,7 @@ class Env:
 @asynccontextmanager
 async def running(tmp_path: Path, **sections: Any) -> AsyncIterator[Env]:
     cfg = parse_config(base_config(tmp_path, **sections))
-    guard = Guard(cfg)
+    guard = Runtime(cfg)
     addon = CrawlGuardAddon(guard)
     # Proxyserver declares connection_strategy; the options are applied as `crawlguard run` does.
     with taddons.context(proxyserver.Proxyserver()) as tctx:

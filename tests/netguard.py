@@ -88,7 +88,7 @@ def _loopback_for(family: int) -> str:
 
 
 def install(record: Record) -> Callable[[], None]:
-    """Guard this process's network calls; refused attempts go to `record`. Returns undo."""
+    """Runtime this process's network calls; refused attempts go to `record`. Returns undo."""
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
     real_sendto = socket.socket.sendto
@@ -218,7 +218,7 @@ if "pytest" in sys.modules or not os.environ.get(LOG_ENV):
 
     @pytest.fixture
     def netguard() -> Iterator[list[str]]:
-        """Guard the test; any refused attempt fails it (after the test body has run)."""
+        """Runtime the test; any refused attempt fails it (after the test body has run)."""
         record: list[str] = []
         undo = install(record)
         try:

@@ -23,8 +23,8 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 from multidict import MultiMapping
 
-from crawlguard.decisions import Action, Kind
-from crawlguard.identity import DEFAULT_PORTS, IdentityError, Target, canonical_host
+from crawlguard.policy.decisions import Action, Kind
+from crawlguard.policy.identity import DEFAULT_PORTS, IdentityError, Target, canonical_host
 from crawlguard.store import (
     PageKey,
     StoreError,
@@ -37,7 +37,7 @@ from crawlguard.store import (
 )
 
 if TYPE_CHECKING:
-    from crawlguard.service import Guard
+    from crawlguard.runtime import Runtime
 
 VIOLATION_KINDS = tuple(k.value for k in Kind if k is not Kind.ALLOWED)
 ACTIONS = tuple(a.value for a in Action)
@@ -158,16 +158,16 @@ def parse_origin(value: str) -> tuple[str, str, int]:
 
 
 def wall_iso(monotonic_ts: float) -> str:
-    """A RobotsCache time (time.monotonic, the cache's clock in the Guard) as UTC ISO 8601."""
+    """A RobotsCache time (time.monotonic, the cache's clock in the Runtime) as UTC ISO 8601."""
     wall = time.time() - (time.monotonic() - monotonic_ts)
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class AdminAPI:
-    """Handlers over the running Guard (read through `guard()` on every request, so the API
-    always sees the Guard and config that run, reloads included)."""
+    """Handlers over the running Runtime (read through `guard()` on every request, so the API
+    always sees the Runtime and config that run, reloads included)."""
 
-    def __init__(self, guard: Callable[[], Guard]) -> None:
+    def __init__(self, guard: Callable[[], Runtime]) -> None:
         self._guard = guard
 
     def add_routes(self, app: web.Application) -> None:

@@ -34,15 +34,9 @@ disable_created_metrics()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FUNCTION_GAUGES = ("robots_cache_entries",)
-"""Gauges the Guard binds with `set_function` (read at scrape time in their own process)."""
+"""Gauges the Runtime binds with `set_function` (read at scrape time in their own process)."""
 FUNCTION_GAUGE_SECONDS = 1.0
 """How often a worker copies its `FUNCTION_GAUGES` into its multiprocess file."""
-
-
-def multiprocess_enabled() -> bool:
-    """True in a `--workers N` worker: prometheus-client picked its multiprocess value files
-    (it decides from the environment when it is imported)."""
-    return bool(os.environ.get(MULTIPROC_ENV))
 
 
 class Metrics:
@@ -213,7 +207,7 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=self.registry,
         )
-        # -- issue 18 item 11: connections before authentication (crawlguard.client_limits) ----
+        # -- issue 18 item 11: connections before authentication (proxy.client_limits) --------
         self.unauthenticated_closed = Counter(
             "crawlguard_unauthenticated_closed",
             "Client connections closed before they authenticated, to make room: the oldest of "
@@ -221,7 +215,7 @@ class Metrics:
             "the oldest of the source holding the most unauthenticated connections.",
             registry=self.registry,
         )
-        # -- issue 18 item 12: the robots.txt parse queue (crawlguard/robots_parse_pool.py) ----
+        # -- issue 18 item 12: the robots.txt parse queue (crawlguard/robots/parse_pool.py) ----
         self.robots_parse_queue_depth = Gauge(
             "crawlguard_robots_parse_queue_depth",
             "robots.txt parses waiting for a parser process, all tenants (each parse once).",

@@ -5,7 +5,7 @@ the JSON API (`/api/*`) need the operator token or a login session (crawlguard.a
 Sessions live in the store ``state.url`` names (crawlguard.state.sessions), opened here.
 
 `crawlguard run --workers N` runs one AdminServer in the parent process (crawlguard.cli.workers)
-over a `source` that is not a Guard: the config, the store, and the workers' aggregated metrics.
+over a `source` that is not a Runtime: the config, the store, and the workers' aggregated metrics.
 It answers `/healthz` from `health` (503 until every worker is ready) and `/api/robots` with a
 404 saying why: the robots.txt cache lives in each worker's memory. Its `metrics` is the
 workers' aggregate, which has no admin server metrics: those are kept in a registry of the
@@ -28,20 +28,20 @@ from crawlguard.admin.throttle import AuthThrottle
 from crawlguard.state.sessions import SessionStore, open_sessions
 
 if TYPE_CHECKING:
-    from crawlguard.service import Guard
+    from crawlguard.runtime import Runtime
 
 
 class AdminServer:
     def __init__(
         self,
-        guard: Guard | Any,
+        guard: Runtime | Any,
         *,
         health: Callable[[], str | None] | None = None,
         robots_unavailable: str | None = None,
         sessions: SessionStore | None = None,
         throttle: AuthThrottle | None = None,
     ) -> None:
-        """`guard`: the Guard, or in the parent of `--workers N` an object with the Guard's
+        """`guard`: the Runtime, or in the parent of `--workers N` an object with the Runtime's
         `cfg`, `store` and `metrics` (`render()`). `health`: None when ready, else why not
         (a 503). `robots_unavailable`: `/api/robots` answers 404 with this message.
         `sessions`: the login session store (default: the one `state.url` names, closed by
@@ -81,9 +81,8 @@ class AdminServer:
             self._runner, self.guard.cfg.admin.listen_host, self.guard.cfg.admin.port
         )
         await site.start()
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        if self._runner.addresses:  # port 0: the one the system picked
+            self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self._runner is not None:

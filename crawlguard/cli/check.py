@@ -5,7 +5,7 @@ Two modes. Per URL: `--robots-file F --user-agent UA URL...` prints one line (or
 Batch: `--cases FILE|-` reads JSON lines {"robots", "user_agent", "url"} and writes one
 {"allowed", "crawl_delay", "rule"} line per input line, same order; blank lines are skipped.
 The input is validated as a whole first, so bad input (exit 2) never yields partial output.
-In both modes the product token is `ua_policy.product_token_of(user_agent)`: the derivation the
+In both modes the product token is `policy.ua.product_token_of(user_agent)`: the derivation the
 proxy uses too (`UAVerdict.token`), so check and proxy match the same robots.txt group. The
 per-URL output names the agents of the merged group that applied (`group: acmebot, *`); the
 batch output format is fixed by the SPEC and has no such key.
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from crawlguard.cli.progress import Progress
-from crawlguard.robots import MAX_BYTES, RobotsRules, RobotsVerdict
-from crawlguard.ua_policy import product_token_of
+from crawlguard.policy.robots import MAX_BYTES, RobotsRules, RobotsVerdict
+from crawlguard.policy.ua import product_token_of
 
 EXIT_ALLOWED, EXIT_DISALLOWED, EXIT_BAD_INPUT = 0, 1, 2
 

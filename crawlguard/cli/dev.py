@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from crawlguard.config import Config, ConfigError, parse_config
-from crawlguard.decisions import ADVICE, Action, Kind
-from crawlguard.plan import Plan
-from crawlguard.service import RequestInfo, TenantRuntime
+from crawlguard.policy.decisions import ADVICE, Action, Kind
+from crawlguard.policy.pipeline import RequestInfo
+from crawlguard.policy.plan import Plan
+from crawlguard.policy.tenants import TenantRuntime
 
 TENANT = "dev"
 DEFAULT_CONFDIR = "var/mitmproxy"  # the same CA `crawlguard ca` shows
@@ -113,7 +114,7 @@ def loopback_host(host: str) -> bool:
 
 def dev_config(args: argparse.Namespace, admin_token: str) -> Config:
     """The config `crawlguard dev` runs with; ConfigError says which flag is wrong."""
-    from crawlguard.ua_policy import product_token_problem
+    from crawlguard.policy.ua import product_token_problem
 
     if not loopback_host(args.host):
         raise ConfigError(
@@ -152,7 +153,7 @@ def dev_config(args: argparse.Namespace, admin_token: str) -> Config:
         "tenants": [
             {
                 "id": TENANT,
-                # never used: dev mode takes every request as this tenant's (Guard.open_tenant)
+                # never used: dev mode takes every request as this tenant's (Runtime.open_tenant)
                 "token_sha256": hashlib.sha256(secrets.token_bytes(32)).hexdigest(),
                 "product_tokens": list(dict.fromkeys(args.product_tokens)),
                 "mode": args.mode,
@@ -194,7 +195,7 @@ class Reporter:
         self.decisions: Counter[str] = Counter()
         self.violations: dict[str, KindTally] = {}
         self.held = 0
-        # why an origin's robots.txt could not be fetched (set by cmd_dev from the Guard)
+        # why an origin's robots.txt could not be fetched (set by cmd_dev from the Runtime)
         self.robots_detail: Callable[[RequestInfo], str | None] = lambda info: None
         self._explained: set[str] = set()  # origins whose robots.txt failure was explained
 
@@ -302,12 +303,10 @@ class DevAddon:
         self.admin_token = admin_token
 
     def running(self) -> None:
-        from mitmproxy import ctx
+        from crawlguard.proxy.ca import cert_file
+        from crawlguard.proxy.master import listen_addrs
 
-        from crawlguard.ca import cert_file
-
-        proxy = ctx.master.addons.get("proxyserver")
-        addrs = proxy.listen_addrs() if proxy else []
+        addrs = listen_addrs()
         host, port = (addrs[0][0], addrs[0][1]) if addrs else (self.cfg.proxy.listen_host, "?")
         url = f"http://{url_host(host)}:{port}"
         admin = self.guard_addon.admin
@@ -333,9 +332,9 @@ class DevAddon:
         out.write("  Ctrl-C stops it and prints a summary of the violations.")
 
     def tls_failed_client(self, data: Any) -> None:
-        from mitmproxy.utils import human
+        from crawlguard.proxy.master import format_address
 
-        where = human.format_address(data.context.server.address)
+        where = format_address(data.context.server.address)
         ca = Path(self.cfg.proxy.confdir) / "mitmproxy-ca-cert.pem"
         self.reporter.note(
             f"CONNECT {where}: the client did not accept crawlguard's certificate "
@@ -343,9 +342,9 @@ class DevAddon:
         )
 
     def tls_failed_server(self, data: Any) -> None:
-        from mitmproxy.utils import human
+        from crawlguard.proxy.master import format_address
 
-        where = human.format_address(data.conn.address)
+        where = format_address(data.conn.address)
         self.reporter.note(
             f"{where}: crawlguard did not accept the site's certificate ({data.conn.error}); "
             "a local test site with its own CA: start crawlguard dev with --upstream-ca FILE"

@@ -6,7 +6,7 @@ the proxy's order, with the proxy's own code, and says which one decides and how
 1. the canonical URL (`identity.request_identity`): what the proxy judges and forwards;
 2. the destination: the tenant's `allow_hosts`/`deny_hosts` and `destinations.allowed_ports`
    always; the resolved addresses only when robots.txt is fetched live (offline, no DNS);
-3. the user agent (`ua_policy`): tenant-less like `crawlguard lint-ua`, or exactly as the
+3. the user agent (`policy.ua`): tenant-less like `crawlguard lint-ua`, or exactly as the
    proxy does for `--config C --tenant T` (that tenant's tokens, the others' as foreign);
 4. robots.txt: `--robots-file F`, or the live file fetched with the proxy's `RobotsCache`
    and `EgressPolicy` built from the config (defaults: `allow_private: false`), so the
@@ -23,7 +23,7 @@ import argparse
 import asyncio
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,11 +37,14 @@ from crawlguard.cli.check import (
     _url_object,
 )
 from crawlguard.config import Config, ConfigError, Tenant, load_config
-from crawlguard.decisions import ADVICE, STATUS, Kind
-from crawlguard.identity import IdentityError, Target, request_identity
-from crawlguard.pacing import interval
-from crawlguard.robots import RobotsRules, RobotsVerdict
-from crawlguard.ua_policy import UAVerdict, UserAgentPolicy, lint, product_token_of
+from crawlguard.policy.decisions import ADVICE, STATUS, Decision, Kind
+from crawlguard.policy.identity import IdentityError, Target, request_identity
+from crawlguard.policy.limits import TenantLimits
+from crawlguard.policy.pacing import PacingOutcome, interval, interval_source
+from crawlguard.policy.pipeline import Facts, RequestInfo, decide
+from crawlguard.policy.robots import RobotsRules, RobotsVerdict
+from crawlguard.policy.tenants import TenantRuntime
+from crawlguard.policy.ua import UAVerdict, UserAgentPolicy, lint, product_token_of
 
 
 def register(sub: Any) -> None:  # argparse._SubParsersAction
@@ -157,6 +160,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         destination, rules, fetch = asyncio.run(_fetch(cfg, tenant, target))
     token = ua.token or product_token_of(args.user_agent)
     verdict = rules.decide(token, target.path) if rules is not None else None
+    decided = asyncio.run(_decide(args.user_agent, target, cfg, tenant, destination, rules, fetch))
     e = Explanation(
         url=args.url,
         user_agent=args.user_agent,
@@ -171,7 +175,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         rules=rules,
         verdict=verdict,
         fetch=fetch,
-        outcome=_outcome(destination, ua, fetch, verdict, target, token),
+        outcome=_outcome(decided, fetch, target),
     )
     if args.json:
         print(json.dumps(_json(e), ensure_ascii=False))
@@ -225,14 +229,18 @@ def _ua_verdict(user_agent: str, cfg: Config, tenant: Tenant | None) -> tuple[UA
     tenant-less one `crawlguard lint-ua` gives when the tenant's tokens are unknown."""
     if tenant is None:
         return lint(user_agent), []
+    return _ua_policy(cfg, tenant).evaluate(user_agent), list(tenant.product_tokens)
+
+
+def _ua_policy(cfg: Config, tenant: Tenant) -> UserAgentPolicy:
+    """The tenant's check as the proxy builds it: its tokens, the other tenants' as foreign."""
     foreign = [t for other in cfg.tenants if other.id != tenant.id for t in other.product_tokens]
-    policy = UserAgentPolicy(tuple(tenant.product_tokens), foreign_tokens=foreign)
-    return policy.evaluate(user_agent), list(tenant.product_tokens)
+    return UserAgentPolicy(tuple(tenant.product_tokens), foreign_tokens=foreign)
 
 
 def _static_destination(cfg: Config, tenant: Tenant | None, target: Target) -> Destination:
     """The destination checks that need no DNS: the tenant's host globs, then the port."""
-    from crawlguard.limits import host_decision
+    from crawlguard.policy.limits import host_decision
 
     checked = "port" + (" and tenant hosts" if tenant is not None else "")
     if tenant is not None:
@@ -267,8 +275,8 @@ async def _admit_and_fetch(
     cfg: Config, tenant: Tenant | None, target: Target, url: str
 ) -> tuple[Destination, RobotsRules | None, Fetch | None]:
     from crawlguard.egress import EgressPolicy
-    from crawlguard.robots_cache import RobotsCache
-    from crawlguard.service import ssl_context
+    from crawlguard.robots.cache import RobotsCache
+    from crawlguard.runtime import ssl_context
 
     checked = "port, addresses" + (" and tenant hosts" if tenant is not None else "")
     egress = EgressPolicy.from_config(cfg.destinations)
@@ -297,10 +305,9 @@ async def _admit_and_fetch(
     )
     try:
         entry = await cache.get((target.scheme, target.host, target.port))
-        slot = cache._slots.get((target.scheme, target.host, target.port))  # no public getter
+        status = cache.fetch_status((target.scheme, target.host, target.port))
     finally:
         await cache.close()
-    status = getattr(slot, "status", None)
     fetch = Fetch(
         url=url,
         result=entry.result,
@@ -313,51 +320,122 @@ async def _admit_and_fetch(
     return destination, (entry.rules if entry.available else None), fetch
 
 
-def _outcome(
-    destination: Destination,
-    ua: UAVerdict,
-    fetch: Fetch | None,
-    verdict: RobotsVerdict | None,
+@dataclass
+class _Answers:
+    """The decision pipeline's `Context` for explain: it answers from what explain has
+    already looked up (the destination, the robots.txt), does no I/O of its own and reserves
+    nothing: a first request's limits and pacing."""
+
+    destination: Destination
+    entry: _Entry
+    limits: TenantLimits = field(default_factory=TenantLimits)
+
+    async def admit(self, target: Target) -> str | Decision:
+        d = self.destination
+        if d.allowed:
+            return d.address or "(not resolved offline)"
+        return Decision(Kind.DESTINATION_FORBIDDEN, rule=d.rule, reason=d.reason)
+
+    def dial_refusal(self, address: str, port: int) -> Decision | None:
+        return None  # explain opens no tunnel
+
+    async def robots_txt(self, req: RequestInfo, tenant: TenantRuntime) -> _Entry:
+        return self.entry
+
+    async def pace(
+        self, tenant: TenantRuntime, req: RequestInfo, decision: Decision, pinned: str | None
+    ) -> tuple[Decision, PacingOutcome]:
+        return decision, PacingOutcome(Kind.ALLOWED, True, 0.0, None, 0.0, "")
+
+    def take_hold(self, tenant: TenantRuntime) -> Kind | None:
+        return None
+
+    async def cancel(self, outcome: PacingOutcome) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """robots.txt as explain read it (a file, or the proxy fetcher's entry)."""
+
+    available: bool
+    rules: RobotsRules
+    sha256: str | None
+    result: str
+
+    def retry_after(self, now: float) -> int:
+        return 1
+
+
+async def _decide(
+    user_agent: str,
     target: Target,
-    token: str,
-) -> Outcome:
-    if not destination.allowed:
-        return Outcome(Kind.DESTINATION_FORBIDDEN, destination.rule, destination.reason or "")
-    if not ua.allowed:
-        return Outcome(ua.kind, ua.rule, ua.reason)
-    if target.path == "/robots.txt":
-        return Outcome(Kind.ALLOWED, None, "/robots.txt itself is never blocked nor paced.")
-    if fetch is not None and not fetch.available:
+    cfg: Config,
+    tenant: Tenant | None,
+    destination: Destination,
+    rules: RobotsRules | None,
+    fetch: Fetch | None,
+) -> Decision:
+    """The proxy's decision, from the proxy's own pipeline: its order of checks, not a copy."""
+    if tenant is None:  # judged without a tenant's tokens, as `crawlguard lint-ua` judges
+        anyone = Tenant.model_construct(
+            id="explain", product_tokens=[], mode="enforce", pacing="reject",
+            allow_hosts=[], deny_hosts=[], max_concurrency=None, max_rps=None,
+        )  # fmt: skip
+        runtime = TenantRuntime(anyone, UserAgentPolicy(()))
+    else:
+        runtime = TenantRuntime(tenant, _ua_policy(cfg, tenant))
+    available = rules is not None and (fetch is None or fetch.available)
+    entry = _Entry(
+        available,
+        rules if rules is not None else RobotsRules.parse(b""),
+        rules.sha256 if rules is not None else None,
+        fetch.result if fetch is not None else "ok",
+    )
+    facts = Facts(
+        "GET",
+        target.scheme,
+        target.host,
+        target.port,
+        target.path,
+        ((b"User-Agent", user_agent.encode("utf-8", "surrogateescape")),),
+    )
+    verdict = await decide(facts, runtime, _Answers(destination, entry))
+    return verdict.decision
+
+
+def _outcome(decision: Decision, fetch: Fetch | None, target: Target) -> Outcome:
+    kind = decision.kind
+    if kind is Kind.ALLOWED:
+        if target.path == "/robots.txt":
+            return Outcome(
+                kind, None, "/robots.txt itself is never blocked by robots rules (its own "
+                "fetches are paced on a lane of their own)."
+            )  # fmt: skip
+        return Outcome(kind, None, "every check passes.")
+    if kind is Kind.ROBOTS_UNREACHABLE and fetch is not None:
         return Outcome(
-            Kind.ROBOTS_UNREACHABLE,
-            f"robots.txt unavailable ({fetch.result})",
+            kind,
+            decision.rule,
             f"{fetch.url} could not be fetched ({_fetch_words(fetch)}); RFC 9309: complete "
             "disallow until a fetch succeeds.",
         )
-    if verdict is not None and not verdict.allowed:
-        return Outcome(
-            Kind.ROBOTS_DISALLOW, verdict.rule, f"robots.txt disallows this URL for {token}."
-        )
-    return Outcome(Kind.ALLOWED, None, "every check passes.")
+    return Outcome(kind, decision.rule, decision.reason or "")
 
 
 # -- pacing ----------------------------------------------------------------------------------------
 
 
 def _pacing(cfg: Config, verdict: RobotsVerdict | None) -> tuple[float, str]:
-    """The interval the proxy keeps between this tenant's requests to the origin, and what
-    sets it (the largest source wins, as in `pacing.interval`)."""
+    """The interval the proxy keeps between this tenant's requests to the site, and what
+    sets it (`policy.pacing`, as the proxy's records say it)."""
     delay = verdict.crawl_delay if verdict else None
     rate = verdict.request_rate if verdict else None
     default = cfg.pacing.default_min_interval
     seconds = interval(delay, rate, default)
     if seconds <= 0:
         return 0.0, "nothing: no Crawl-delay or Request-rate, pacing.default_min_interval 0"
-    if delay is not None and delay >= seconds:
-        return seconds, f"Crawl-delay: {delay:g}"
-    if rate is not None and rate[0] > 0 and rate[1] / rate[0] >= seconds:
-        return seconds, f"Request-rate: {rate[0]}/{rate[1]:g}s"
-    return seconds, f"pacing.default_min_interval: {default:g}"
+    return seconds, interval_source(delay, rate, default, seconds)
 
 
 def _pacing_words(cfg: Config, tenant: Tenant | None, seconds: float, origin: str) -> list[str]:

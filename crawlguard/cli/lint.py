@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from crawlguard.decisions import ADVICE
-from crawlguard.ua_policy import lint, product_token_problem
+from crawlguard.policy.decisions import ADVICE
+from crawlguard.policy.ua import lint, product_token_problem
 
 
 def register(sub: Any) -> None:  # argparse._SubParsersAction

@@ -1,10 +1,12 @@
-"""`crawlguard run` (the proxy in-process on a lean mitmproxy master) and `crawlguard ca`."""
+"""`crawlguard run` (the proxy in-process on the lean master of crawlguard.proxy.master) and
+`crawlguard ca`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlguard.config import Config, ConfigError, load_config, with_overrides
+from crawlguard.logs import setup_logging
 
 log = logging.getLogger("crawlguard")
 
@@ -45,20 +48,6 @@ def register(sub: Any) -> None:
     ca.add_argument("--config", help="YAML config (for proxy.confdir); default var/mitmproxy")
     ca.add_argument("--export", metavar="PATH", help="write the CA certificate as PEM to PATH")
     ca.set_defaults(func=cmd_ca)
-
-
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    violations = logging.StreamHandler(sys.stdout)
-    violations.setFormatter(logging.Formatter("%(message)s"))  # JSON lines, one per record
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("crawlguard").setLevel(logging.INFO)
-    vlog = logging.getLogger("crawlguard.violations")
-    vlog.handlers[:] = [violations]
-    vlog.propagate = False
 
 
 def load_with_flags(args: argparse.Namespace) -> Config:
@@ -126,59 +115,39 @@ def bind_problem(host: str, port: int) -> str | None:
     return None
 
 
-def lean_master(cfg: Config, *, serve_admin: bool = True) -> tuple[Any, Any]:
-    """A master with only the addons the proxy needs (a DumpMaster walks ~35 on every hook),
-    and the Guard it runs. `serve_admin=False`: a `--workers N` worker (no admin port)."""
-    from mitmproxy import options
-    from mitmproxy.addons import errorcheck, next_layer, proxyserver, tlsconfig
-    from mitmproxy.master import Master
-
-    from crawlguard import hook_dispatch
-    from crawlguard.addon import CrawlGuardAddon, apply_mitmproxy_options
-    from crawlguard.ca import ensure_ca
-    from crawlguard.client_limits import ClientLimitsAddon
-    from crawlguard.service import Guard
-
-    opts = options.Options()
-    try:  # crawlguard's CA, before the confdir option reaches TlsConfig (which would create
-        # mitmproxy's own); an existing CA is kept
-        ensure_ca(cfg.proxy.confdir, opts.key_size)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create the CA in proxy.confdir {cfg.proxy.confdir}: {exc}"
-        ) from None
-    master = Master(opts)
-    hook_dispatch.install(master)
-    hook_dispatch.skip_debug_typechecks()
-    try:
-        guard = Guard(cfg)
-    except Exception as exc:  # store or robots setup: report as a config problem
-        raise ConfigError(str(exc)) from exc
-    master.addons.add(
-        proxyserver.Proxyserver(),
-        next_layer.NextLayer(),
-        tlsconfig.TlsConfig(),
-        errorcheck.ErrorCheck(),
-    )
-    # Before our addon (added last, so its next_layer runs after mitmproxy's): its configure
-    # keeps the options crawlguard's guarantees rest on.
-    apply_mitmproxy_options(opts, cfg, listen=True)
-    master.addons.add(
-        ClientLimitsAddon(lambda: guard.cfg.proxy, lambda: guard.metrics),
-        CrawlGuardAddon(guard, serve_admin=serve_admin),
-    )
-    return master, guard
-
-
 def pid_path(cfg: Config) -> Path:
     """Where a running proxy leaves its pid for `crawlguard reload` (beside its CA)."""
     return Path(cfg.proxy.confdir).expanduser() / "crawlguard.pid"
 
 
+SLOW_CALLBACK_ENV = "CRAWLGUARD_SLOW_CALLBACK"
+
+
+def watch_slow_callbacks(loop: asyncio.AbstractEventLoop) -> None:
+    """`CRAWLGUARD_SLOW_CALLBACK=0.05`: asyncio's debug mode, logging (logger `asyncio`,
+    WARNING) every callback that holds the event loop longer than that many seconds. For
+    operators chasing a stall, and for the test that nothing blocks the loop under load."""
+    value = os.environ.get(SLOW_CALLBACK_ENV)
+    if not value:
+        return
+    loop.set_debug(True)
+    loop.slow_callback_duration = float(value)
+
+
+_reloads: set[asyncio.Task[None]] = set()
+
+
 def reload_config(guard: Any, load: Callable[[], Config]) -> None:
-    """SIGHUP: apply a re-read config; a bad one is logged and the running one kept."""
+    """SIGHUP: re-read the config off the event loop (YAML parsing and validation take a
+    while for a big file), then apply it; a bad one is logged and the running one kept."""
+    task = asyncio.get_running_loop().create_task(_reload(guard, load))
+    _reloads.add(task)  # the loop keeps only a weak reference to a task
+    task.add_done_callback(_reloads.discard)
+
+
+async def _reload(guard: Any, load: Callable[[], Config]) -> None:
     try:
-        cfg = load()
+        cfg = await asyncio.to_thread(load)
     except ConfigError as exc:
         log.error("reload refused, running config kept: %s", exc)
         return
@@ -200,10 +169,13 @@ async def serve(
     """Run the proxy until SIGTERM/SIGINT. `setup(master, guard)` runs before the master starts
     (`crawlguard dev` adds its reporter there); `pid_file=False` leaves no pid file for
     `crawlguard reload` (dev mode, which shares the default confdir with `run`)."""
-    master, guard = lean_master(cfg)
+    from crawlguard.proxy.master import lean_master, open_runtime
+
+    loop = asyncio.get_running_loop()
+    watch_slow_callbacks(loop)
+    master, guard = lean_master(cfg, runtime=await open_runtime(cfg))
     if setup is not None:
         setup(master, guard)
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
     if load is not None:
@@ -211,6 +183,10 @@ async def serve(
     pid = pid_path(cfg) if pid_file else None
     if pid is not None:
         pid.write_text(f"{os.getpid()}\n")
+    # Everything built so far (modules, config, tenants' compiled policies) lives as long as the
+    # process: out of the collector's sight, a full collection while serving scans only what
+    # requests made, instead of pausing the loop ~50 ms to walk the startup heap again.
+    gc.freeze()
     try:
         await master.run()
     finally:
@@ -243,14 +219,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def ca_path(confdir: str) -> Path:
-    from crawlguard.ca import cert_file
+    from crawlguard.proxy.ca import cert_file
 
     return cert_file(confdir)
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
-    from crawlguard import ca
     from crawlguard.config import ProxySection
+    from crawlguard.proxy import ca
 
     confdir = ProxySection().confdir
     if args.config:

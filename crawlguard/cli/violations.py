@@ -16,8 +16,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from crawlguard.decisions import Kind
-from crawlguard.records import FIELDS, ViolationRecord
+from crawlguard.policy.decisions import Kind
+from crawlguard.policy.records import FIELDS, ViolationRecord
 from crawlguard.store import (
     Report,
     StoreError,

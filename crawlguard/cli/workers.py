@@ -17,7 +17,7 @@ The parent process
   * on SIGTERM/SIGINT stops every worker gracefully (each one commits its queued violation
     records and request counts) and exits 0.
 
-A worker is today's proxy without an admin port: its own Guard (store writer, robots.txt
+A worker is today's proxy without an admin port: its own Runtime (store writer, robots.txt
 cache, pacing through the shared state). It reads the config the parent validated (a
 snapshot in the private directory, rewritten on each accepted reload, so a restarted worker
 runs what its siblings run) and stops by itself if the parent disappears (the lifeline pipe
@@ -59,10 +59,8 @@ that keeps dying sooner waits twice as long each time, up to `BACKOFF_MAX`."""
 LISTEN_BACKLOG = 1024
 """The shared socket's queue of connections no worker accepted yet (capped by the kernel's
 net.core.somaxconn)."""
-ACCEPT_BATCH = 1
-"""Connections a worker accepts per wake-up (asyncio's default: 100; see `listen_on`)."""
 RESTART_SECTIONS = ("proxy", "admin", "store", "state", "robots")
-"""Config sections a reload cannot change (as crawlguard.service.Guard.reload)."""
+"""Config sections a reload cannot change (as crawlguard.runtime.Runtime.reload)."""
 ROBOTS_UNAVAILABLE = (
     "not available with --workers N: each worker keeps its own robots.txt cache in memory, "
     "and this admin server runs in the parent process; run crawlguard with --workers 1 to "
@@ -107,7 +105,7 @@ def run_workers(cfg: Config, workers: int, load: Callable[[], Config]) -> int:
         return 2
     private = Path(tempfile.mkdtemp(prefix="crawlguard-workers-"))  # 0700
     try:
-        from crawlguard.ca import ensure_ca
+        from crawlguard.proxy.ca import ensure_ca
 
         try:  # once, here: N workers creating it at once could each make a different one
             ensure_ca(cfg.proxy.confdir)
@@ -254,7 +252,7 @@ class AdminStore:
 
 @dataclass
 class ParentAdminSource:
-    """What the admin server reads in the parent, in place of a Guard."""
+    """What the admin server reads in the parent, in place of a Runtime."""
 
     cfg: Config
     store: Any
@@ -311,7 +309,7 @@ class Supervisor:
         write_snapshot(cfg, self.snapshot)
         try:
             store = AdminStore(cfg.store.url)
-        except StoreError as exc:  # as a Guard's store: a config problem
+        except StoreError as exc:  # as a Runtime's store: a config problem
             raise ConfigError(str(exc)) from exc
         self.source = ParentAdminSource(cfg, store, AggregatedMetrics(self.metrics_dir))
         admin = AdminServer(self.source, health=self.health, robots_unavailable=ROBOTS_UNAVAILABLE)
@@ -544,35 +542,6 @@ class Supervisor:
 # -- a worker --------------------------------------------------------------------------------
 
 
-class InheritedSocket(socket.socket):
-    """A listening socket the parent made and listens on. asyncio calls `listen(backlog)`
-    with the `backlog` it was given, which here is `ACCEPT_BATCH`: that must not shrink the
-    kernel's queue of the socket every worker shares."""
-
-    def listen(self, backlog: int = 0, /) -> None:
-        return None
-
-
-def listen_on(socks: list[socket.socket]) -> None:
-    """Make mitmproxy's regular-mode server accept on the inherited sockets instead of binding
-    host:port itself (this process runs nothing else).
-
-    asyncio accepts up to `backlog` pending connections each time the socket is readable: by
-    default 100, so the first worker to wake takes every connection of a burst (a crawler
-    opening 16 keep-alive connections would land all on one worker). One per wake-up lets
-    the idle workers take their share, and a busy worker, back in its loop less often,
-    takes fewer."""
-    from mitmproxy.proxy import mode_servers
-
-    async def listen(self: Any, host: str, port: int) -> list[asyncio.Server]:
-        return [
-            await asyncio.start_server(self.handle_stream, sock=sock, backlog=ACCEPT_BATCH)
-            for sock in socks
-        ]
-
-    mode_servers.RegularInstance.listen = listen  # type: ignore[method-assign]
-
-
 class WorkerAddon:
     """Last addon of a worker: says "ready" to the parent once the proxy accepts, and keeps
     the set_function gauges in the multiprocess files."""
@@ -584,11 +553,10 @@ class WorkerAddon:
         self._publisher: asyncio.Task[None] | None = None
 
     async def running(self) -> None:
-        from mitmproxy import ctx
+        from crawlguard.proxy.master import listen_addrs
 
         self._publisher = asyncio.get_running_loop().create_task(self._publish())
-        proxy = ctx.master.addons.get("proxyserver")
-        addrs = ", ".join(f"{a[0]}:{a[1]}" for a in proxy.listen_addrs()) if proxy else "?"
+        addrs = ", ".join(f"{a[0]}:{a[1]}" for a in listen_addrs()) or "?"
         log.info("worker %d (pid %d) accepting on %s", self.index, os.getpid(), addrs)
         if self.status_fd is not None:
             with contextlib.suppress(OSError):  # the parent left: the lifeline stops us
@@ -615,16 +583,14 @@ class WorkerAddon:
 def setup_worker_logging(index: int) -> None:
     from crawlguard.cli.run import setup_logging
 
-    setup_logging()
-    fmt = f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s"
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(fmt))
+    setup_logging(name=f"%(name)s[worker {index}]")
 
 
 async def serve_worker(cfg: Config, args: argparse.Namespace) -> int:
-    from crawlguard.cli.run import lean_master, reload_config
+    from crawlguard.cli.run import reload_config
+    from crawlguard.proxy.master import lean_master, open_runtime
 
-    master, guard = lean_master(cfg, serve_admin=False)
+    master, guard = lean_master(cfg, serve_admin=False, runtime=await open_runtime(cfg))
     master.addons.add(WorkerAddon(guard, args.index, args.status_fd))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -670,6 +636,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"crawlguard: worker {args.index}: {exc}", file=sys.stderr)
         return 2
+    from crawlguard.proxy.workers import InheritedSocket, listen_on
+
     listen_on([InheritedSocket(fileno=fd) for fd in args.listen_fds])
     try:
         return asyncio.run(serve_worker(cfg, args))

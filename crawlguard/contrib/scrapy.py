@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from scrapy.exceptions import NotConfigured
 
-from crawlguard.http_dates import parse_retry_after
+from crawlguard.policy.http_dates import parse_retry_after
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider

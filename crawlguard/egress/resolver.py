@@ -117,6 +117,7 @@ class SafeResolver:
         self._clock = clock
         self._lookup = lookup or _getaddrinfo
         self._cache: OrderedDict[str, tuple[float, Resolution]] = OrderedDict()
+        self._judged: dict[str, Resolution] = {}  # no-lookup judgements, see `_keep`
         self._inflight: dict[str, asyncio.Task[Resolution]] = {}
         self.lookups = 0  # getaddrinfo calls made (tests, metrics)
 
@@ -147,16 +148,21 @@ class SafeResolver:
 
     def resolve_cached(self, host: str) -> Resolution | None:
         """The answer without any I/O (literal, loopback name, static map, fresh cache) or None."""
-        host = normalize_host(host)
+        return self._cached(normalize_host(host))
+
+    def _cached(self, host: str) -> Resolution | None:
         if not host:
             return _refused(host, "empty host")
+        judged = self._judged.get(host)
+        if judged is not None:
+            return judged
         if parse_ip(host) is not None:
-            return self.judge(host, (host,))
+            return self._keep(self.judge(host, (host,)))
         if is_loopback_name(host):
-            return self.judge(host, _LOOPBACK_ADDRESSES)
+            return self._keep(self.judge(host, _LOOPBACK_ADDRESSES))
         static = self._hosts.get(host)
         if static is not None:
-            return self.judge(host, static)
+            return self._keep(self.judge(host, static))
         hit = self._cache.get(host)
         if hit is None:
             return None
@@ -167,12 +173,20 @@ class SafeResolver:
         self._cache.move_to_end(host)
         return resolution
 
+    def _keep(self, resolution: Resolution) -> Resolution:
+        """Judgements that need no lookup (IP literals, loopback names, the static map) never
+        change for this resolver (a reload builds a new one): judged once, not per request."""
+        if len(self._judged) >= self._max_names:
+            self._judged.clear()
+        self._judged[resolution.host] = resolution
+        return resolution
+
     async def resolve(self, host: str, port: int) -> Resolution:
         """Checked addresses for `host` (canonical form), pinning one, or the refusal reason."""
-        cached = self.resolve_cached(host)
+        host = normalize_host(host)
+        cached = self._cached(host)
         if cached is not None:
             return cached
-        host = normalize_host(host)
         task = self._inflight.get(host)
         if task is None:
             task = asyncio.get_running_loop().create_task(
@@ -249,7 +263,10 @@ class EgressPolicy:
         """Why an address already resolved may not be dialled now, or None. Asked where the
         connection is made, against the running policy (a reload may have narrowed it since
         the address was pinned), as Smokescreen's dialer classifies every address it dials."""
-        return self.port_reason(port) or self.resolver.judge(address, (address,)).reason
+        judged = self.resolver.resolve_cached(address)  # an IP literal: judged without a lookup
+        if judged is None:  # not a literal after all: judged as one, never looked up here
+            judged = self.resolver.judge(address, (address,))
+        return self.port_reason(port) or judged.reason
 
     def reconfigure(self, cfg: DestinationsSection) -> None:
         """A reloaded `destinations` section; the resolver (and its cache) starts afresh."""
@@ -264,7 +281,7 @@ class EgressAiohttpResolver(AbstractResolver):
     """aiohttp resolver backed by SafeResolver: connections go only to the pinned address.
 
     aiohttp never asks a resolver about IP-literal URLs, so callers must still check every
-    (host, port) they request with `EgressPolicy.admit` (robots_cache does, per hop)."""
+    (host, port) they request with `EgressPolicy.admit` (the robots.txt fetcher does, per hop)."""
 
     def __init__(self, policy: EgressPolicy) -> None:
         self._policy = policy  # its resolver may be replaced by a config reload

@@ -1,6 +1,6 @@
 """Pacing state behind a small interface, so a shared backend can replace the in-memory one.
 
-The policy (crawlguard.pacing) owns every decision; a backend only stores two things per key:
+The policy (crawlguard.policy.pacing) owns every decision; a backend only stores two things per key:
 
 * the *next free slot* — the earliest time the next request for the key may be forwarded;
 * a *back-off record* — until when an origin asked us to stay away, and how many throttling

@@ -1,7 +1,8 @@
 """``state.on_error`` around a shared backend: what pacing does while Redis is unreachable.
 
 `FailoverState` is a `PacingState` that forwards every call to the shared backend until one
-fails (`StateBackendError`, or any other exception: a pacing step never crashes a request).
+fails with a `StateBackendError` (unreachable, timed out, an error reply; any other exception
+is a bug, logged and raised: the request then fails closed at the proxy's last gate).
 Then the backend is *down*: it is left alone for a short interval
 (0.25 s, doubling up to 5 s while it stays down), after which exactly one call probes it
 (concurrent calls keep skipping it until that probe answers); the first success ends the
@@ -69,6 +70,7 @@ class FailoverState:
         self.on_fallback = on_fallback
         self._clock = clock
         self._outage = Outage(
+            expected=(StateBackendError,),
             on_start=self._outage_started,
             on_end=self._outage_ended,
             min_interval=min_interval,
@@ -83,11 +85,6 @@ class FailoverState:
     def down(self) -> bool:
         """True while the shared backend is considered unreachable."""
         return self._outage.down
-
-    @property
-    def outages(self) -> int:
-        """Outages seen since start."""
-        return self._outage.count
 
     def retry_after(self) -> int:
         """Whole seconds (≥ 1) until the backend is probed again."""
@@ -142,7 +139,6 @@ class FailoverState:
     async def _call(self, op: Callable[[PacingState], Awaitable[T]], *, required: bool) -> T | None:
         """`op` on the primary unless it is down; else on the fallback (open), else raise
         `StateUnavailable` (closed, `required`) or return None (closed, feedback)."""
-        # any failure (StateBackendError, or anything unforeseen) is the outage's: never crash
         ok, result = await self._outage.call(lambda: op(self.primary))
         if ok:
             return result

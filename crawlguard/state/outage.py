@@ -7,13 +7,20 @@ probes it (concurrent calls keep skipping it until that probe answers); the firs
 the outage. A call already under way when the outage was noticed does not lengthen the
 interval. Each outage is reported once when it starts (`on_start`, with the error) and once
 when it ends (`on_end`, with its length in seconds): the callers log those in their own words.
+
+Only the failures a caller names as outages (`expected`: a connection refused, a timeout, an
+error reply) start one; anything else is a bug in crawlguard, not a backend going away: it is
+logged with its traceback and raised, never hidden behind the fail-open/closed policy.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+log = logging.getLogger("crawlguard")
 
 T = TypeVar("T")
 
@@ -27,12 +34,14 @@ class Outage:
     def __init__(
         self,
         *,
+        expected: tuple[type[Exception], ...],
         on_start: Callable[[Exception], None],
         on_end: Callable[[float], None],
         min_interval: float = MIN_DOWN_INTERVAL,
         max_interval: float = MAX_DOWN_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.expected = expected
         self.on_start = on_start
         self.on_end = on_end
         self.min_interval = min_interval
@@ -62,8 +71,8 @@ class Outage:
         return self._probing or self._clock() < self._until
 
     async def call(self, op: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
-        """``(True, result)`` of `op`, or ``(False, None)`` when it was skipped or failed (any
-        `Exception`: recorded here, never raised)."""
+        """``(True, result)`` of `op`, or ``(False, None)`` when it was skipped or failed with
+        an `expected` error (recorded here, never raised). Any other error is raised."""
         if self.skip():
             return False, None
         probe = self._since is not None
@@ -71,9 +80,12 @@ class Outage:
             self._probing = True
         try:
             result = await op()
-        except Exception as exc:
+        except self.expected as exc:
             self.failed(exc, probe)
             return False, None
+        except Exception:
+            log.exception("crawlguard bug: unexpected error from a shared backend call")
+            raise
         finally:
             if probe:
                 self._probing = False

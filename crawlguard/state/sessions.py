@@ -111,7 +111,11 @@ class RedisSessions:
         self.namespace = namespace
         self.description = description
         self._clock = clock
-        self._outage = Outage(on_start=self._down, on_end=self._up, clock=clock)
+        from redis.exceptions import RedisError
+
+        self._outage = Outage(
+            expected=(RedisError, OSError), on_start=self._down, on_end=self._up, clock=clock
+        )
 
     @classmethod
     def from_url(cls, url: str) -> RedisSessions:

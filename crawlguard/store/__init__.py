@@ -5,7 +5,7 @@ it returns. Allowed requests never touch the store one by one: the proxy counts 
 and flushes hourly buckets with `add_request_counts`.
 
 Timestamps are handed in and out in one canonical form, UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``
-(the form of `crawlguard.records.utc_now_iso`), so string order is time order and `since`
+(the form of `crawlguard.policy.records.utc_now_iso`), so string order is time order and `since`
 filters are plain index range scans.
 
 Layout:
@@ -31,8 +31,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from crawlguard.identity import IdentityError, canonical_host
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.identity import IdentityError, canonical_host
+from crawlguard.policy.records import ViolationRecord
 
 if TYPE_CHECKING:
     from crawlguard.admin.metrics import Metrics

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.records import ViolationRecord
 from crawlguard.store import url_host
 
 FoldKey = tuple[str, str, str, str | None, str | None, bool]
@@ -61,7 +61,7 @@ class _Fold:
 
 
 class Folder:
-    """See the module docstring. `admit` says whether a refusal is recorded on its own;
+    """See the module docstring. `one_by_one` says whether a refusal is recorded on its own;
     `take_due` hands over the folds of intervals that have ended, `drain` all of them."""
 
     def __init__(
@@ -101,7 +101,7 @@ class Folder:
         self._folds.clear()
         self._tenant_folds.clear()
 
-    def admit(self, rec: ViolationRecord, body: bytes | None = None) -> bool:
+    def one_by_one(self, rec: ViolationRecord, body: bytes | None = None) -> bool:
         """True: record `rec` on its own (the caller writes it). False: it is counted in a
         fold, written when its interval ends."""
         self._roll()

@@ -40,7 +40,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
-from crawlguard.records import FIELDS, ViolationRecord
+from crawlguard.policy.records import FIELDS, ViolationRecord
 from crawlguard.store import (
     PRUNE_BATCH_ROWS,
     Page,

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crawlguard.records import ViolationRecord
+from crawlguard.policy.records import ViolationRecord
 from crawlguard.store import (
     PRUNE_BATCH_ROWS,
     Page,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from crawlguard.records import FIELDS
+from crawlguard.policy.records import FIELDS
 from crawlguard.store import (
     Page,
     Report,

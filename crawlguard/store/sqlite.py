@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from crawlguard.records import FIELDS, ViolationRecord
+from crawlguard.policy.records import FIELDS, ViolationRecord
 from crawlguard.store import (
     PRUNE_BATCH_ROWS,
     Page,

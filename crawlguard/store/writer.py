@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crawlguard.records import ViolationRecord, log_line
+from crawlguard.policy.records import ViolationRecord, log_line
 from crawlguard.store import (
     PRUNE_BATCH_ROWS,
     RETENTION_FIRST_DELAY_SECONDS,
@@ -216,7 +216,7 @@ class StoreWriter:
         once closed, nothing folds."""
         if self.folder is None or self._closed:
             return False
-        if self.folder.admit(rec, body):
+        if self.folder.one_by_one(rec, body):
             return False
         if self.metrics is not None:
             self.metrics.violations_folded.labels(rec.tenant).inc(rec.count)

@@ -1,0 +1,432 @@
+"""The composition root: builds the parts of one proxy process from a config (tenants, store,
+pacing state, robots.txt cache, egress policy, metrics), reloads them, and serves the request
+path as the live `Context` of the decision pipeline (crawlguard.policy.pipeline), plus the
+effects the proxy carries out: recording, counting, origin back-off.
+
+The mitmproxy addon (crawlguard.proxy.addon) is a thin adapter over this and the pipeline, so
+the same code serves `crawlguard run`, `mitmdump -s addons/crawlguard_addon.py` and the local
+dev mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import ssl
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from crawlguard.admin.metrics import Metrics
+from crawlguard.config import Config, ConfigError
+from crawlguard.egress import EgressPolicy
+from crawlguard.policy.auth import Authenticator
+from crawlguard.policy.decisions import Action, Decision, Kind
+from crawlguard.policy.identity import Target
+from crawlguard.policy.pacing import (
+    THROTTLE_STATUSES,
+    HeldPool,
+    Pacer,
+    PacingOutcome,
+    pacing_key,
+    pacing_rule,
+)
+from crawlguard.policy.pipeline import RequestInfo
+from crawlguard.policy.records import ViolationRecord, log_line, utc_now_iso
+from crawlguard.policy.tenants import TenantRuntime
+from crawlguard.policy.ua import UserAgentPolicy
+from crawlguard.robots.cache import RobotsCache, RobotsEntry
+from crawlguard.robots.parse_pool import RobotsParsePool
+from crawlguard.state import StateUnavailable, open_state
+from crawlguard.store import ViolationStore, open_store, store_spool_dir
+
+if TYPE_CHECKING:
+    from crawlguard.robots.shared import RedisRobots
+
+
+def open_shared_robots(url: str) -> RedisRobots | None:
+    """crawlguard.robots.shared's, imported (and redis with it, ~0.1 s) only when `state.url`
+    is shared: a proxy on memory:// state starts without it."""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    from crawlguard.robots.shared import open_shared_robots as open_shared
+
+    return open_shared(url)
+
+
+log = logging.getLogger("crawlguard")
+violation_log = logging.getLogger("crawlguard.violations")
+
+COUNT_FLUSH_SECONDS = 10.0
+ROBOTS_LANE = "/robots.txt"  # suffix of the pacing site a tenant's own robots.txt fetches use
+
+HELD = "held"
+"""The request-count decision of a request that `delay` pacing held until its slot (its record
+says kind `crawl-delay`, action `delayed`). Not a violation: the tenant chose delay pacing and
+the proxy paced it. Counted once when the hold starts, also if the client leaves before its
+slot (the request was never refused)."""
+
+
+def ssl_context(cfg: Config) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if cfg.proxy.upstream_ca_file:
+        try:
+            ctx.load_verify_locations(cfg.proxy.upstream_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(
+                f"proxy.upstream_ca_file: cannot load {cfg.proxy.upstream_ca_file!r}: {reason}"
+            ) from None
+    return ctx
+
+
+class Runtime:
+    """Per-process crawlguard state: tenants, robots cache, store, metrics."""
+
+    def __init__(self, cfg: Config, *, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.tenants: dict[str, TenantRuntime] = {}
+        self.auth: Authenticator[TenantRuntime] = Authenticator({})
+        # `crawlguard dev` (127.0.0.1 only): every request is this tenant's, with or without
+        # credentials. Never set from a config file.
+        self.open_tenant: str | None = None
+        self._load_tenants(cfg)
+        # postgresql://: records spool to <confdir>/store-spool while PostgreSQL is down
+        self.store: ViolationStore = open_store(
+            cfg.store.url, spool_dir=store_spool_dir(cfg.proxy.confdir), metrics=self.metrics
+        )
+        self.egress = EgressPolicy.from_config(cfg.destinations)
+        self.robots = RobotsCache(
+            egress=self.egress,
+            user_agent=cfg.robots.user_agent,
+            max_age=cfg.robots.max_age,
+            fetch_timeout=cfg.robots.fetch_timeout,
+            max_origins=cfg.robots.max_origins,
+            parse_timeout=cfg.robots.parse_timeout,
+            parse_pool=RobotsParsePool(cfg.robots.parse_workers, metrics=self.metrics),
+            ssl=ssl_context(cfg),
+            on_fetch=lambda result: self.metrics.robots_fetches.labels(result).inc(),
+            on_fetch_seconds=self.metrics.robots_fetch_seconds.observe,
+            on_lookup=lambda result: self.metrics.robots_cache_lookups.labels(result).inc(),
+            # redis:// state: one robots.txt cache (and one fetch per origin) for all replicas;
+            # never refuses a request when Redis is down (fetches per process instead).
+            shared=open_shared_robots(cfg.state.url),
+        )
+        self.pacer = Pacer(
+            open_state(
+                cfg.state.url, cfg.state.on_error, on_fallback=self.metrics.state_fallbacks.inc
+            ),
+            default_min_interval=cfg.pacing.default_min_interval,
+            max_hold=cfg.pacing.max_hold,
+        )
+        self.metrics.held_requests_limit.set(cfg.pacing.max_held)
+        self.held = HeldPool(cfg.pacing.max_held, cfg.pacing.max_hold)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawlguard-store")
+        from crawlguard.store import StoreWriter
+        from crawlguard.store.disk import store_disk_path
+        from crawlguard.store.fold import Folder
+
+        # violation records: bounded queue, group commit, retention (same thread as the
+        # counts), folding of repeated refusals, disk gauges
+        self.store_writer = StoreWriter(
+            self.store,
+            self._writer,
+            metrics=self.metrics,
+            retention_days=cfg.store.retention_days,
+            folder=Folder(
+                after=cfg.store.fold_after,
+                tenant_after=cfg.store.fold_tenant_after,
+                interval=cfg.store.fold_interval,
+            ),
+            disk_path=store_disk_path(cfg.store.url, cfg.proxy.confdir),
+            min_free_bytes=cfg.store.min_free_bytes,
+        )
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._flusher: asyncio.Task[None] | None = None
+        from crawlguard.policy.limits import TenantLimits
+
+        # per tenant id, kept across reloads: in-flight counts and max_rps buckets
+        self.limits = TenantLimits()
+
+    def _load_tenants(self, cfg: Config) -> None:
+        """Tenants and credentials from `cfg`; swapped in whole, so a request sees one set."""
+        tenants: dict[str, TenantRuntime] = {}
+        creds: dict[str, tuple[bytes, TenantRuntime]] = {}
+        for tenant in cfg.tenants:
+            foreign = [
+                token
+                for other in cfg.tenants
+                if other.id != tenant.id
+                for token in other.product_tokens
+            ]
+            policy = UserAgentPolicy(tuple(tenant.product_tokens), foreign_tokens=foreign)
+            runtime = TenantRuntime(tenant, policy)
+            tenants[tenant.id] = runtime
+            creds[tenant.id] = (tenant.token_digest(), runtime)
+        self.tenants, self.auth = tenants, Authenticator(creds)
+
+    def reload(self, cfg: Config) -> list[str]:
+        """Apply a new config to the running proxy; returns what it could not apply.
+
+        Tenants (credentials, tokens, modes, pacing, limits), `pacing` and `destinations`
+        change in place; connections, pacing state and the robots.txt cache are kept. The
+        rest (listen addresses, store, state, robots fetching) needs a restart: those
+        keys keep their running values and are named in the result. The operator token
+        (`admin.token_sha256` / `token_env`) applies in place: the admin server reads it per
+        request, so changing it revokes the old token and its dashboard sessions at once.
+        """
+        kept = [
+            name
+            for name in ("proxy", "admin", "store", "state", "robots")
+            if getattr(cfg, name) != getattr(self.cfg, name)
+        ]
+        running = self.cfg.admin
+        if (cfg.admin.listen_host, cfg.admin.port) == (running.listen_host, running.port):
+            kept = [name for name in kept if name != "admin"]  # only the token changed
+        listen = {"listen_host": running.listen_host, "port": running.port}
+        cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update=listen)})
+        self._load_tenants(cfg)
+        self.pacer.default_min_interval = cfg.pacing.default_min_interval
+        self.pacer.max_hold = cfg.pacing.max_hold
+        self.held.limit, self.held.window = cfg.pacing.max_held, cfg.pacing.max_hold
+        self.metrics.held_requests_limit.set(cfg.pacing.max_held)
+        self._bind_gauges()
+        if cfg.destinations != self.cfg.destinations:
+            self.egress.reconfigure(cfg.destinations)  # shared with the robots.txt fetcher
+        self.cfg = cfg.model_copy(
+            update={name: getattr(self.cfg, name) for name in kept if name != "admin"}
+        )
+        return kept
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _bind_gauges(self) -> None:
+        """Gauges read at scrape time from this Runtime's live objects (rebound on reload, so a
+        shared `Metrics` always reports the Runtime that runs)."""
+        robots = self.robots
+        self.metrics.robots_cache_entries.set_function(lambda: float(len(robots)))
+
+    def start(self) -> None:
+        self._bind_gauges()
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self.store_writer.start()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.store_writer.close()  # every accepted record is committed first
+        await self.flush_counts()
+        await self.robots.close()
+        await self.pacer.state.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self.store.close)
+        self._writer.shutdown(wait=True)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(COUNT_FLUSH_SECONDS)
+            await self.flush_counts()
+
+    async def flush_counts(self) -> None:
+        if not self._counts:
+            return
+        counts, self._counts = dict(self._counts), Counter()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self._writer, self.store.add_request_counts, counts, utc_now_iso()
+            )
+        except Exception:
+            log.exception("could not write request counts; they are kept for the next flush")
+            self._counts.update(counts)
+
+    # -- the request path --------------------------------------------------------------------
+
+    def authenticate(self, header: str | None, *, count: bool = True) -> TenantRuntime | None:
+        """The tenant of a `Proxy-Authorization` value. `count=False`: not a request the proxy
+        answers with 407 (the engine refuses it anyway), so not an auth failure either."""
+        if self.open_tenant is not None:
+            return self.tenants.get(self.open_tenant)
+        tenant = self.auth.authenticate(header)
+        if tenant is None and count:
+            self.metrics.auth_failures.inc()
+        return tenant
+
+    def take_hold(self, tenant: TenantRuntime) -> Kind | None:
+        """A place in the held pool for one `delay`-paced request (`HeldPool.take`)."""
+        refused = self.held.take(tenant.id)
+        if refused is None:
+            self.metrics.held_by_tenant.labels(tenant.id).set(self.held.held[tenant.id])
+        return refused
+
+    def give_back_hold(self, tenant: TenantRuntime) -> None:
+        self.held.give_back(tenant.id)
+        self.metrics.held_by_tenant.labels(tenant.id).set(self.held.held.get(tenant.id, 0))
+
+    def credential(self, tenant: TenantRuntime) -> bytes | None:
+        """What `tenant` authenticates with now (None in `crawlguard dev`: no credentials)."""
+        if self.open_tenant is not None:
+            return None
+        return self.auth.credential(tenant.id)
+
+    def tunnel_tenant(self, tenant_id: str, credential: bytes | None) -> TenantRuntime | None:
+        """The running config's tenant for a tunnel opened by `tenant_id` with `credential`;
+        None once that tenant is gone or its token was rotated (the tunnel must end)."""
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            return None
+        current = self.credential(tenant)
+        if credential is None or current is None:
+            return tenant if credential is current else None
+        return tenant if hmac.compare_digest(current, credential) else None
+
+    def dial_refusal(self, address: str, port: int) -> Decision | None:
+        """The running destination policy on an address already resolved and pinned (a tunnel
+        opened before a reload, the connection mitmproxy is about to dial)."""
+        reason = self.egress.dial_reason(address, port)
+        if reason is None:
+            return None
+        return Decision(Kind.DESTINATION_FORBIDDEN, rule="destinations", reason=reason)
+
+    def pacing_site(self, target: Target) -> str:
+        """The site of `target` one pacing slot (and an origin back-off) covers."""
+        return target.origin if self.cfg.pacing.scope == "origin" else target.host
+
+    def pacing_sites(self, req: RequestInfo, pinned: str | None) -> tuple[str, tuple[str, ...]]:
+        """The slot a request is paced on, and further ones it also takes (`pacing.scope`)."""
+        assert req.target is not None
+        site = self.pacing_site(req.target)
+        also = (f"@{pinned}",) if self.cfg.pacing.scope == "address" and pinned else ()
+        if req.is_robots_txt:
+            return site + ROBOTS_LANE, tuple(a + ROBOTS_LANE for a in also)
+        return site, also
+
+    async def admit(self, target: Target) -> str | Decision:
+        """The checked address to dial for `target`, or the `destination-forbidden` decision."""
+        resolution = await self.egress.admit(target.host, target.port)
+        if resolution.reason is not None:
+            return Decision(
+                Kind.DESTINATION_FORBIDDEN, rule="destinations", reason=resolution.reason
+            )
+        return resolution.pinned
+
+    async def robots_txt(self, req: RequestInfo, tenant: TenantRuntime) -> RobotsEntry:
+        """The origin's robots.txt: cached, or fetched once and parsed in the tenant's turn."""
+        return await self.robots.get(req.robots_origin, tenant=tenant.id)
+
+    async def cancel(self, outcome: PacingOutcome) -> None:
+        await self.pacer.cancel(outcome)
+
+    async def pace(
+        self,
+        tenant: TenantRuntime,
+        req: RequestInfo,
+        decision: Decision,
+        pinned: str | None = None,
+    ) -> tuple[Decision, PacingOutcome]:
+        """Pacing for a request the rest of the policy allows, on the slots `pacing_sites`
+        names (`pinned`: the address it is dialled at). A held outcome still needs its place
+        in the held pool (`take_hold`). A shared state that is down with
+        `state.on_error: closed` decides `state-unavailable`."""
+        site, also = self.pacing_sites(req, pinned)
+        try:
+            outcome = await self.pacer.pace(
+                tenant.id,
+                site,
+                also=also,
+                crawl_delay=decision.crawl_delay,
+                request_rate=decision.request_rate,
+                hold=tenant.cfg.pacing == "delay",
+                enforce=tenant.enforce,
+            )
+        except StateUnavailable as exc:  # the cause is logged once per outage, not told here
+            unavailable = Decision(
+                Kind.STATE_UNAVAILABLE,
+                rule="state.on_error: closed",
+                reason="crawlguard cannot reach its shared pacing state, so it cannot tell "
+                "whether this request keeps the site's crawl delay.",
+                retry_after=exc.retry_after,
+                crawl_delay=decision.crawl_delay,
+                robots_sha256=decision.robots_sha256,
+            )
+            key = pacing_key(tenant.id, site)
+            return unavailable, PacingOutcome(
+                Kind.STATE_UNAVAILABLE, False, 0.0, exc.retry_after, 0.0, key
+            )
+        if outcome.kind is Kind.ALLOWED:
+            return decision, outcome
+        paced = Decision(
+            outcome.kind,
+            rule=pacing_rule(decision, outcome, self.cfg.pacing.default_min_interval),
+            reason=f"at most one request every {outcome.interval:g} s to {site} "
+            f"for tenant {tenant.id} (pacing.scope: {self.cfg.pacing.scope}).",
+            retry_after=outcome.retry_after,
+            crawl_delay=outcome.interval,
+            robots_sha256=decision.robots_sha256,
+            delay_seconds=round(outcome.wait, 3) if outcome.held else None,
+        )
+        return paced, outcome
+
+    def count(self, tenant: TenantRuntime, decision: Kind | str) -> None:
+        """One request's decision for crawlguard_requests_total and the store's request counts:
+        a Kind, or `HELD` for a request delay pacing held and then forwarded (not refused)."""
+        label = str(decision)
+        self.metrics.requests.labels(tenant.id, label).inc()
+        self._counts[(tenant.id, label)] += 1
+
+    async def observe_response(
+        self, tenant: TenantRuntime, site: str, status: int, retry_after: str | None
+    ) -> None:
+        """An origin's answer to this tenant: 429/503 start (or extend) a back-off on the
+        pacing site it was paced on (`pacing_sites`, not its robots.txt lane)."""
+        await self.pacer.observe_response(tenant.id, site, status, retry_after)
+        if status in THROTTLE_STATUSES:
+            self.metrics.origin_backoffs.labels(tenant.id).inc()
+
+    async def record(
+        self, tenant: TenantRuntime, decision: Decision, action: Action, req: RequestInfo
+    ) -> None:
+        """Write the violation durably (store and log) before the caller answers.
+
+        The record is bounded (`ViolationRecord.bounded`) for both copies. Raises
+        `crawlguard.store.StoreBacklogged` when the store's write queue is full: then nothing
+        was recorded or logged, and the caller must refuse the request instead. A refusal
+        beyond the fold rate (`store.fold_after`) returns at once: it is counted into the
+        folded record its interval writes (and logs) when it ends.
+        """
+        rec = ViolationRecord(
+            ts=utc_now_iso(),
+            tenant=tenant.id,
+            kind=decision.kind.value,
+            action=action.value,
+            method=req.method,
+            url=req.url,
+            user_agent=req.user_agent,
+            rule=decision.rule,
+            crawl_delay=decision.crawl_delay,
+            retry_after=decision.retry_after,
+            robots_sha256=decision.robots_sha256,
+            delay_seconds=decision.delay_seconds,
+            reason=decision.reason,
+        ).bounded()
+        body = None
+        if decision.robots_sha256 and req.target is not None:
+            entry = self.robots.peek(req.robots_origin)
+            if entry is not None and entry.sha256 == decision.robots_sha256:
+                body = entry.body
+        if self.store_writer.fold(rec, body):
+            if action is not Action.DELAYED:
+                self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
+            return
+        # Queued first: StoreBacklogged leaves no half-made record behind.
+        committed = self.store_writer.submit(rec, body)
+        if action is not Action.DELAYED:  # held, then forwarded: paced as asked, no violation
+            self.metrics.violations.labels(tenant.id, decision.kind.value).inc()
+        violation_log.info(log_line(rec))
+        # A failed batch is counted and logged by the writer; the JSON line above is the
+        # second copy, so the caller answers all the same.
+        await committed

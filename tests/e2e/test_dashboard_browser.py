@@ -1,0 +1,445 @@
+"""The operator dashboard (`/`) in a real browser: Debian's Chromium driven by Playwright, against
+the real proxy (a subprocess) with a store seeded before it starts plus real violations made
+through it. Nothing leaves 127.0.0.1; the page must run under the admin CSP with no console
+errors, show the seeded counts, filter, page with the cursor and fit a phone screen."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from harness import GOOD_UA, LocalOrigin, Proxy, base_config
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+
+from crawlguard.policy.records import ViolationRecord
+from crawlguard.store import SQLiteStore
+
+OPERATOR_TOKEN = "op"  # base_config's admin.token_sha256 is sha256("op")
+GLOBEX_UA = "GlobexCrawler/2.0 (+https://globex.example/bot)"
+ROBOTS = b"User-agent: *\nDisallow: /private/\nCrawl-delay: 2\n"
+ROBOTS_SHA = hashlib.sha256(ROBOTS).hexdigest()
+CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+HOSTILE_URL = "https://shop.example.com/private/<img src=x onerror=alert(1)>"
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@cache
+def chromium_executable() -> str:
+    """Debian's chromium, never Playwright's download; installed once with apt-get if we can."""
+
+    def find() -> str | None:
+        found = shutil.which("chromium")
+        if found:
+            return found
+        return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+
+    path = find()
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=900)
+            subprocess.run(cmd, env=env, capture_output=True, timeout=900)
+        path = find()
+    if path is None:
+        pytest.fail(
+            "the dashboard browser test needs Debian's Chromium at /usr/bin/chromium or on PATH: "
+            "`apt-get install -y chromium` (or `make test` as root). Playwright's own browser "
+            "download is deliberately not used."
+        )
+    return path
+
+
+# -- the seeded store -----------------------------------------------------------------------
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def rec(
+    now: datetime,
+    ago: timedelta,
+    tenant: str,
+    kind: str,
+    host: str,
+    *,
+    action: str = "blocked",
+    path: str = "/private/page",
+    url: str | None = None,
+    **extra: Any,
+) -> ViolationRecord:
+    return ViolationRecord(
+        ts=iso(now - ago),
+        tenant=tenant,
+        kind=kind,
+        action=action,
+        method="GET",
+        url=url or f"https://{host}{path}",
+        **extra,
+    )
+
+
+@dataclass
+class Seeded:
+    day: Counter[str]  # tenant -> violations in the last 24 h (held excluded)
+    week: Counter[str]  # ... in the last 7 days
+    day_kinds: Counter[str]  # kind -> violations in the last 24 h
+    day_hosts: Counter[tuple[str, str]]  # (tenant, host) -> violations in the last 24 h
+
+
+def seed(db: Path, now: datetime) -> list[ViolationRecord]:
+    """Violations for three tenants across kinds, hosts and hours, written before the proxy
+    starts. Everything 'today' sits between 20 min and 21 h ago: inside the dashboard's 24 h
+    window whatever the clock."""
+    h = lambda n, m=20: timedelta(hours=n, minutes=m)  # noqa: E731
+    robots = {"rule": "Disallow: /private/", "robots_sha256": ROBOTS_SHA}
+    pace = {"crawl_delay": 2.0, "retry_after": 2, "robots_sha256": ROBOTS_SHA}
+    held = {**pace, "delay_seconds": 1.5}
+    records = [
+        # acme (enforce): 6 in the last day
+        rec(now, h(0), "acme", "robots-disallow", "shop.example.com", url=HOSTILE_URL, **robots),
+        rec(now, h(2), "acme", "robots-disallow", "shop.example.com", **robots),
+        rec(now, h(5), "acme", "robots-disallow", "shop.example.com", **robots),
+        rec(now, h(9), "acme", "ua-generic", "news.example.org", user_agent="python-requests/2"),
+        rec(now, h(13), "acme", "crawl-delay", "docs.example.net", **pace),
+        rec(now, h(17), "acme", "crawl-delay", "docs.example.net", **pace),
+        # held by delay pacing: not a violation, so in no count below
+        rec(now, h(3), "acme", "crawl-delay", "docs.example.net", action="delayed", **held),
+        # globex (monitor): 5 logged
+        rec(now, h(1), "globex", "ua-missing", "blog.example.io", action="logged"),
+        rec(now, h(4), "globex", "ua-missing", "blog.example.io", action="logged"),
+        rec(now, h(8), "globex", "ua-missing", "api.example.net", action="logged"),
+        rec(now, h(11), "globex", "robots-disallow", "blog.example.io", action="logged", **robots),
+        rec(now, h(20), "globex", "robots-disallow", "blog.example.io", action="logged", **robots),
+        # initech: 3
+        rec(now, h(6), "initech", "origin-backoff", "api.example.net", retry_after=30),
+        rec(now, h(7), "initech", "origin-backoff", "api.example.net", retry_after=30),
+        rec(now, h(21), "initech", "origin-backoff", "api.example.net", retry_after=30),
+        # older: in the 7 d range only
+        rec(now, timedelta(days=3), "acme", "ua-generic", "news.example.org"),
+        rec(now, timedelta(days=3, hours=2), "acme", "ua-generic", "news.example.org"),
+        *[
+            rec(now, timedelta(days=4, minutes=i), "initech", "tenant-limit", "api.example.net")
+            for i in range(60)
+        ],
+        # older still: 30 d only
+        *[
+            rec(now, timedelta(days=20, hours=i), "globex", "ua-missing", "blog.example.io")
+            for i in range(4)
+        ],
+    ]
+    store = SQLiteStore(str(db))
+    try:
+        store.record_many([(r, ROBOTS if r.robots_sha256 else None) for r in records])
+    finally:
+        store.close()
+    return records
+
+
+def expected(records: list[ViolationRecord], now: datetime) -> Seeded:
+    out = Seeded(Counter(), Counter(), Counter(), Counter())
+    for r in records:
+        if r.action == "delayed":
+            continue
+        age = now - datetime.fromisoformat(r.ts)
+        host = urlsplit(r.url).hostname or ""
+        if age < timedelta(days=6):
+            out.week[r.tenant] += 1
+        if age < timedelta(hours=22):
+            out.day[r.tenant] += 1
+            out.day_kinds[r.kind] += 1
+            out.day_hosts[(r.tenant, host)] += 1
+    return out
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    proxy: Proxy
+    base: str
+    records: list[ViolationRecord]
+    seeded: Seeded
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("dashboard")
+    now = datetime.now(UTC)
+    records = seed(tmp / "var" / "crawlguard.db", now)
+    origin = LocalOrigin(robots=ROBOTS)
+    proxy = Proxy(base_config(tmp), tmp)
+    try:
+        # real violations through the proxy: acme is refused, globex (monitor) is logged
+        acme = proxy.get(origin.url("/private/real-acme"), tenant="acme", ua=GOOD_UA)
+        assert acme.status_code == 403, acme.text
+        globex = proxy.get(origin.url("/private/real-globex"), tenant="globex", ua=GLOBEX_UA)
+        assert globex.status_code == 200, globex.text
+        real = [ViolationRecord.from_dict(v) for v in proxy.violations("--since", "1h")]
+        real = [r for r in real if "/private/real-" in r.url]
+        assert sorted(r.tenant for r in real) == ["acme", "globex"], real
+        all_records = records + real
+        yield Env(
+            proxy, f"http://127.0.0.1:{proxy.admin_port}", all_records, expected(all_records, now)
+        )
+    finally:
+        proxy.stop()
+        origin.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = chromium_executable()
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=executable, headless=True)
+        yield b
+        b.close()
+
+
+@dataclass
+class Watch:
+    """What the page did: requests it made, console errors, uncaught exceptions."""
+
+    urls: list[str]
+    errors: list[str]
+
+    def check(self) -> None:
+        assert not self.errors, self.errors
+        for url in self.urls:
+            parts = urlsplit(url)
+            if parts.scheme in ("data", "about", "blob"):
+                continue
+            assert parts.scheme in ("http", "https"), url
+            assert parts.hostname == "127.0.0.1", f"the page left 127.0.0.1: {url}"
+
+
+def watch(page: Page) -> Watch:
+    w = Watch([], [])
+    page.on("request", lambda r: w.urls.append(r.url))
+
+    def console(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            w.errors.append(f"console: {msg.text}")
+
+    page.on("console", console)
+    page.on("pageerror", lambda exc: w.errors.append(f"pageerror: {exc}"))
+    return w
+
+
+def login(page: Page, base: str) -> None:
+    """Through the form, as an operator would: `/` sends a browser without a session there."""
+    page.goto(base + "/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.fill("#token", OPERATOR_TOKEN)
+    page.click("main.login button[type=submit]")
+    expect(page).to_have_url(base + "/")
+    loaded(page)
+
+
+def loaded(page: Page) -> None:
+    """The page finished its latest refresh."""
+    expect(page.locator("#main")).to_have_attribute("aria-busy", "false")
+
+
+def rows(page: Page) -> Any:
+    return page.locator("#violations-table tbody tr[data-id]")
+
+
+def row_tenants(page: Page) -> Counter[str]:
+    return Counter(rows(page).evaluate_all("rs => rs.map(r => r.dataset.tenant)"))
+
+
+def segment_totals(page: Page) -> Counter[str]:
+    pairs = page.locator("#chart .seg").evaluate_all(
+        "ss => ss.map(s => [s.dataset.tenant, Number(s.dataset.count)])"
+    )
+    totals: Counter[str] = Counter()
+    for tenant, count in pairs:
+        totals[tenant] += count
+    return totals
+
+
+def query(page: Page) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.url).query)
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def test_dashboard_laptop(env: Env, browser: Browser, tmp_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    w = watch(page)
+    login(page, env.base)
+    served = context.request.get(env.base + "/")  # the page runs under the admin CSP
+    assert served.headers["content-security-policy"] == CSP, served.headers
+    day = env.seeded.day
+    assert set(day) == {"acme", "globex", "initech"}
+
+    # the chart: one legend entry and one colour per tenant, counts as seeded
+    for tenant, count in day.items():
+        item = page.locator(f'#legend button[data-tenant="{tenant}"]')
+        expect(item.locator(".count")).to_have_text(str(count))
+    assert segment_totals(page) == day
+    expect(page.locator("#kpi-violations")).to_have_text(str(sum(day.values())))
+    chart = page.locator("#chart")
+    expect(chart).to_have_attribute("role", "img")
+    label = ".*".join(f"{t} {n}" for t, n in sorted(day.items()))
+    expect(chart).to_have_attribute("aria-label", re.compile(label))
+    colours = page.locator("#legend .swatch").evaluate_all(
+        "ss => ss.map(s => getComputedStyle(s).backgroundColor)"
+    )
+    assert len(set(colours)) == len(colours) == 3, colours
+
+    # by kind, top hosts, tenants
+    for kind, count in env.seeded.day_kinds.items():
+        expect(page.locator(f'#kinds [data-kind="{kind}"] .bar-count')).to_have_text(str(count))
+    for tenant in day:
+        hosts = sorted((-n, h) for (t, h), n in env.seeded.day_hosts.items() if t == tenant)
+        shown = page.locator(f'#hosts .host-group[data-tenant="{tenant}"] li')
+        expect(shown.locator(".bar-label")).to_have_text([h for _, h in hosts])
+        expect(shown.locator(".bar-count")).to_have_text([str(-n) for n, _ in hosts])
+    expect(page.locator('#tenants tr[data-tenant="globex"] .badge')).to_have_text("monitor")
+    expect(page.locator('#tenants tr[data-tenant="acme"] .badge')).to_have_text("enforce")
+    expect(page.locator("#kpi-held")).to_have_text("1")
+
+    # the table: every violation of the day, newest first, held ones left out
+    expect(rows(page)).to_have_count(sum(day.values()))
+    assert row_tenants(page) == day
+    assert page.locator('#violations-table tr[data-action="delayed"]').count() == 0
+    newest = rows(page).first
+    expect(newest).to_contain_text("/private/real-")  # the real requests are the newest
+    # data is text, never markup
+    hostile = page.locator("#violations-table .url", has_text="<img src=x onerror=alert(1)>")
+    expect(hostile).to_have_count(1)
+    assert page.locator("#violations-table img").count() == 0
+    # the deciding rule links the robots.txt evidence, which is the stored body
+    link = page.locator('#violations-table a.evidence[href="/api/evidence/' + ROBOTS_SHA + '"]')
+    expect(link.first).to_be_visible()
+    evidence = context.request.get(env.base + link.first.get_attribute("href"))
+    assert evidence.status == 200 and evidence.body() == ROBOTS
+
+    page.screenshot(path=str(tmp_path / "dashboard-laptop.png"), full_page=True)
+
+    # filter by clicking a tenant: only its rows and its series remain, and the URL says so
+    page.locator('#legend button[data-tenant="globex"]').click()
+    expect(page).to_have_url(re.compile(r"[?&]tenant=globex"))
+    loaded(page)
+    expect(rows(page)).to_have_count(day["globex"])
+    assert set(row_tenants(page)) == {"globex"}
+    expect(page.locator("#legend button")).to_have_count(1)
+    assert set(segment_totals(page)) == {"globex"}
+    expect(page.locator("#f-tenant")).to_have_value("globex")
+    expect(page.locator("#tenants tbody tr")).to_have_count(1)
+
+    # a wider range through the URL-backed controls; a reload keeps the view (shareable)
+    page.locator('label[for="r-7d"]').click()
+    expect(page).to_have_url(re.compile(r"[?&]range=7d"))
+    loaded(page)
+    expect(page.locator('#legend button[data-tenant="globex"] .count')).to_have_text(
+        str(env.seeded.week["globex"])
+    )
+    page.reload()
+    loaded(page)
+    assert query(page) == {"tenant": ["globex"], "range": ["7d"]}
+    expect(page.locator("#f-tenant")).to_have_value("globex")
+    expect(page.locator("#r-7d")).to_be_checked()
+    expect(rows(page)).to_have_count(env.seeded.week["globex"])
+
+    # another tenant through the select; "load more" follows the cursor to the end
+    page.select_option("#f-tenant", "initech")
+    expect(page).to_have_url(re.compile(r"[?&]tenant=initech"))
+    loaded(page)
+    week_initech = env.seeded.week["initech"]
+    assert week_initech > 50  # more than one page
+    expect(rows(page)).to_have_count(50)
+    page.click("#load-more")
+    expect(rows(page)).to_have_count(week_initech)
+    expect(page.locator("#load-more")).to_be_hidden()
+    ids = rows(page).evaluate_all("rs => rs.map(r => r.dataset.id)")
+    assert len(set(ids)) == len(ids)
+
+    # a kind with nothing in range: the empty states
+    page.goto(env.base + "/?kind=store-backlogged&range=1h")
+    loaded(page)
+    expect(page.locator("#chart")).to_contain_text("No violations in this range")
+    expect(page.locator("#violations-table")).to_contain_text("No violations in this range")
+    expect(page.locator("#kinds")).to_contain_text("No violations in this range")
+
+    w.check()
+    context.close()
+
+
+def test_dashboard_phone(env: Env, browser: Browser, tmp_path: Path) -> None:
+    context = browser.new_context(
+        viewport={"width": 375, "height": 800}, device_scale_factor=2, is_mobile=True
+    )
+    page = context.new_page()
+    w = watch(page)
+    login(page, env.base)
+    page.goto(env.base + "/?range=7d")
+    loaded(page)
+    # the first page: the 50 newest records of the week, less the held ones the page hides
+    week = sorted(
+        (r for r in env.records if now_utc() - datetime.fromisoformat(r.ts) < timedelta(days=6)),
+        key=lambda r: r.ts,
+        reverse=True,
+    )[:50]
+    expect(rows(page)).to_have_count(sum(r.action != "delayed" for r in week))
+    expect(page.locator("#load-more")).to_be_visible()
+    expect(page.locator("#legend button")).to_have_count(3)
+    width = page.evaluate("document.scrollingElement.scrollWidth")
+    assert width <= 375 + 1, f"the page scrolls sideways on a phone: {width}px wide"
+    # the violations table scrolls inside its own box instead
+    wrap = page.locator("#violations .table-wrap")
+    assert wrap.evaluate("e => e.scrollWidth > e.clientWidth")
+    page.screenshot(path=str(tmp_path / "dashboard-phone.png"), full_page=True)
+    w.check()
+    context.close()
+
+
+def test_dashboard_needs_login(env: Env, browser: Browser) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    w = watch(page)
+    # a shared view survives the login: /login?next=<path and query>
+    page.goto(env.base + "/?tenant=acme")
+    expect(page).to_have_url(re.compile(r"/login\?next=/%3Ftenant%3Dacme$"))
+    # the static assets are public, the API is not
+    assert context.request.get(env.base + "/static/dashboard.js").status == 200
+    assert context.request.get(env.base + "/api/summary").status == 401
+    for name in ("dashboard.py", "..%2fapi.py", "%2e%2e/api.py", "", "dashboard.html"):
+        got = context.request.get(env.base + "/static/" + name, max_redirects=0)
+        assert got.status in (303, 404), (name, got.status)  # never a file outside the list
+    # a wrong token is refused on the form
+    page.fill("#token", "wrong")
+    page.click("main.login button[type=submit]")
+    expect(page.locator(".error")).to_contain_text("Wrong operator token")
+    page.fill("#token", OPERATOR_TOKEN)
+    page.click("main.login button[type=submit]")
+    expect(page).to_have_url(env.base + "/?tenant=acme")
+    loaded(page)
+    expect(page.locator("#f-tenant")).to_have_value("acme")
+    # the wrong token's 401 is the one console error we expect
+    w.errors = [e for e in w.errors if "401" not in e]
+    w.check()
+    context.close()
