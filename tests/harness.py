@@ -20,6 +20,7 @@ from typing import Any
 import requests
 import urllib3
 import yaml
+from ports import origin_socket
 
 from crawlguard.policy.records import ViolationRecord
 
@@ -119,7 +120,11 @@ class LocalOrigin:
             do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _serve
 
         self.host = host
-        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler, bind_and_activate=False)
+        self.server.socket.close()
+        self.server.socket = origin_socket(host)  # a port new to this process: see ports.py
+        self.server.server_address = self.server.socket.getsockname()
+        self.server.server_activate()
         self.server.daemon_threads = True
         self.scheme = "http"
         if tls is not None:

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Self
 
 from aiohttp import web
+from ports import origin_socket
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -120,8 +121,7 @@ class RecordingOrigin:
             shutdown_timeout=self._shutdown_timeout,
         )
         await self._runner.setup()
-        sock = socket.socket()
-        sock.bind((self.host, 0))
+        sock = origin_socket(self.host)  # a port new to this process: see ports.py
         self.port = int(sock.getsockname()[1])
         site = web.SockSite(self._runner, sock, ssl_context=self._ssl)
         await site.start()

@@ -9,6 +9,8 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from ports import origin_socket
+
 GOOD_UA = "AcmeBot/1.0 (+https://acme.example/bot)"
 
 
@@ -135,7 +137,8 @@ class WireOrigin:
         self.requests: list[Received] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock = origin_socket()  # a port new to this process: see ports.py
+        self._sock.listen()
         self.port = int(self._sock.getsockname()[1])
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
