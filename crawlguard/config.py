@@ -70,6 +70,9 @@ class AdminSection(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 9464
     token_sha256: str | None = None
     token_env: str | None = None
+    token_label: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "operator"
+    """Who the tenant audit names for a change made through the API (`api:<label>`): the
+    holder of the operator token, since the token itself is never recorded."""
 
     _v_token = field_validator("token_sha256")(classmethod(lambda cls, v: _check_sha256(v)))
 

@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 from multidict import MultiMapping
 
+from crawlguard.admin.tenants_api import TenantsAPI
 from crawlguard.policy.decisions import Action, Kind
 from crawlguard.policy.identity import DEFAULT_PORTS, IdentityError, Target, canonical_host
 from crawlguard.store import (
@@ -176,6 +177,7 @@ class AdminAPI:
         app.router.add_get("/api/summary", self.summary)
         app.router.add_get("/api/robots", self.robots)
         app.router.add_get("/api/evidence/{sha256}", self.evidence)
+        TenantsAPI(self._guard).add_routes(app)  # tenant lifecycle + audit: before the catch-all
         app.router.add_route("*", "/api/{tail:.*}", self.not_found)
 
     @property

@@ -66,6 +66,9 @@ KEY_TESTS: dict[str, list[str]] = {
         "tests/e2e/test_admin_api_live.py::test_sighup_with_a_new_token_revokes_the_old_one",
     ],
     "admin.token_env": ["tests/inprocess/test_admin_api.py::test_token_env_is_the_operator_token"],
+    "admin.token_label": [
+        "tests/inprocess/test_tenants_api.py::test_the_audit_names_the_operator_token_label",
+    ],
     # store
     "store.url": [
         "tests/e2e/test_proxy_e2e.py::test_records_survive_a_restart",
