@@ -9,6 +9,7 @@
     "state-unavailable", "destination-forbidden", "request-invalid", "store-backlogged",
   ];
   const ACTIONS = ["blocked", "logged", "delayed"];
+  const MODES = ["enforce", "monitor", "off"];
   // range -> bucket width (ms) and count; buckets are aligned to local clock boundaries
   const RANGES = {
     "1h": { step: 5 * 60e3, n: 12, label: "last hour", per: "5 minutes" },
@@ -48,6 +49,7 @@
     shown: new Set(),
     first: null, // [ts, id] of the newest row shown
     tenants: [],
+    tenancy: null, // GET /api/tenancy: {source, rotate_grace, tenants?}; null if unavailable
     colors: new Map(),
     summary: null,
     lastWidth: 0,
@@ -221,6 +223,47 @@
     return { data: await res.json(), headers: res.headers };
   }
 
+  // A change (POST/PATCH/DELETE) with the session cookie; the browser adds the page's Origin,
+  // which the API requires of a cookie-authenticated change.
+  async function send(method, path, body) {
+    const init = {
+      method,
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: { Accept: "application/json" },
+    };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, init);
+    if (res.status === 401) {
+      toLogin();
+      throw new AuthError("login required");
+    }
+    let data = null;
+    try {
+      data = await res.json();
+    } catch {
+      // not JSON: the status line says it
+    }
+    if (!res.ok) {
+      const message = data && typeof data.error === "string" ? data.error : `${res.status} ${res.statusText}`;
+      throw new Error(message);
+    }
+    return data;
+  }
+
+  // Where tenants come from; a failure here only hides the lifecycle actions.
+  async function fetchTenancy() {
+    try {
+      return (await api("/api/tenancy")).data;
+    } catch (err) {
+      if (err instanceof AuthError) throw err;
+      return null;
+    }
+  }
+
   function windowFor(range) {
     const { step, n } = RANGES[range];
     const offset = -new Date().getTimezoneOffset() * 60e3;
@@ -261,13 +304,15 @@
     document.body.classList.add("busy");
     $("#main").setAttribute("aria-busy", "true");
     try {
-      const [summary, tenants, page] = await Promise.all([
+      const [summary, tenants, page, tenancy] = await Promise.all([
         api("/api/summary", { ...filterParams(), since: win.since, until: win.until, buckets: win.n }),
         api("/api/tenants", { since: win.since }),
         fetchRows(null, keepRows ? state.win : win),
+        fetchTenancy(),
       ]);
       if (seq !== state.seq) return; // a newer refresh started meanwhile
-      state.tenants = tenants.data.tenants || [];
+      state.tenancy = tenancy;
+      state.tenants = mergeManaged(tenants.data.tenants || [], tenancy);
       for (const t of state.tenants) colorOf(t.id);
       for (const s of summary.data.series || []) colorOf(s.tenant);
       renderTenantOptions();
@@ -648,19 +693,45 @@
     return el("span", { class: "breakdown", text: shown.join(" · ") });
   }
 
+  // Store-managed tenants (tenancy.source: store) carry their registry record, and those the
+  // counts do not know yet (new, quiet) get a row too.
+  function mergeManaged(list, tenancy) {
+    if (!tenancy || tenancy.source !== "store" || !Array.isArray(tenancy.tenants)) return list;
+    const records = new Map(tenancy.tenants.map((r) => [r.id, r]));
+    const out = list.map((t) => {
+      const r = records.get(t.id);
+      return r ? { ...t, configured: true, mode: r.mode, pacing: r.pacing, managed: r } : t;
+    });
+    const known = new Set(list.map((t) => t.id));
+    for (const r of tenancy.tenants) {
+      if (!known.has(r.id)) {
+        out.push({ id: r.id, configured: true, mode: r.mode, pacing: r.pacing, managed: r,
+          requests: {}, requests_total: 0, violations: {}, violations_total: 0, held: 0, last_violation: null });
+      }
+    }
+    return out;
+  }
+
+  function managedSource() {
+    return Boolean(state.tenancy && state.tenancy.source === "store");
+  }
+
   function renderTenants() {
     const body = $("#tenants tbody");
     const tenants = visibleTenants();
+    const managed = managedSource();
+    $("#tenants .actions-col").hidden = !managed;
     $("#tenants-sub").textContent = `${RANGES[state.range].label}, all kinds` + (state.tenant ? "" : " · select a tenant to filter");
     if (!tenants.length) {
-      body.replaceChildren(el("tr", null, el("td", { class: "empty-cell", colSpan: 6, text: "No tenants to show" })));
+      body.replaceChildren(el("tr", null, el("td", { class: "empty-cell", colSpan: managed ? 7 : 6, text: "No tenants to show" })));
       return;
     }
     body.replaceChildren(...tenants.map((t) => {
       const name = el("button", { type: "button", class: "tenant-link", text: t.id, title: state.tenant === t.id ? "Show all tenants" : `Show only ${t.id}` });
       name.addEventListener("click", () => setFilter({ tenant: state.tenant === t.id ? "" : t.id }));
-      const mode = t.configured ? t.mode || "unknown" : "not configured";
-      const modeCls = t.configured && ["enforce", "monitor", "off"].includes(t.mode) ? `mode-${t.mode}` : "mode-unknown";
+      const disabled = Boolean(t.managed && t.managed.disabled);
+      const mode = disabled ? "disabled" : t.configured ? t.mode || "unknown" : "not configured";
+      const modeCls = disabled ? "mode-disabled" : t.configured && MODES.includes(t.mode) ? `mode-${t.mode}` : "mode-unknown";
       const modeCell = el("td", null, el("span", { class: `badge ${modeCls}`, text: mode }),
         t.pacing ? el("span", { class: "breakdown", text: `pacing: ${t.pacing}` }) : null);
       const last = t.last_violation ? timeEl(t.last_violation, (d) => ago(d)) : el("span", { class: "muted", text: "none" });
@@ -670,8 +741,141 @@
         el("td", { class: "num" }, el("span", { class: "big", text: fmt(t.requests_total || 0) }), breakdown(t.requests, 3)),
         el("td", { class: "num" }, el("span", { class: "big", text: fmt(t.violations_total || 0) }), breakdown(t.violations, 3)),
         el("td", { class: "num" }, el("span", { class: "big", text: fmt(t.held || 0) })),
-        el("td", null, last));
+        el("td", null, last),
+        managed ? actionsCell(t) : null);
     }));
+  }
+
+  // -- tenant lifecycle (tenancy.source: store) -------------------------------------------
+
+  function actionsCell(t) {
+    const cell = el("td", { class: "actions" });
+    const r = t.managed;
+    if (!r) {
+      cell.append(el("span", { class: "muted", text: "not managed here", title: "Only tenants in the tenant store can be changed from the dashboard." }));
+      return cell;
+    }
+    if (r.disabled) {
+      cell.append(el("span", { class: "muted", text: "disabled", title: "Disabled tenants are kept for their records; their token is refused." }));
+      return cell;
+    }
+    const modeSelect = el("select", { class: "mode-select", "aria-label": `Mode of ${t.id}`, title: `Change the mode of ${t.id}` },
+      ...MODES.map((m) => el("option", { value: m, text: m, selected: m === r.mode })));
+    modeSelect.value = r.mode;
+    modeSelect.addEventListener("change", () => changeMode(r, modeSelect));
+    const rotate = el("button", { type: "button", class: "rotate", text: "Rotate token", title: `Issue a new token for ${t.id}` });
+    rotate.addEventListener("click", () => rotateToken(r, rotate));
+    const disable = el("button", { type: "button", class: "disable danger", text: "Disable", title: `Refuse ${t.id}'s token everywhere` });
+    disable.addEventListener("click", () => disableTenant(r, disable));
+    cell.append(el("span", { class: "action-row" }, modeSelect, rotate, disable));
+    return cell;
+  }
+
+  function duration(seconds) {
+    const s = Number(seconds) || 0;
+    if (s < 120) return `${fmt(Math.round(s * 10) / 10)} s`;
+    if (s < 7200) return `${fmt(Math.round(s / 60))} min`;
+    if (s < 172800) return `${fmt(Math.round(s / 3600))} h`;
+    return `${fmt(Math.round(s / 86400))} days`;
+  }
+
+  // A modal yes/no; resolves true only on the confirm button.
+  function confirmAction(title, text, okLabel, danger) {
+    const dialog = $("#confirm");
+    $("#confirm-title").textContent = title;
+    $("#confirm-text").textContent = text;
+    const ok = $("#confirm-ok");
+    ok.textContent = okLabel;
+    ok.classList.toggle("danger", Boolean(danger));
+    dialog.returnValue = "";
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+      dialog.showModal();
+    });
+  }
+
+  function notify(message, isError) {
+    const box = $("#notice");
+    box.textContent = message;
+    box.classList.toggle("notice-error", Boolean(isError));
+    box.hidden = false;
+  }
+
+  async function act(control, work) {
+    control.disabled = true;
+    try {
+      await work();
+    } catch (err) {
+      if (!(err instanceof AuthError)) notify(String(err.message || err), true);
+    } finally {
+      control.disabled = false;
+      refresh(false);
+    }
+  }
+
+  async function rotateToken(r, button) {
+    const grace = state.tenancy ? duration(state.tenancy.rotate_grace) : "the configured grace";
+    const yes = await confirmAction(`Rotate ${r.id}'s token?`,
+      `A new token is issued and shown once. The current token keeps working for ${grace}, then every replica refuses it (407).`,
+      "Rotate token", false);
+    if (!yes) return;
+    await act(button, async () => {
+      const data = await send("POST", `/api/tenants/${encodeURIComponent(r.id)}/rotate`);
+      showToken(r.id, data.token, `The previous token keeps working for ${grace}.`);
+      notify(`Rotated ${r.id}'s token.`, false);
+    });
+  }
+
+  async function changeMode(r, select) {
+    const mode = select.value;
+    const yes = await confirmAction(`Change ${r.id}'s mode to ${mode}?`,
+      mode === "enforce" ? `${r.id}'s violations are refused from now on.`
+        : mode === "monitor" ? `${r.id}'s requests are forwarded; violations are only recorded.`
+          : `${r.id}'s requests are forwarded and nothing is recorded.`,
+      `Set ${mode}`, mode === "off");
+    if (!yes) {
+      select.value = r.mode;
+      return;
+    }
+    await act(select, async () => {
+      await send("PATCH", `/api/tenants/${encodeURIComponent(r.id)}`, { mode });
+      notify(`${r.id} is now in ${mode} mode.`, false);
+    });
+  }
+
+  async function disableTenant(r, button) {
+    const yes = await confirmAction(`Disable ${r.id}?`,
+      `Every replica refuses ${r.id}'s token (407) within seconds and closes its open tunnels. Its records are kept; this cannot be undone from the dashboard.`,
+      "Disable tenant", true);
+    if (!yes) return;
+    await act(button, async () => {
+      await send("DELETE", `/api/tenants/${encodeURIComponent(r.id)}`);
+      notify(`${r.id} is disabled.`, false);
+    });
+  }
+
+  // The new token, once: cleared from the page when the dialog closes.
+  function showToken(id, token, note) {
+    $("#token-tenant").textContent = id;
+    $("#token-value").value = token;
+    $("#token-note").textContent = note;
+    $("#token-copied").textContent = "";
+    $("#token-dialog").showModal();
+    $("#token-value").select();
+  }
+
+  async function copyToken() {
+    const input = $("#token-value");
+    try {
+      await navigator.clipboard.writeText(input.value);
+    } catch {
+      input.select(); // no clipboard API (plain http on a remote host): the legacy command
+      if (!document.execCommand("copy")) {
+        $("#token-copied").textContent = "Copy failed: select the token and copy it by hand.";
+        return;
+      }
+    }
+    $("#token-copied").textContent = "Copied to the clipboard.";
   }
 
   // -- recent violations ------------------------------------------------------------------
@@ -836,6 +1040,10 @@
     $("#load-more").addEventListener("click", loadMore);
     $("#refresh-now").addEventListener("click", () => refresh(false));
     $("#live").addEventListener("click", () => setLive(!state.live));
+    $("#token-copy").addEventListener("click", copyToken);
+    $("#token-dialog").addEventListener("close", () => {
+      $("#token-value").value = "";
+    });
     window.addEventListener("popstate", () => {
       readUrl();
       syncControls();
