@@ -243,6 +243,19 @@ class PacingSection(_Strict):
     server), or a host and, besides, every dialled IP address (names of one server share it)."""
 
 
+class TenancySection(_Strict):
+    """Where the tenants live (docs/tenancy.md)."""
+
+    source: Literal["file", "store"] = "file"
+    """`file`: the `tenants` list of this file. `store`: the tenant registry in the store's
+    database (crawlguard.tenancy), managed by the admin API and `crawlguard tenants`; tenants
+    listed here then only seed it (created on start when their id is not there yet).
+    Needs a restart to change."""
+    rotate_grace: Annotated[float, Field(ge=0, le=366 * 86400)] = 3600
+    """Seconds a tenant's previous token keeps working after a rotation (0: at once invalid),
+    so a control plane can roll the new one out to its crawlers first."""
+
+
 class Tenant(_Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     token_sha256: str | None = None
@@ -303,6 +316,7 @@ class Config(_Strict):
     robots: RobotsSection = Field(default_factory=RobotsSection)
     destinations: DestinationsSection = Field(default_factory=DestinationsSection)
     pacing: PacingSection = Field(default_factory=PacingSection)
+    tenancy: TenancySection = Field(default_factory=TenancySection)
     tenants: list[Tenant] = Field(default_factory=list)
 
     @model_validator(mode="after")
