@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from crawlguard.store import StoreError
+from crawlguard.tenancy import TENANT_FIELDS, TenancyError
 
 if TYPE_CHECKING:
     from crawlguard.config import Config, Tenant
@@ -35,17 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("crawlguard")
 
 BODY_LIMIT = 64 * 1024  # a tenant is a few hundred bytes; globs lists stay far below this
-FIELDS = (
-    "id",
-    "product_tokens",
-    "mode",
-    "pacing",
-    "max_concurrency",
-    "max_rps",
-    "allow_hosts",
-    "deny_hosts",
-)
-UPDATABLE = FIELDS[1:]
+FIELDS = ("id", *TENANT_FIELDS)
+UPDATABLE = TENANT_FIELDS
 AUDIT_LIMIT = 100
 AUDIT_MAX_LIMIT = 1000
 FILE_SOURCE = (
@@ -214,8 +206,6 @@ class TenantsAPI:
             await asyncio.to_thread(own.close)
 
     async def _call[T](self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        from crawlguard.tenancy import TenancyError
-
         try:
             return await asyncio.to_thread(fn, *args, **kw)
         except TenancyError as exc:
