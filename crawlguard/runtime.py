@@ -11,15 +11,16 @@ dev mode.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import ssl
+import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from crawlguard.admin.metrics import Metrics
-from crawlguard.config import Config, ConfigError
+from crawlguard.config import Config, ConfigError, Tenant
 from crawlguard.egress import EgressPolicy
 from crawlguard.policy.auth import Authenticator
 from crawlguard.policy.decisions import Action, Decision, Kind
@@ -34,8 +35,7 @@ from crawlguard.policy.pacing import (
 )
 from crawlguard.policy.pipeline import RequestInfo
 from crawlguard.policy.records import ViolationRecord, log_line, utc_now_iso
-from crawlguard.policy.tenants import TenantRuntime
-from crawlguard.policy.ua import UserAgentPolicy
+from crawlguard.policy.tenants import TenantRuntime, TenantSet, build_tenant_set
 from crawlguard.robots.cache import RobotsCache, RobotsEntry
 from crawlguard.robots.parse_pool import RobotsParsePool
 from crawlguard.state import StateUnavailable, open_state
@@ -89,6 +89,7 @@ class Runtime:
         self.metrics = metrics or Metrics()
         self.tenants: dict[str, TenantRuntime] = {}
         self.auth: Authenticator[TenantRuntime] = Authenticator({})
+        self.tenant_set = TenantSet.empty()  # tenants, auth and the shared token index
         # `crawlguard dev` (127.0.0.1 only): every request is this tenant's, with or without
         # credentials. Never set from a config file.
         self.open_tenant: str | None = None
@@ -151,23 +152,46 @@ class Runtime:
         self.limits = TenantLimits()
 
     def _load_tenants(self, cfg: Config) -> None:
-        """Tenants and credentials from `cfg`; swapped in whole, so a request sees one set."""
-        tenants: dict[str, TenantRuntime] = {}
-        creds: dict[str, tuple[bytes, TenantRuntime]] = {}
-        for tenant in cfg.tenants:
-            foreign = [
-                token
-                for other in cfg.tenants
-                if other.id != tenant.id
-                for token in other.product_tokens
-            ]
-            policy = UserAgentPolicy(tuple(tenant.product_tokens), foreign_tokens=foreign)
-            runtime = TenantRuntime(tenant, policy)
-            tenants[tenant.id] = runtime
-            creds[tenant.id] = (tenant.token_digest(), runtime)
-        self.tenants, self.auth = tenants, Authenticator(creds)
+        """Tenants and credentials from `cfg` (at start: nothing is serving yet)."""
+        self._install(self.build_tenants(self._file_tenants(cfg)))
 
-    def reload(self, cfg: Config) -> list[str]:
+    @staticmethod
+    def _file_tenants(cfg: Config) -> Sequence[Tenant]:
+        """The tenants a config file brings (the one place that decides where a reload takes
+        tenants from)."""
+        return cfg.tenants
+
+    def build_tenants(
+        self,
+        tenants: Sequence[Tenant],
+        retired: Mapping[str, Sequence[tuple[bytes, float]]] | None = None,
+    ) -> TenantSet:
+        """A new tenant set, reusing what the running one has unchanged. Pure and thread-safe
+        (it only reads the running set), so it runs off the event loop."""
+        return build_tenant_set(tenants, retired, self.tenant_set)
+
+    def _install(self, built: TenantSet) -> None:
+        """Swap the running tenant set in one step on the loop: a request sees one set."""
+        self.tenant_set, self.tenants, self.auth = built, built.tenants, built.auth
+
+    async def replace_tenants(
+        self,
+        tenants: Sequence[Tenant],
+        *,
+        retired: Mapping[str, Sequence[tuple[bytes, float]]] = {},  # read only
+    ) -> None:
+        """Build the new tenant set off the event loop (a thread), reuse unchanged
+        TenantRuntime objects, swap atomically. `retired`: per tenant id, old token digests
+        still accepted until the given wall-clock time (time.time()) — a rotation's grace."""
+        self._install(await asyncio.to_thread(self.build_tenants, tenants, retired))
+
+    async def reload_async(self, cfg: Config) -> list[str]:
+        """`reload` with the tenant set built in a thread: the event loop never waits for
+        100,000 tenants' objects (SIGHUP, `crawlguard reload`)."""
+        built = await asyncio.to_thread(self.build_tenants, self._file_tenants(cfg))
+        return self.reload(cfg, built=built)
+
+    def reload(self, cfg: Config, *, built: TenantSet | None = None) -> list[str]:
         """Apply a new config to the running proxy; returns what it could not apply.
 
         Tenants (credentials, tokens, modes, pacing, limits), `pacing` and `destinations`
@@ -187,7 +211,7 @@ class Runtime:
             kept = [name for name in kept if name != "admin"]  # only the token changed
         listen = {"listen_host": running.listen_host, "port": running.port}
         cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update=listen)})
-        self._load_tenants(cfg)
+        self._install(built if built is not None else self.build_tenants(self._file_tenants(cfg)))
         self.pacer.default_min_interval = cfg.pacing.default_min_interval
         self.pacer.max_hold = cfg.pacing.max_hold
         self.held.limit, self.held.window = cfg.pacing.max_held, cfg.pacing.max_hold
@@ -267,22 +291,25 @@ class Runtime:
         self.held.give_back(tenant.id)
         self.metrics.held_by_tenant.labels(tenant.id).set(self.held.held.get(tenant.id, 0))
 
-    def credential(self, tenant: TenantRuntime) -> bytes | None:
-        """What `tenant` authenticates with now (None in `crawlguard dev`: no credentials)."""
+    def connect_credentials(self, header: str | None) -> tuple[TenantRuntime, bytes | None] | None:
+        """The tenant of a CONNECT's `Proxy-Authorization` and the token digest it presented,
+        which its tunnel keeps (None in `crawlguard dev`: no credentials)."""
         if self.open_tenant is not None:
-            return None
-        return self.auth.credential(tenant.id)
+            tenant = self.tenants.get(self.open_tenant)
+            return (tenant, None) if tenant is not None else None
+        checked = self.auth.check(header)
+        if checked is None:
+            self.metrics.auth_failures.inc()
+        return checked
 
     def tunnel_tenant(self, tenant_id: str, credential: bytes | None) -> TenantRuntime | None:
-        """The running config's tenant for a tunnel opened by `tenant_id` with `credential`;
-        None once that tenant is gone or its token was rotated (the tunnel must end)."""
-        tenant = self.tenants.get(tenant_id)
-        if tenant is None:
-            return None
-        current = self.credential(tenant)
-        if credential is None or current is None:
-            return tenant if credential is current else None
-        return tenant if hmac.compare_digest(current, credential) else None
+        """The running set's tenant for a tunnel opened by `tenant_id` with `credential`;
+        None once that tenant is gone or that token is no longer accepted (rotated and its
+        grace over): the tunnel must end."""
+        if self.open_tenant is not None or credential is None:
+            tenant = self.tenants.get(tenant_id)
+            return tenant if credential is None and self.open_tenant is not None else None
+        return self.auth.accepts(tenant_id, credential, time.time())
 
     def dial_refusal(self, address: str, port: int) -> Decision | None:
         """The running destination policy on an address already resolved and pinned (a tunnel

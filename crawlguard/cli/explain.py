@@ -44,7 +44,7 @@ from crawlguard.policy.pacing import PacingOutcome, interval, interval_source
 from crawlguard.policy.pipeline import Facts, RequestInfo, decide
 from crawlguard.policy.robots import RobotsRules, RobotsVerdict
 from crawlguard.policy.tenants import TenantRuntime
-from crawlguard.policy.ua import UAVerdict, UserAgentPolicy, lint, product_token_of
+from crawlguard.policy.ua import TokenIndex, UAVerdict, UserAgentPolicy, lint, product_token_of
 
 
 def register(sub: Any) -> None:  # argparse._SubParsersAction
@@ -233,9 +233,9 @@ def _ua_verdict(user_agent: str, cfg: Config, tenant: Tenant | None) -> tuple[UA
 
 
 def _ua_policy(cfg: Config, tenant: Tenant) -> UserAgentPolicy:
-    """The tenant's check as the proxy builds it: its tokens, the other tenants' as foreign."""
-    foreign = [t for other in cfg.tenants if other.id != tenant.id for t in other.product_tokens]
-    return UserAgentPolicy(tuple(tenant.product_tokens), foreign_tokens=foreign)
+    """The tenant's check as the proxy builds it: its tokens, and the index of every tenant's
+    (the other tenants' are foreign)."""
+    return UserAgentPolicy(tenant.product_tokens, index=TokenIndex.of_tenants(cfg.tenants))
 
 
 def _static_destination(cfg: Config, tenant: Tenant | None, target: Target) -> Destination:

@@ -151,7 +151,7 @@ async def _reload(guard: Any, load: Callable[[], Config]) -> None:
     except ConfigError as exc:
         log.error("reload refused, running config kept: %s", exc)
         return
-    kept = guard.reload(cfg)
+    kept = await guard.reload_async(cfg)  # the tenant set is built in a thread
     log.info(
         "config reloaded: %d tenant(s)%s",
         len(guard.tenants),

@@ -58,6 +58,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import groupby
+from typing import Any, Protocol
 
 import icu  # PyICU (pyicu-wheels): the Unicode TR39 skeleton, as ICU's spoof checker computes it
 from crawleruseragents import CRAWLER_USER_AGENTS_DATA
@@ -66,6 +67,7 @@ from crawlguard.policy.decisions import Kind
 
 __all__ = [
     "MAX_LENGTH",
+    "TokenIndex",
     "UAVerdict",
     "UserAgentPolicy",
     "ascii_lower",
@@ -267,7 +269,35 @@ def _skeleton_key(text: str, case: Callable[[str], str]) -> str:
     return ascii_lower(skeleton(0, case(compatible)))
 
 
-_token_keys = lru_cache(maxsize=65536)(_skeleton_keys)  # tokens recur in every tenant's policy
+def _ascii_skeletons() -> dict[int, str]:
+    """ICU's skeleton of each character a product token can hold, where it is ASCII.
+
+    A skeleton maps code points one by one (TR39: NFD, map, NFD), and these characters have no
+    decomposition, so a token's skeleton is the concatenation of its characters' skeletons
+    (`m` -> `rn`): the keys of 100,000 registered tokens without 400,000 ICU calls. The
+    unit tests compare it with ICU over every token shape.
+    """
+    table: dict[int, str] = {}
+    for character in string.ascii_letters + string.digits + "-_":
+        skeleton = _SPOOF_CHECKER.getSkeleton(0, character)
+        if skeleton.isascii() and set(skeleton) <= _ASCII_NAME_CHARS:
+            table[ord(character)] = skeleton
+    return table
+
+
+_ASCII_SKELETON = _ascii_skeletons()
+_ASCII_SKELETON_CHARS = frozenset(map(chr, _ASCII_SKELETON))
+
+
+def _token_keys(token: str) -> tuple[str, str]:
+    """`_skeleton_keys` of a registered token: by the table when it is made of name
+    characters (NFKC leaves ASCII alone), by ICU otherwise."""
+    if not set(token) <= _ASCII_SKELETON_CHARS:
+        return _skeleton_keys(token)
+    table = _ASCII_SKELETON
+    lower = token.lower().translate(table).lower().translate(table).lower()
+    upper = token.upper().translate(table).upper().translate(table).lower()
+    return lower, upper
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +320,14 @@ class _Lookalikes:
 
     def find(self, keys: tuple[str, str]) -> str | None:
         return self.by_lower.get(keys[0]) or self.by_upper.get(keys[1])
+
+
+class _Table(Protocol):
+    """A look-alike table: what the reason calls its names, and the name a word's keys hit."""
+
+    @property
+    def what(self) -> str: ...
+    def find(self, keys: tuple[str, str]) -> str | None: ...
 
 
 _WELL_KNOWN = _Lookalikes.of(
@@ -324,7 +362,7 @@ def _in_word(character: str) -> bool:
     )
 
 
-def _lookalike(text: str, tables: Sequence[_Lookalikes]) -> tuple[str, str, str] | None:
+def _lookalike(text: str, tables: Sequence[_Table]) -> tuple[str, str, str] | None:
     """(word as sent, name, what) of the first non-ASCII word imitating a name in `tables`
     (whole word) or a well-known crawler's token (whole word, its part before `-`/`_`, or any
     word starting with Yandex), as the ASCII claim checks read words."""
@@ -513,43 +551,130 @@ def _candidates(parsed: _Parsed) -> list[_Word]:
     ]
 
 
-@dataclass(frozen=True, slots=True)
 class _Tenant:
-    """A tenant's registered tokens, prepared once."""
+    """A tenant's registered tokens, prepared once; the mask regex and the look-alike table of
+    its own tokens only when first needed (compiling one regex per tenant at start-up would
+    cost seconds for 100,000 tenants, most of which send few distinct user agents)."""
 
-    names: dict[str, str]  # ASCII-lower-case token -> token as registered
-    mask: re.Pattern[str]  # the tokens as whole product names
+    __slots__ = ("_lookalikes", "_mask", "names")
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names  # ASCII-lower-case token -> token as registered
+        self._mask: re.Pattern[str] | None = None
+        self._lookalikes: _Lookalikes | None = None
 
     @classmethod
     def of(cls, product_tokens: Sequence[str]) -> _Tenant | None:
         if not product_tokens:
             return None
-        alternatives = "|".join(re.escape(t) for t in sorted(product_tokens, key=len, reverse=True))
-        # Whole product names only, exactly as words are split; ASCII case only.
-        mask = re.compile(rf"(?<![^{_SEPARATORS}])(?ai:{alternatives})(?![^/{_SEPARATORS}])")
-        return cls({ascii_lower(t): t for t in product_tokens}, mask)
+        return cls({ascii_lower(t): t for t in product_tokens})
+
+    @property
+    def mask(self) -> re.Pattern[str]:
+        """The tokens as whole product names, exactly as words are split; ASCII case only."""
+        if self._mask is None:
+            tokens = sorted(self.names.values(), key=len, reverse=True)
+            alternatives = "|".join(re.escape(t) for t in tokens)
+            self._mask = re.compile(
+                rf"(?<![^{_SEPARATORS}])(?ai:{alternatives})(?![^/{_SEPARATORS}])"
+            )
+        return self._mask
+
+    @property
+    def lookalikes(self) -> _Lookalikes:
+        if self._lookalikes is None:
+            self._lookalikes = _Lookalikes.of("this tenant's product token", self.names.values())
+        return self._lookalikes
 
     def describe(self) -> str:
         return ", ".join(self.names.values())
 
 
-def _foreign(foreign_tokens: Collection[str], tenant: _Tenant | None) -> dict[str, str]:
-    """Other tenants' tokens, lower-case -> as registered; the tenant's own are never foreign."""
-    own = tenant.names if tenant is not None else {}
-    return {k: t for t in foreign_tokens if t and (k := ascii_lower(t)) not in own}
+class TokenIndex:
+    """Every product token registered in a tenant set, built once and shared by all the
+    tenants' checks: memory and start-up linear in the number of tokens, where a map of the
+    *other* tenants' tokens per tenant grew with the square of the tenant count.
+
+    `tokens`: ASCII-lower-case token -> (token as registered, tenant id); the first
+    registration of a spelling wins. A tenant's check ignores hits on its own tokens, so one
+    index serves every tenant. `by_lower`/`by_upper`: the look-alike keys (`_skeleton_keys`) of
+    every token -> the tokens having them, in registration order.
+    """
+
+    __slots__ = ("by_lower", "by_upper", "tokens")
+
+    def __init__(self, tenants: Iterable[tuple[str, Iterable[str]]] = ()) -> None:
+        self.tokens: dict[str, tuple[str, str]] = {}
+        self.by_lower: dict[str, tuple[str, ...]] = {}
+        self.by_upper: dict[str, tuple[str, ...]] = {}
+        for tenant_id, tokens in tenants:
+            for token in tokens:
+                key = ascii_lower(token)
+                if not token or key in self.tokens:
+                    continue
+                self.tokens[key] = (token, tenant_id)
+                lower, upper = _token_keys(token)
+                self.by_lower[lower] = (*self.by_lower.get(lower, ()), token)
+                self.by_upper[upper] = (*self.by_upper.get(upper, ()), token)
+
+    @classmethod
+    def of_tenants(cls, tenants: Iterable[_HasTokens]) -> TokenIndex:
+        """The index of configured tenants (anything with `id` and `product_tokens`)."""
+        return cls((t.id, t.product_tokens) for t in tenants)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TokenIndex) and self.tokens == other.tokens
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def owner(self, token: str) -> str | None:
+        """The id of the tenant that registered `token` (any ASCII case), or None."""
+        hit = self.tokens.get(ascii_lower(token))
+        return hit[1] if hit is not None else None
+
+    def foreign(self, words: Iterable[_Word], own: Mapping[str, str]) -> str | None:
+        """The first word that is another tenant's token, as registered."""
+        tokens = self.tokens
+        for word in words:
+            key = ascii_lower(word.name)
+            if key not in own and (hit := tokens.get(key)) is not None:
+                return hit[0]
+        return None
 
 
-def _lookalike_tables(
-    tenant: _Tenant | None, foreign: Mapping[str, str]
-) -> tuple[_Lookalikes, ...]:
+class _HasTokens(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def product_tokens(self) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _ForeignLookalikes:
+    """The index's tokens except the tenant's own, as a look-alike table."""
+
+    index: TokenIndex
+    own: Mapping[str, str]
+    what: str = "a product token registered by another tenant"
+
+    def find(self, keys: tuple[str, str]) -> str | None:
+        for table, key in ((self.index.by_lower, keys[0]), (self.index.by_upper, keys[1])):
+            for token in table.get(key, ()):
+                if ascii_lower(token) not in self.own:
+                    return token
+        return None
+
+
+def _lookalike_tables(tenant: _Tenant | None, index: TokenIndex | None) -> tuple[_Table, ...]:
     """What a non-ASCII word must not imitate besides well-known crawlers, in that order."""
-    tables = []
+    tables: list[_Table] = []
     if tenant is not None:
-        tables.append(_Lookalikes.of("this tenant's product token", tenant.names.values()))
-    if foreign:
-        tables.append(
-            _Lookalikes.of("a product token registered by another tenant", foreign.values())
-        )
+        tables.append(tenant.lookalikes)
+    if index is not None and index.tokens:
+        tables.append(_ForeignLookalikes(index, tenant.names if tenant is not None else {}))
     return (*tables, _WELL_KNOWN)
 
 
@@ -588,8 +713,7 @@ def _robots_token(parsed: _Parsed, candidates: Sequence[_Word], identity: _Word 
 def _evaluate(
     user_agent: str | None,
     tenant: _Tenant | None,
-    foreign: Mapping[str, str],
-    lookalikes: Sequence[_Lookalikes],
+    index: TokenIndex | None,
 ) -> UAVerdict:
     if user_agent is None or not user_agent.strip():
         return UAVerdict(Kind.UA_MISSING, "missing", "No User-Agent header was sent.")
@@ -615,7 +739,9 @@ def _evaluate(
         else:
             said = f"The user agent claims to be {name}, a well-known crawler that is not {whose}."
         return UAVerdict(Kind.UA_IMPERSONATION, f"impersonation:{name}", said, token)
-    if (lookalike := _lookalike(text, lookalikes)) is not None:
+    if not text.isascii() and (
+        (lookalike := _lookalike(text, _lookalike_tables(tenant, index))) is not None
+    ):
         sent, name, what = lookalike
         return UAVerdict(
             Kind.UA_IMPERSONATION,
@@ -624,10 +750,8 @@ def _evaluate(
             "non-ASCII characters; product tokens are ASCII.",
             token,
         )
-    if foreign:
-        other = next(
-            (foreign[k] for w in parsed.words if (k := ascii_lower(w.name)) in foreign), None
-        )
+    if index is not None:
+        other = index.foreign(parsed.words, tenant.names if tenant is not None else {})
         if other is not None:
             own = f"; send only this tenant's own ({tenant.describe()})" if tenant else ""
             return UAVerdict(
@@ -750,20 +874,42 @@ def _undescriptive(
 class UserAgentPolicy:
     """One tenant's user-agent check; memoised because crawlers repeat their UA.
 
-    `foreign_tokens`: every product token registered by the *other* tenants (any case); a UA
-    carrying one is `ua-mismatch` even if it also carries this tenant's own token.
+    `index`: every product token of the tenant set (`TokenIndex`, shared by all its tenants'
+    checks); a UA carrying another tenant's is `ua-mismatch` even if it also carries this
+    tenant's own. Without it, `foreign_tokens` (the other tenants' tokens) builds a small one.
+    Per-tenant state is O(1) in the number of tenants; the memo costs nothing until used.
     """
 
-    def __init__(self, product_tokens: Sequence[str], foreign_tokens: Collection[str] = ()) -> None:
+    __slots__ = ("_memo", "_tenant", "index", "product_tokens")
+
+    def __init__(
+        self,
+        product_tokens: Sequence[str],
+        foreign_tokens: Collection[str] = (),
+        *,
+        index: TokenIndex | None = None,
+    ) -> None:
         self.product_tokens: tuple[str, ...] = tuple(product_tokens)
         self._tenant = _Tenant.of(self.product_tokens)
-        self._foreign = _foreign(foreign_tokens, self._tenant)
-        self._lookalikes = _lookalike_tables(self._tenant, self._foreign)
-        self.foreign_tokens: frozenset[str] = frozenset(self._foreign.values())
-        self._cached = lru_cache(maxsize=CACHE_SIZE)(self._uncached)
+        if index is None:
+            index = _index_of(self.product_tokens, foreign_tokens)
+        self.index: TokenIndex = index
+        self._memo: Callable[[str | None], UAVerdict] | None = None
+
+    @property
+    def foreign_tokens(self) -> frozenset[str]:
+        """The other tenants' tokens as registered (walks the whole index: not per request)."""
+        own = self._tenant.names if self._tenant is not None else {}
+        return frozenset(token for key, (token, _) in self.index.tokens.items() if key not in own)
+
+    @property
+    def _cached(self) -> Any:
+        if self._memo is None:
+            self._memo = lru_cache(maxsize=CACHE_SIZE)(self._uncached)
+        return self._memo
 
     def _uncached(self, user_agent: str | None) -> UAVerdict:
-        return _evaluate(user_agent, self._tenant, self._foreign, self._lookalikes)
+        return _evaluate(user_agent, self._tenant, self.index)
 
     def evaluate(self, user_agent: str | None) -> UAVerdict:
         if user_agent is not None and len(user_agent) > MAX_LENGTH:
@@ -771,10 +917,16 @@ class UserAgentPolicy:
         return self._cached(user_agent)
 
     def __repr__(self) -> str:
-        return (
-            f"UserAgentPolicy({list(self.product_tokens)!r}, "
-            f"foreign_tokens={sorted(self.foreign_tokens)!r})"
-        )
+        return f"UserAgentPolicy({list(self.product_tokens)!r}, index of {len(self.index)} tokens)"
+
+
+_OWN = "\x00own"  # owner of a tenant's own tokens in an index built for one check
+_OTHER = "\x00other"  # owner of `foreign_tokens` given without their tenants
+
+
+def _index_of(own: Sequence[str], foreign_tokens: Collection[str]) -> TokenIndex:
+    """A one-check index: own tokens first, so a foreign spelling of one is never foreign."""
+    return TokenIndex(((_OWN, own), (_OTHER, foreign_tokens)))
 
 
 def lint(
@@ -783,9 +935,9 @@ def lint(
     foreign_tokens: Collection[str] = (),
 ) -> UAVerdict:
     """Tenant-less check (`crawlguard lint-ua`); with tokens it is exactly the proxy's check."""
-    tenant = _Tenant.of(tuple(product_tokens))
-    foreign = _foreign(foreign_tokens, tenant)
-    return _evaluate(user_agent, tenant, foreign, _lookalike_tables(tenant, foreign))
+    tokens = tuple(product_tokens)
+    index = _index_of(tokens, foreign_tokens) if foreign_tokens else None
+    return _evaluate(user_agent, _Tenant.of(tokens), index)
 
 
 def product_token_of(user_agent: str) -> str:

@@ -195,13 +195,13 @@ class CrawlGuardAddon:
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         guard = self.guard
-        tenant = (
-            guard.authenticate(flow.request.headers.get("Proxy-Authorization")) if guard else None
-        )
-        flow.request.headers.pop("Proxy-Authorization", None)
-        if guard is None or tenant is None:
+        header = flow.request.headers.pop("Proxy-Authorization", None)
+        # the tunnel keeps the token digest presented here (an old one in its grace too)
+        authenticated = guard.connect_credentials(header) if guard else None
+        if guard is None or authenticated is None:
             flow.response = auth_required()
             return
+        tenant, credential = authenticated
         client_limits.authenticated(flow)
         verdict = await pipeline.connect(facts(flow, None), tenant, guard)
         if verdict.plan.refuse:
@@ -210,7 +210,7 @@ class CrawlGuardAddon:
         assert verdict.info.target is not None and verdict.pinned is not None
         host, admitted = verdict.info.target.host, verdict.pinned
         self._tunnels[flow.client_conn] = Tunnel(
-            tenant.id, guard.credential(tenant), host, verdict.info.target.port, admitted
+            tenant.id, credential, host, verdict.info.target.port, admitted
         )
         self._pin(flow.client_conn, admitted, verdict.info.target.port, host)
         # mitmproxy dials flow.request.host after this hook; the upstream TLS name is ours too.
