@@ -6,6 +6,7 @@ errors, show the seeded counts, filter, page with the cursor and fit a phone scr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -320,6 +321,9 @@ def test_dashboard_laptop(env: Env, browser: Browser, tmp_path: Path) -> None:
         expect(shown.locator(".bar-count")).to_have_text([str(-n) for n, _ in hosts])
     expect(page.locator('#tenants tr[data-tenant="globex"] .badge')).to_have_text("monitor")
     expect(page.locator('#tenants tr[data-tenant="acme"] .badge')).to_have_text("enforce")
+    # tenancy.source: file: no lifecycle actions (tenants are edited in the config file)
+    expect(page.locator("#tenants .actions-col")).to_be_hidden()
+    expect(page.locator("#tenants td.actions")).to_have_count(0)
     expect(page.locator("#kpi-held")).to_have_text("1")
 
     # the table: every violation of the day, newest first, held ones left out
@@ -441,5 +445,116 @@ def test_dashboard_needs_login(env: Env, browser: Browser) -> None:
     expect(page.locator("#f-tenant")).to_have_value("acme")
     # the wrong token's 401 is the one console error we expect
     w.errors = [e for e in w.errors if "401" not in e]
+    w.check()
+    context.close()
+
+
+# -- tenant lifecycle actions (tenancy.source: store) -----------------------------------------
+
+HOOLI_UA = "HooliBot/1.0 (+https://hooli.example/bot)"
+
+
+@pytest.fixture
+def store_proxy(tmp_path: Path) -> Iterator[Proxy]:
+    config = base_config(tmp_path, tenancy={"source": "store", "rotate_grace": 3600}, tenants=[])
+    proxy = Proxy(config, tmp_path)
+    yield proxy
+    proxy.stop()
+
+
+def test_dashboard_rotates_changes_mode_and_disables_tenants(
+    store_proxy: Proxy, browser: Browser, tmp_path: Path
+) -> None:
+    import requests
+    from harness import LocalOrigin, wait_for
+
+    base = f"http://127.0.0.1:{store_proxy.admin_port}"
+    bearer = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+    def api(method: str, path: str, body: Any = None) -> Any:
+        r = requests.request(method, base + path, json=body, headers=bearer, timeout=10)
+        assert r.ok, (method, path, r.status_code, r.text)
+        return r.json()
+
+    def actions(tenant: str) -> list[str]:
+        return [e["action"] for e in api("GET", f"/api/tenants/{tenant}/audit")]
+
+    first = api("POST", "/api/tenants", {"id": "hooli", "product_tokens": ["HooliBot"]})["token"]
+    api("POST", "/api/tenants", {"id": "piedpiper", "product_tokens": ["PiedPiperBot"]})
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    page = context.new_page()
+    w = watch(page)
+    login(page, base)
+    expect(page.locator("#tenants .actions-col")).to_be_visible()
+    hooli = page.locator('#tenants tr[data-tenant="hooli"]')
+    expect(hooli.locator(".badge")).to_have_text("enforce")
+
+    # rotate, cancelled: nothing happens
+    hooli.locator("button.rotate").click()
+    expect(page.locator("#confirm")).to_be_visible()
+    expect(page.locator("#confirm-text")).to_contain_text("1 h")  # the grace, from the server
+    page.locator('#confirm button[value="cancel"]').click()
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert actions("hooli") == ["create"]
+
+    # rotate, confirmed: the new token once, with a copy button and a warning
+    hooli.locator("button.rotate").click()
+    page.locator("#confirm-ok").click()
+    dialog = page.locator("#token-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("will not be shown again")
+    expect(page.locator("#token-tenant")).to_have_text("hooli")
+    token = page.locator("#token-value").input_value()
+    assert len(token) >= 32 and token != first
+    page.locator("#token-copy").click()
+    expect(page.locator("#token-copied")).to_have_text("Copied to the clipboard.")
+    assert page.evaluate("navigator.clipboard.readText()") == token
+    dialog.locator("button[type=submit]").click()
+    expect(dialog).to_be_hidden()
+    assert page.locator("#token-value").input_value() == ""  # not left in the page
+    assert actions("hooli") == ["rotate", "create"]
+    audit = api("GET", "/api/audit?tenant=hooli")
+    assert audit[0]["actor"] == "api:operator" and token not in json.dumps(audit)
+    # the token shown is the tenant's: the proxy takes it
+    origin = LocalOrigin()
+    try:
+        via = {"http": f"http://hooli:{token}@127.0.0.1:{store_proxy.port}"}
+
+        def accepted() -> bool:
+            got = requests.get(
+                origin.url("/page"), proxies=via, headers={"User-Agent": HOOLI_UA}, timeout=10
+            )
+            return got.status_code == 200
+
+        assert wait_for(accepted, 15), store_proxy.log()
+    finally:
+        origin.close()
+
+    # change the mode, confirmed
+    hooli.locator("select.mode-select").select_option("monitor")
+    expect(page.locator("#confirm-title")).to_contain_text("monitor")
+    page.locator("#confirm-ok").click()
+    assert wait_for(lambda: api("GET", "/api/tenants/hooli")["mode"] == "monitor", 10)
+    expect(hooli.locator(".badge")).to_have_text("monitor")
+    # and one cancelled: the select goes back, nothing changes
+    hooli.locator("select.mode-select").select_option("off")
+    page.locator('#confirm button[value="cancel"]').click()
+    expect(hooli.locator("select.mode-select")).to_have_value("monitor")
+    assert api("GET", "/api/tenants/hooli")["mode"] == "monitor"
+
+    # disable, confirmed: disabled in the API, no more actions in the row
+    piedpiper = page.locator('#tenants tr[data-tenant="piedpiper"]')
+    piedpiper.locator("button.disable").click()
+    expect(page.locator("#confirm-text")).to_contain_text("407")
+    page.locator("#confirm-ok").click()
+    assert wait_for(lambda: api("GET", "/api/tenants/piedpiper")["disabled"] is True, 10)
+    expect(piedpiper.locator(".badge")).to_have_text("disabled")
+    expect(piedpiper.locator("button")).to_have_count(1)  # the tenant's name only
+    assert actions("piedpiper") == ["disable", "create"]
+    assert api("GET", "/api/tenants/hooli")["disabled"] is False
+
+    page.screenshot(path=str(tmp_path / "dashboard-tenants.png"), full_page=True)
     w.check()
     context.close()
