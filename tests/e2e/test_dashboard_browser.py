@@ -513,25 +513,10 @@ def test_dashboard_rotates_changes_mode_and_disables_tenants(
     assert page.evaluate("navigator.clipboard.readText()") == token
     dialog.locator("button[type=submit]").click()
     expect(dialog).to_be_hidden()
-    assert page.locator("#token-value").input_value() == ""  # not left in the page
+    expect(page.locator("#token-value")).to_have_value("")  # not left in the page
     assert actions("hooli") == ["rotate", "create"]
     audit = api("GET", "/api/audit?tenant=hooli")
     assert audit[0]["actor"] == "api:operator" and token not in json.dumps(audit)
-    # the token shown is the tenant's: the proxy takes it
-    origin = LocalOrigin()
-    try:
-        via = {"http": f"http://hooli:{token}@127.0.0.1:{store_proxy.port}"}
-
-        def accepted() -> bool:
-            got = requests.get(
-                origin.url("/page"), proxies=via, headers={"User-Agent": HOOLI_UA}, timeout=10
-            )
-            return got.status_code == 200
-
-        assert wait_for(accepted, 15), store_proxy.log()
-    finally:
-        origin.close()
-
     # change the mode, confirmed
     hooli.locator("select.mode-select").select_option("monitor")
     expect(page.locator("#confirm-title")).to_contain_text("monitor")
@@ -554,6 +539,21 @@ def test_dashboard_rotates_changes_mode_and_disables_tenants(
     expect(piedpiper.locator("button")).to_have_count(1)  # the tenant's name only
     assert actions("piedpiper") == ["disable", "create"]
     assert api("GET", "/api/tenants/hooli")["disabled"] is False
+
+    # the token shown is the tenant's: the proxy takes it
+    origin = LocalOrigin()
+    try:
+        via = {"http": f"http://hooli:{token}@127.0.0.1:{store_proxy.port}"}
+
+        def accepted() -> bool:
+            got = requests.get(
+                origin.url("/page"), proxies=via, headers={"User-Agent": HOOLI_UA}, timeout=10
+            )
+            return got.status_code == 200
+
+        assert wait_for(accepted, 15), store_proxy.log()
+    finally:
+        origin.close()
 
     page.screenshot(path=str(tmp_path / "dashboard-tenants.png"), full_page=True)
     w.check()

@@ -65,7 +65,7 @@ class Api:
 
 @pytest.fixture
 async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
-    a = await start_admin(tmp_path, tenancy=STORE)
+    a = await start_admin(tmp_path, tenancy=STORE, tenants=[])
     try:
         yield a
     finally:
@@ -150,7 +150,9 @@ async def test_lifecycle_answers_and_the_token_only_once(
 
 async def test_the_audit_names_the_operator_token_label(tmp_path: Path) -> None:
     """`admin.token_label` is who the audit says made an API change."""
-    a = await start_admin(tmp_path, tenancy=STORE, admin={"token_label": "ops-oncall@acme.example"})
+    a = await start_admin(
+        tmp_path, tenancy=STORE, tenants=[], admin={"token_label": "ops-oncall@acme.example"}
+    )
     try:
         api = Api(a)
         await created(api, "labelled", "LabelBot")
@@ -161,7 +163,7 @@ async def test_the_audit_names_the_operator_token_label(tmp_path: Path) -> None:
         ]
     finally:
         await stop_admin(a)
-    b = await start_admin(tmp_path / "default", tenancy=STORE)
+    b = await start_admin(tmp_path / "default", tenancy=STORE, tenants=[])
     try:
         api = Api(b)
         await created(api, "unlabelled", "UnlabelledBot")
@@ -379,7 +381,7 @@ async def test_a_database_that_is_down_is_a_503(
     tmp_path: Path, pg_schema: PgSchema, relay: TcpRelay
 ) -> None:
     url = pg_schema.url(port=relay.port)
-    a = await start_admin(tmp_path, tenancy=STORE, store={"url": url})
+    a = await start_admin(tmp_path, tenancy=STORE, tenants=[], store={"url": url})
     try:
         api = Api(a)
         await created(api, "pgco", "PgcoBot")

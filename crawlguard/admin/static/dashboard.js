@@ -774,8 +774,8 @@
   function duration(seconds) {
     const s = Number(seconds) || 0;
     if (s < 120) return `${fmt(Math.round(s * 10) / 10)} s`;
-    if (s < 7200) return `${fmt(Math.round(s / 60))} min`;
-    if (s < 172800) return `${fmt(Math.round(s / 3600))} h`;
+    if (s < 3600) return `${fmt(Math.round(s / 60))} min`;
+    if (s < 172800) return `${fmt(Math.round(s / 360) / 10)} h`;
     return `${fmt(Math.round(s / 86400))} days`;
   }
 
