@@ -15,11 +15,12 @@ import hmac
 import logging
 import ssl
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from crawlguard.admin.metrics import Metrics
-from crawlguard.config import Config, ConfigError
+from crawlguard.config import Config, ConfigError, Tenant
 from crawlguard.egress import EgressPolicy
 from crawlguard.policy.auth import Authenticator
 from crawlguard.policy.decisions import Action, Decision, Kind
@@ -43,6 +44,8 @@ from crawlguard.store import ViolationStore, open_store, store_spool_dir
 
 if TYPE_CHECKING:
     from crawlguard.robots.shared import RedisRobots
+    from crawlguard.tenancy import TenantRegistry
+    from crawlguard.tenancy.sync import TenantSync
 
 
 def open_shared_robots(url: str) -> RedisRobots | None:
@@ -92,7 +95,13 @@ class Runtime:
         # `crawlguard dev` (127.0.0.1 only): every request is this tenant's, with or without
         # credentials. Never set from a config file.
         self.open_tenant: str | None = None
-        self._load_tenants(cfg)
+        # tenancy.source: store (crawlguard.tenancy): tenants from the registry, kept current
+        self.tenancy: TenantRegistry | None = None
+        self.tenant_sync: TenantSync | None = None
+        if cfg.tenancy.source == "store":
+            self._open_tenancy(cfg)
+        else:
+            self._load_tenants(cfg)
         # postgresql://: records spool to <confdir>/store-spool while PostgreSQL is down
         self.store: ViolationStore = open_store(
             cfg.store.url, spool_dir=store_spool_dir(cfg.proxy.confdir), metrics=self.metrics
@@ -167,6 +176,43 @@ class Runtime:
             creds[tenant.id] = (tenant.token_digest(), runtime)
         self.tenants, self.auth = tenants, Authenticator(creds)
 
+    def _open_tenancy(self, cfg: Config) -> None:
+        """The registry and its running set, loaded here (off the loop) before the proxy
+        serves; the file's tenants seed it. A database that is down leaves the set empty: the
+        sync seeds and loads it once the database answers."""
+        from crawlguard.tenancy import TenancyError, open_registry
+        from crawlguard.tenancy.sync import TenantSync, seed
+
+        try:
+            self.tenancy = open_registry(cfg)
+        except TenancyError as exc:
+            raise ConfigError(f"tenancy.source: store: {exc.message}") from None
+        tenants: list[Tenant] = []
+        pending: Config | None = None
+        try:
+            seed(self.tenancy, cfg)
+            tenants = self.tenancy.running_set()[0]
+        except TenancyError as exc:
+            if exc.status != 503:
+                self.tenancy.close()
+                raise ConfigError(f"tenancy.source: store: {exc.message}") from None
+            log.warning("tenant registry unavailable at start (%s); retrying", exc.message)
+            pending = cfg
+        # current tokens now; the sync's first pass (at `start`) adds rotated ones in grace
+        self._load_tenants(cfg.model_copy(update={"tenants": tenants}))
+        self.tenant_sync = TenantSync(self.tenancy, self.replace_tenants, seed=pending)
+
+    async def replace_tenants(
+        self,
+        tenants: Sequence[Tenant],
+        *,
+        retired: Mapping[str, Sequence[tuple[bytes, float]]] = {},
+    ) -> None:
+        """STAND-IN (sc-tenancy) for sc-linear's `replace_tenants`: rebuilds every tenant off
+        the loop and swaps the set; `retired` (rotated tokens in their grace) is not applied."""
+        cfg = self.cfg.model_copy(update={"tenants": list(tenants)})
+        await asyncio.to_thread(self._load_tenants, cfg)
+
     def reload(self, cfg: Config) -> list[str]:
         """Apply a new config to the running proxy; returns what it could not apply.
 
@@ -185,9 +231,12 @@ class Runtime:
         running = self.cfg.admin
         if (cfg.admin.listen_host, cfg.admin.port) == (running.listen_host, running.port):
             kept = [name for name in kept if name != "admin"]  # only the token changed
+        if cfg.tenancy.source != self.cfg.tenancy.source:  # where tenants come from
+            kept.append("tenancy")
         listen = {"listen_host": running.listen_host, "port": running.port}
         cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update=listen)})
-        self._load_tenants(cfg)
+        if self.tenancy is None:  # tenancy.source: store: the registry's, not the file's
+            self._load_tenants(cfg)
         self.pacer.default_min_interval = cfg.pacing.default_min_interval
         self.pacer.max_hold = cfg.pacing.max_hold
         self.held.limit, self.held.window = cfg.pacing.max_held, cfg.pacing.max_hold
@@ -213,11 +262,17 @@ class Runtime:
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         self.store_writer.start()
+        if self.tenant_sync is not None:
+            self.tenant_sync.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        if self.tenant_sync is not None:
+            await asyncio.to_thread(self.tenant_sync.stop)
+        if self.tenancy is not None:
+            await asyncio.to_thread(self.tenancy.close)
         await self.store_writer.close()  # every accepted record is committed first
         await self.flush_counts()
         await self.robots.close()
