@@ -43,6 +43,8 @@ from crawlguard.store import ViolationStore, open_store, store_spool_dir
 
 if TYPE_CHECKING:
     from crawlguard.robots.shared import RedisRobots
+    from crawlguard.tenancy import TenantRegistry
+    from crawlguard.tenancy.sync import TenantSync
 
 
 def open_shared_robots(url: str) -> RedisRobots | None:
@@ -93,7 +95,13 @@ class Runtime:
         # `crawlguard dev` (127.0.0.1 only): every request is this tenant's, with or without
         # credentials. Never set from a config file.
         self.open_tenant: str | None = None
-        self._load_tenants(cfg)
+        # tenancy.source: store (crawlguard.tenancy): tenants from the registry, kept current
+        self.tenancy: TenantRegistry | None = None
+        self.tenant_sync: TenantSync | None = None
+        if cfg.tenancy.source == "store":
+            self._open_tenancy(cfg)
+        else:
+            self._load_tenants(cfg)
         # postgresql://: records spool to <confdir>/store-spool while PostgreSQL is down
         self.store: ViolationStore = open_store(
             cfg.store.url, spool_dir=store_spool_dir(cfg.proxy.confdir), metrics=self.metrics
@@ -174,6 +182,32 @@ class Runtime:
         """Swap the running tenant set in one step on the loop: a request sees one set."""
         self.tenant_set, self.tenants, self.auth = built, built.tenants, built.auth
 
+    def _open_tenancy(self, cfg: Config) -> None:
+        """The registry and its running set, loaded here (off the loop) before the proxy
+        serves; the file's tenants seed it. A database that is down leaves the set empty: the
+        sync seeds and loads it once the database answers."""
+        from crawlguard.tenancy import TenancyError, open_registry
+        from crawlguard.tenancy.sync import TenantSync, seed
+
+        try:
+            self.tenancy = open_registry(cfg)
+        except TenancyError as exc:
+            raise ConfigError(f"tenancy.source: store: {exc.message}") from None
+        tenants: list[Tenant] = []
+        pending: Config | None = None
+        try:
+            seed(self.tenancy, cfg)
+            tenants = self.tenancy.running_set()[0]
+        except TenancyError as exc:
+            if exc.status != 503:
+                self.tenancy.close()
+                raise ConfigError(f"tenancy.source: store: {exc.message}") from None
+            log.warning("tenant registry unavailable at start (%s); retrying", exc.message)
+            pending = cfg
+        # current tokens now; the sync's first pass (at `start`) adds rotated ones in grace
+        self._load_tenants(cfg.model_copy(update={"tenants": tenants}))
+        self.tenant_sync = TenantSync(self.tenancy, self.replace_tenants, seed=pending)
+
     async def replace_tenants(
         self,
         tenants: Sequence[Tenant],
@@ -209,9 +243,14 @@ class Runtime:
         running = self.cfg.admin
         if (cfg.admin.listen_host, cfg.admin.port) == (running.listen_host, running.port):
             kept = [name for name in kept if name != "admin"]  # only the token changed
+        if cfg.tenancy.source != self.cfg.tenancy.source:  # where tenants come from
+            kept.append("tenancy")
         listen = {"listen_host": running.listen_host, "port": running.port}
         cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update=listen)})
-        self._install(built if built is not None else self.build_tenants(self._file_tenants(cfg)))
+        if self.tenancy is None:  # tenancy.source: store: the registry's, not the file's
+            self._install(
+                built if built is not None else self.build_tenants(self._file_tenants(cfg))
+            )
         self.pacer.default_min_interval = cfg.pacing.default_min_interval
         self.pacer.max_hold = cfg.pacing.max_hold
         self.held.limit, self.held.window = cfg.pacing.max_held, cfg.pacing.max_hold
@@ -237,11 +276,17 @@ class Runtime:
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         self.store_writer.start()
+        if self.tenant_sync is not None:
+            self.tenant_sync.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        if self.tenant_sync is not None:
+            await asyncio.to_thread(self.tenant_sync.stop)
+        if self.tenancy is not None:
+            await asyncio.to_thread(self.tenancy.close)
         await self.store_writer.close()  # every accepted record is committed first
         await self.flush_counts()
         await self.robots.close()

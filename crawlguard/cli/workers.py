@@ -257,6 +257,7 @@ class ParentAdminSource:
     cfg: Config
     store: Any
     metrics: Any
+    tenancy: Any = None  # tenancy.source: store: the TenantRegistry the API changes
 
 
 class Supervisor:
@@ -312,6 +313,13 @@ class Supervisor:
         except StoreError as exc:  # as a Runtime's store: a config problem
             raise ConfigError(str(exc)) from exc
         self.source = ParentAdminSource(cfg, store, AggregatedMetrics(self.metrics_dir))
+        if cfg.tenancy.source == "store":  # each worker syncs its own tenants from it
+            from crawlguard.tenancy import TenancyError, open_registry
+
+            try:
+                self.source.tenancy = open_registry(cfg)
+            except TenancyError as exc:
+                raise ConfigError(f"tenancy.source: store: {exc.message}") from None
         admin = AdminServer(self.source, health=self.health, robots_unavailable=ROBOTS_UNAVAILABLE)
         self.admin = admin
         loop = asyncio.get_running_loop()
@@ -337,6 +345,8 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             await admin.stop()
             await asyncio.to_thread(store.close)
+            if self.source.tenancy is not None:
+                await asyncio.to_thread(self.source.tenancy.close)
             with contextlib.suppress(OSError):
                 if pid_path(cfg).read_text().strip() == str(os.getpid()):
                     pid_path(cfg).unlink()
@@ -515,6 +525,8 @@ class Supervisor:
         listen = {"listen_host": running.admin.listen_host, "port": running.admin.port}
         if (cfg.admin.listen_host, cfg.admin.port) == tuple(listen.values()):
             kept = [name for name in kept if name != "admin"]  # only the token changed
+        if cfg.tenancy.source != running.tenancy.source:  # where tenants come from
+            kept.append("tenancy")
         update: dict[str, Any] = {name: getattr(running, name) for name in kept}
         update["admin"] = cfg.admin.model_copy(update=listen)
         cfg = cfg.model_copy(update=update)

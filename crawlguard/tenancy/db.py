@@ -215,9 +215,7 @@ class PostgresDatabase:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._ready = False
-        self._closed = False
-        with self._use():
-            pass
+        self._closed = False  # connected at first use: a proxy starts while PostgreSQL is down
 
     def connect(self) -> Any:
         """A new autocommit connection (the sync's listener makes its own with this)."""
