@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,19 @@ FILE_SOURCE = (
     "reload, or set tenancy.source: store to manage tenants through this API"
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_INT = 2**63 - 1  # what both databases store in an integer column
+# JSON types per field. A config file's YAML is typed by its author; a JSON client that sends
+# `true` or `"2"` for a number has a bug, so neither is coerced (`None`: null allowed).
+TYPES: dict[str, tuple[str, bool]] = {
+    "id": ("string", False),
+    "product_tokens": ("list of strings", False),
+    "mode": ("string", False),
+    "pacing": ("string", False),
+    "max_concurrency": ("integer", True),
+    "max_rps": ("number", True),
+    "allow_hosts": ("list of strings", False),
+    "deny_hosts": ("list of strings", False),
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,9 +92,10 @@ DATABASE_ERRORS = _database_errors()
 
 
 def cross_origin(request: web.Request) -> bool:
-    """A state-changing request that did not come from this server's own page. Browsers send
-    `Origin` on every fetch that is not a GET or HEAD, so its absence (or ``null``) on a
-    cookie-authenticated mutation is refused too; `Sec-Fetch-Site`, where sent, must agree."""
+    """A state-changing request that did not come from this server's own page: its `Origin`
+    must be this server's (browsers send it on every fetch that is not a GET or HEAD, so a
+    missing or ``null`` one is refused too) and `Sec-Fetch-Site`, where sent, `same-origin`
+    (a sibling host of the same site shares the cookie's SameSite scope)."""
     site = request.headers.get("Sec-Fetch-Site", "").lower()
     if site not in ("", "same-origin"):
         return True
@@ -116,19 +131,57 @@ async def read_object(request: web.Request, allowed: tuple[str, ...]) -> dict[st
     if not raw.strip():
         raise ApiError(400, "the request body is empty: send a JSON object")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except UnicodeDecodeError:
         raise ApiError(400, "the request body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno} column {exc.colno}"
         raise ApiError(400, f"malformed JSON: {exc.msg} at {where}") from None
+    except (ValueError, RecursionError) as exc:
+        message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ApiError(400, f"malformed JSON: {message}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, not {type(data).__name__}")
     for key in data:
         if key not in allowed:
             shown = key if len(key) <= 64 else key[:64] + "…"
             raise ApiError(400, f"unknown field {shown!r} (accepted: {', '.join(allowed)})", shown)
+        check_type(key, data[key])
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
+def check_type(name: str, value: Any) -> None:
+    """`value` has the JSON type field `name` takes (the registry checks the value itself)."""
+    kind, nullable = TYPES.get(name, ("", True))
+    if value is None and nullable:
+        return
+    if kind == "string":
+        ok = isinstance(value, str)
+    elif kind == "list of strings":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif kind == "integer":
+        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT
+    elif kind == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and abs(value) <= MAX_INT
+    else:
+        return
+    if not ok:
+        what = ("an " if kind[0] in "aeiou" else "a ") + kind + (" or null" if nullable else "")
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:60] + "…"
+        raise ApiError(400, f"{name}: expected {what}, not {shown}", name)
 
 
 def _source(cfg: Config) -> str:
