@@ -110,11 +110,14 @@ async def test_another_schemas_notifications_are_not_ours(
     sync.start(asyncio.get_running_loop())
     try:
         assert await until(lambda: applied.sets == [([], {})])
+        assert await until(lambda: sync.checks == 2)  # once more when the listener is up
         await asyncio.to_thread(
             theirs.create, {"id": "other", "product_tokens": ["OtherBot"]}, actor="x"
         )
         await asyncio.sleep(1.0)
-        assert applied.sets == [([], {})]
+        assert applied.sets == [([], {})] and sync.checks == 2  # not even a look
+        await asyncio.to_thread(mine.create, {"id": "own", "product_tokens": ["OwnBot"]}, actor="x")
+        assert await until(lambda: applied.last() == ["own"])
     finally:
         await asyncio.to_thread(sync.stop)
         mine.close()
