@@ -76,7 +76,8 @@ class TenantSync:
         self.poll = poll
         self.resync = resync
         self.applied_version: int | None = None  # the version of the set last applied
-        self.applied = 0  # sets applied so far (tests and logs)
+        self.applied = 0  # sets applied so far
+        self.checks = 0  # looks at the version so far
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,6 +147,7 @@ class TenantSync:
                 log.error("tenant registry: the config file's tenants not seeded: %s", exc)
             self._seed = None
         version = self.registry.version()
+        self.checks += 1
         if not full and version == self.applied_version:
             return
         tenants, retired = self.registry.running_set()
