@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["pgutil"]  # its fixtures: pg_server, pg_schema
 
 OP = "op"  # base_config's operator token
-GRACE = 3.0  # tenancy.rotate_grace: long enough to see the old token work, short to wait out
+GRACE = 4.0  # tenancy.rotate_grace: long enough to see the old token work, short to wait out
 PICKUP = 15.0  # how long a poll for a change waits before the test fails (not a target)
 UA = "HooliBot/1.0 (+https://hooli.example/bot)"
 
@@ -137,6 +137,7 @@ def lifecycle(fleet: Fleet) -> None:
     fleet.until("rotate", "hooli", t2, 200)
     for i, proxy in enumerate(fleet.proxies):  # the rotation is live; the grace is not over
         assert fleet.status(proxy, "hooli", t1) == 200, f"proxy {i}: old token refused early"
+        assert inside(old_tunnels[i], fleet.authority, "/in-grace") == 200, f"proxy {i}"
     fleet.until("grace-end", "hooli", t1, 407)
     for sock in old_tunnels:  # a tunnel opened with the old token ends with its grace
         with sock:
