@@ -28,7 +28,7 @@ from rawhttp import WireOrigin, auth, closed_without_reply, connect, read_reply,
 if TYPE_CHECKING:
     from pgutil import PgSchema
 
-pytest_plugins = ["pgutil"]  # its fixtures: pg_server, pg_schema
+pytest_plugins = ["pgutil", "redisutil"]  # fixtures: pg_server, pg_schema; redis_url
 
 OP = "op"  # base_config's operator token
 GRACE = 4.0  # tenancy.rotate_grace: long enough to see the old token work, short to wait out
@@ -252,3 +252,41 @@ def test_lifecycle_on_sqlite_with_one_proxy(tmp_path: Path, wire: WireOrigin) ->
     url = f"sqlite:///{tmp_path / 'var' / 'crawlguard.db'}"
     proxies = start_all([(store_config(tmp_path, url), tmp_path)])
     run_fleet(proxies, wire)
+
+
+def test_the_api_of_a_workers_parent_manages_every_workers_tenants(
+    tmp_path: Path, wire: WireOrigin, redis_url: str
+) -> None:
+    """`crawlguard run --workers 2`: the parent serves the admin API; the workers serve the
+    proxy port. A change made through the parent reaches the worker that takes the next
+    connection, whichever it is."""
+    from test_workers import WorkersProxy
+
+    url = f"sqlite:///{tmp_path / 'var' / 'crawlguard.db'}"
+    config = {**store_config(tmp_path, url), "state": {"url": redis_url}}  # shared pacing
+    proxy = WorkersProxy(config, tmp_path, workers=2)
+    fleet = Fleet([proxy], wire)
+    try:
+
+        def every_time(tid: str, token: str, want: int) -> bool:
+            return all(fleet.status(proxy, tid, token) == want for _ in range(8))
+
+        status, body = fleet.api(
+            "POST", "/api/tenants", {"id": "hooli", "product_tokens": ["HooliBot"]}
+        )
+        assert status == 201, body
+        fleet.secrets.append(body["token"])
+        assert wait_for(lambda: every_time("hooli", body["token"], 200), PICKUP), proxy.log()
+        status, shown = fleet.api("GET", "/api/tenants/hooli")
+        assert (status, shown["disabled"]) == (200, False), shown
+        status, body = fleet.api("DELETE", "/api/tenants/hooli")
+        assert (status, body["disabled"]) == (200, True), body
+        assert wait_for(lambda: every_time("hooli", fleet.secrets[0], 407), PICKUP), proxy.log()
+        status, audit = fleet.api("GET", "/api/audit")
+        assert [(e["action"], e["actor"]) for e in audit] == [
+            ("disable", "api:operator"),
+            ("create", "api:operator"),
+        ]
+    finally:
+        proxy.stop()
+    assert fleet.secrets[0] not in proxy.log() + proxy.json_lines()
