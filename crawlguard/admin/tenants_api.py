@@ -218,9 +218,9 @@ class TenantsAPI:
     so a reload's config is the one in force)."""
 
     def __init__(self, guard: Callable[[], Runtime | Any]) -> None:
+        """`guard`: the Runtime, or the parent of `--workers N`'s admin source; either has
+        `cfg` and, with `tenancy.source: store`, `tenancy` (the process's TenantRegistry)."""
         self._guard = guard
-        self._own: TenantRegistry | None = None  # opened here when the process has none
-        self._own_lock = asyncio.Lock()
 
     def add_routes(self, app: web.Application) -> None:
         """Before the API's catch-all: aiohttp resolves routes in the order they were added."""
@@ -232,7 +232,6 @@ class TenantsAPI:
         app.router.add_delete("/api/tenants/{id}", self.disable)
         app.router.add_post("/api/tenants/{id}/rotate", self.rotate)
         app.router.add_get("/api/tenants/{id}/audit", self.tenant_audit)
-        app.on_cleanup.append(self._close)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -240,23 +239,12 @@ class TenantsAPI:
     def cfg(self) -> Config:
         return self._guard().cfg
 
-    async def registry(self) -> TenantRegistry:
-        """The process's registry (the Runtime's); the parent of `--workers N` has no Runtime,
-        so one is opened here on first use and closed with the app."""
-        found = getattr(self._guard(), "tenancy", None)
-        if found is not None:
-            return found
-        async with self._own_lock:
-            if self._own is None:
-                from crawlguard.tenancy import open_registry
-
-                self._own = await self._call(open_registry, self.cfg)
-            return self._own
-
-    async def _close(self, app: web.Application) -> None:
-        if self._own is not None:
-            own, self._own = self._own, None
-            await asyncio.to_thread(own.close)
+    def registry(self) -> TenantRegistry:
+        """The process's registry, opened (and closed) by its owner with the process."""
+        found: TenantRegistry | None = getattr(self._guard(), "tenancy", None)
+        if found is None:  # store source, but no registry here: say so rather than crash
+            raise ApiError(503, "the tenant registry is not open in this process; try again")
+        return found
 
     async def _call[T](self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         try:
@@ -296,7 +284,7 @@ class TenantsAPI:
         async def work() -> tuple[int, Any]:
             body: dict[str, Any] = {"source": _source(cfg), "rotate_grace": _grace(cfg)}
             if body["source"] == "store":
-                registry = await self.registry()
+                registry = self.registry()
                 body["tenants"] = [r.public() for r in await self._call(registry.list)]
             return 200, body
 
@@ -308,7 +296,7 @@ class TenantsAPI:
             fields = await read_object(request, FIELDS)
             if "id" not in fields:
                 raise ApiError(400, "field 'id' is required", "id")
-            registry = await self.registry()
+            registry = self.registry()
             record, token = await self._call(registry.create, fields, actor=actor(self.cfg))
             log.info("admin: tenant %s created", record.id)
             return 201, {"id": record.id, "token": token}
@@ -325,7 +313,7 @@ class TenantsAPI:
                     if t.id == tid:
                         return 200, file_tenant(t)
                 raise _no_such(tid)
-            registry = await self.registry()
+            registry = self.registry()
             record = await self._call(registry.get, tid)
             if record is None:
                 raise _no_such(tid)
@@ -343,7 +331,7 @@ class TenantsAPI:
                 raise ApiError(400, "a tenant's id cannot be changed", "id")
             if not fields:
                 raise ApiError(400, f"nothing to change: give one of {', '.join(UPDATABLE)}")
-            registry = await self.registry()
+            registry = self.registry()
             record = await self._call(registry.update, tid, fields, actor=actor(self.cfg))
             log.info("admin: tenant %s updated (%s)", tid, ", ".join(sorted(fields)))
             return 200, record.public()
@@ -358,7 +346,7 @@ class TenantsAPI:
             if request.body_exists:  # nothing to give; `{}` is accepted, any key is not
                 await read_object(request, ())
             cfg = self.cfg
-            registry = await self.registry()
+            registry = self.registry()
             token = await self._call(registry.rotate, tid, actor=actor(cfg), grace=_grace(cfg))
             log.info("admin: tenant %s token rotated (grace %g s)", tid, _grace(cfg))
             return 200, {"token": token}
@@ -370,7 +358,7 @@ class TenantsAPI:
 
         async def work() -> tuple[int, Any]:
             self._mutable(request)
-            registry = await self.registry()
+            registry = self.registry()
             record = await self._call(registry.disable, tid, actor=actor(self.cfg))
             log.info("admin: tenant %s disabled", tid)
             return 200, record.public()
@@ -386,7 +374,7 @@ class TenantsAPI:
                 if tid not in {t.id for t in self.cfg.tenants}:
                     raise _no_such(tid)
                 return 200, []
-            registry = await self.registry()
+            registry = self.registry()
             if await self._call(registry.get, tid) is None:
                 raise _no_such(tid)
             entries = await self._call(registry.audit, tenant=tid, limit=limit)
@@ -400,7 +388,7 @@ class TenantsAPI:
             tenant = request.query.get("tenant") or None
             if _source(self.cfg) != "store":
                 return 200, []
-            registry = await self.registry()
+            registry = self.registry()
             entries = await self._call(registry.audit, tenant=tenant, limit=limit)
             return 200, [e.public() for e in entries]
 
