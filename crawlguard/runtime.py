@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from crawlguard.admin.metrics import Metrics
-from crawlguard.config import Config, ConfigError, Tenant
+from crawlguard.config import Config, ConfigError, Tenant, collector_paused
 from crawlguard.egress import EgressPolicy
 from crawlguard.policy.auth import Authenticator
 from crawlguard.policy.decisions import Action, Decision, Kind
@@ -168,10 +168,12 @@ class Runtime:
     ) -> TenantSet:
         """A new tenant set, reusing what the running one has unchanged. Pure and thread-safe
         (it only reads the running set), so it runs off the event loop."""
-        return build_tenant_set(tenants, retired, self.tenant_set)
+        with collector_paused():
+            return build_tenant_set(tenants, retired, self.tenant_set)
 
     def _install(self, built: TenantSet) -> None:
         """Swap the running tenant set in one step on the loop: a request sees one set."""
+        built.activate()
         self.tenant_set, self.tenants, self.auth = built, built.tenants, built.auth
 
     async def replace_tenants(
@@ -188,8 +190,15 @@ class Runtime:
     async def reload_async(self, cfg: Config) -> list[str]:
         """`reload` with the tenant set built in a thread: the event loop never waits for
         100,000 tenants' objects (SIGHUP, `crawlguard reload`)."""
-        built = await asyncio.to_thread(self.build_tenants, self._file_tenants(cfg))
-        return self.reload(cfg, built=built)
+
+        def build() -> tuple[Config, TenantSet]:
+            built = self.build_tenants(self._file_tenants(cfg))
+            if built.tenants.keys() != {t.id for t in cfg.tenants}:
+                return cfg, built  # tenants from elsewhere (the store): keep the file's
+            return cfg.model_copy(update={"tenants": built.configs()}), built
+
+        reloaded, built = await asyncio.to_thread(build)
+        return self.reload(reloaded, built=built)
 
     def reload(self, cfg: Config, *, built: TenantSet | None = None) -> list[str]:
         """Apply a new config to the running proxy; returns what it could not apply.
