@@ -70,7 +70,7 @@ def build_tenant_set(
     tokens = token_map(tenants)
     old_auth: Authenticator[TenantRuntime] = Authenticator({})
     if previous is None:
-        index = TokenIndex.of_tenants(tenants)
+        index = TokenIndex().updated(tokens)  # as TokenIndex.of_tenants(tenants), one pass less
         shared, old = SharedIndex(index), {}
     else:
         shared, old, old_auth = previous.shared, previous.tenants, previous.auth
