@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -187,18 +187,21 @@ class Runtime:
         still accepted until the given wall-clock time (time.time()) — a rotation's grace."""
         self._install(await asyncio.to_thread(self.build_tenants, tenants, retired))
 
-    async def reload_async(self, cfg: Config) -> list[str]:
-        """`reload` with the tenant set built in a thread: the event loop never waits for
-        100,000 tenants' objects (SIGHUP, `crawlguard reload`)."""
+    async def reload_async(self, load: Callable[[], Config]) -> list[str]:
+        """`reload` of the config `load` returns (SIGHUP, `crawlguard reload`): reading it and
+        building the tenant set happen in a thread, so the event loop never waits for
+        100,000 tenants, and objects of the file's unchanged tenants die in that thread too
+        (the running ones serve on). Raises what `load` raises (ConfigError)."""
 
-        def build() -> tuple[Config, TenantSet]:
+        def prepare() -> tuple[Config, TenantSet]:
+            cfg = load()
             built = self.build_tenants(self._file_tenants(cfg))
             if built.tenants.keys() != {t.id for t in cfg.tenants}:
                 return cfg, built  # tenants from elsewhere (the store): keep the file's
             return cfg.model_copy(update={"tenants": built.configs()}), built
 
-        reloaded, built = await asyncio.to_thread(build)
-        return self.reload(reloaded, built=built)
+        cfg, built = await asyncio.to_thread(prepare)
+        return self.reload(cfg, built=built)
 
     def reload(self, cfg: Config, *, built: TenantSet | None = None) -> list[str]:
         """Apply a new config to the running proxy; returns what it could not apply.
