@@ -162,8 +162,10 @@ class Run:
         time.sleep(0.2)
         done.set()
         thread.join()
-        slow = self.err.read_text().count("Executing") - slow_before
-        return took, max(latencies), slow
+        lines = [line for line in self.err.read_text().splitlines() if "Executing" in line]
+        for line in lines[slow_before:][:3]:
+            print("  slow callback:", line[:300])
+        return took, max(latencies), len(lines) - slow_before
 
     def stop(self) -> None:
         if self.proc is not None:

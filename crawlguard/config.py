@@ -415,7 +415,7 @@ def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> Config
         raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: config is not UTF-8 text") from None
-    with _collector_paused():
+    with collector_paused():
         try:
             data = config_yaml.load(text)
         except yaml.YAMLError as exc:
@@ -424,10 +424,11 @@ def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> Config
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a config is parsed and validated: those build
-    millions of objects, none garbage, and each full collection would walk them all again
-    (half of the load time of 100,000 tenants). Nothing here makes reference cycles."""
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a config is parsed and validated (or a tenant
+    set built): those build millions of objects, none garbage, and each full collection would
+    walk them all again (half of the load time of 100,000 tenants), holding the interpreter
+    lock, so the event loop too. Nothing here makes reference cycles."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -43,11 +43,6 @@ def load(text: str) -> Any:
     return yaml.load(text, Loader=LOADER)
 
 
-def _plain(event: events.NodeEvent) -> bool:
-    tag = getattr(event, "tag", None)
-    return event.anchor is None and (tag is None or tag == "!")
-
-
 def _build(loader: yaml.SafeLoader) -> Any:
     by_first_character = loader.yaml_implicit_resolvers
     if None in by_first_character or loader.yaml_path_resolvers:
@@ -58,12 +53,17 @@ def _build(loader: yaml.SafeLoader) -> Any:
     nokey = object()
     root: Any = None
     documents = 0
+    scalar, mapping, sequence = (
+        events.ScalarEvent,
+        events.MappingStartEvent,
+        events.SequenceStartEvent,
+    )
     while True:
         event = get_event()
         kind = type(event)
         value: Any
-        if kind is events.ScalarEvent:
-            if not _plain(event):
+        if kind is scalar:
+            if event.anchor is not None or (event.tag is not None and event.tag != "!"):
                 raise _Unusual
             value = event.value
             if event.implicit[0] and (not value or value[0] in by_first_character):
@@ -72,10 +72,10 @@ def _build(loader: yaml.SafeLoader) -> Any:
                     value = constructors[tag](loader, ScalarNode(tag, value))
                 elif tag != _STR:
                     raise _Unusual  # merge keys, `=`
-        elif kind is events.MappingStartEvent or kind is events.SequenceStartEvent:
-            if not _plain(event):
+        elif kind is mapping or kind is sequence:
+            if event.anchor is not None or (event.tag is not None and event.tag != "!"):
                 raise _Unusual
-            stack.append([{} if kind is events.MappingStartEvent else [], nokey])
+            stack.append([{} if kind is mapping else [], nokey])
             continue
         elif kind is events.MappingEndEvent or kind is events.SequenceEndEvent:
             value = stack.pop()[0]

@@ -15,12 +15,12 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from crawlguard.admin.metrics import Metrics
-from crawlguard.config import Config, ConfigError, Tenant
+from crawlguard.config import Config, ConfigError, Tenant, collector_paused
 from crawlguard.egress import EgressPolicy
 from crawlguard.policy.auth import Authenticator
 from crawlguard.policy.decisions import Action, Decision, Kind
@@ -176,10 +176,12 @@ class Runtime:
     ) -> TenantSet:
         """A new tenant set, reusing what the running one has unchanged. Pure and thread-safe
         (it only reads the running set), so it runs off the event loop."""
-        return build_tenant_set(tenants, retired, self.tenant_set)
+        with collector_paused():
+            return build_tenant_set(tenants, retired, self.tenant_set)
 
     def _install(self, built: TenantSet) -> None:
         """Swap the running tenant set in one step on the loop: a request sees one set."""
+        built.activate()
         self.tenant_set, self.tenants, self.auth = built, built.tenants, built.auth
 
     def _open_tenancy(self, cfg: Config) -> None:
@@ -219,10 +221,20 @@ class Runtime:
         still accepted until the given wall-clock time (time.time()) — a rotation's grace."""
         self._install(await asyncio.to_thread(self.build_tenants, tenants, retired))
 
-    async def reload_async(self, cfg: Config) -> list[str]:
-        """`reload` with the tenant set built in a thread: the event loop never waits for
-        100,000 tenants' objects (SIGHUP, `crawlguard reload`)."""
-        built = await asyncio.to_thread(self.build_tenants, self._file_tenants(cfg))
+    async def reload_async(self, load: Callable[[], Config]) -> list[str]:
+        """`reload` of the config `load` returns (SIGHUP, `crawlguard reload`): reading it and
+        building the tenant set happen in a thread, so the event loop never waits for
+        100,000 tenants, and objects of the file's unchanged tenants die in that thread too
+        (the running ones serve on). Raises what `load` raises (ConfigError)."""
+
+        def prepare() -> tuple[Config, TenantSet]:
+            cfg = load()
+            built = self.build_tenants(self._file_tenants(cfg))
+            if built.tenants.keys() != {t.id for t in cfg.tenants}:
+                return cfg, built  # tenants from elsewhere (the store): keep the file's
+            return cfg.model_copy(update={"tenants": built.configs()}), built
+
+        cfg, built = await asyncio.to_thread(prepare)
         return self.reload(cfg, built=built)
 
     def reload(self, cfg: Config, *, built: TenantSet | None = None) -> list[str]:

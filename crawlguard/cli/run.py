@@ -146,12 +146,11 @@ def reload_config(guard: Any, load: Callable[[], Config]) -> None:
 
 
 async def _reload(guard: Any, load: Callable[[], Config]) -> None:
-    try:
-        cfg = await asyncio.to_thread(load)
+    try:  # read and the tenant set built in a thread, applied on the loop
+        kept = await guard.reload_async(load)
     except ConfigError as exc:
         log.error("reload refused, running config kept: %s", exc)
         return
-    kept = await guard.reload_async(cfg)  # the tenant set is built in a thread
     log.info(
         "config reloaded: %d tenant(s)%s",
         len(guard.tenants),

@@ -83,6 +83,10 @@ class Authenticator[T]:
                 ok = ok or (matched and now < until)
         return tenant if ok and tenant is not None else None
 
+    def entry(self, tenant_id: str) -> tuple[bytes, T] | None:
+        """(current digest, tenant) as given: a rebuilt set reuses the unchanged ones."""
+        return self._tenants.get(tenant_id)
+
     def credential(self, tenant_id: str) -> bytes | None:
         """The current token digest of `tenant_id` (None: no such tenant)."""
         entry = self._tenants.get(tenant_id)

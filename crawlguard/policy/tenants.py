@@ -3,8 +3,8 @@ tenant set (crawlguard.runtime) and looked up per request by id or credentials.
 
 `build_tenant_set` is pure (no event loop, no I/O), so a Runtime runs it in a thread: at
 100,000 tenants a rebuild must not hold the loop. It reuses what did not change: the shared
-product-token index when no token changed anywhere, and with it every `TenantRuntime` whose
-config is unchanged.
+product-token index when no token changed anywhere (else it updates it for the tokens that
+changed), and every `TenantRuntime` whose config is unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from crawlguard.config import Tenant
 from crawlguard.policy.auth import Authenticator
-from crawlguard.policy.ua import TokenIndex, UserAgentPolicy, ascii_lower
+from crawlguard.policy.ua import SharedIndex, TokenIndex, UserAgentPolicy, token_map
 
 
 @dataclass(slots=True)
@@ -36,43 +36,56 @@ Retired = Mapping[str, Sequence[tuple[bytes, float]]]
 
 @dataclass(frozen=True, slots=True)
 class TenantSet:
-    """One consistent tenant set: swapped in whole, so a request sees one set."""
+    """One consistent tenant set: swapped in whole (`activate`, then one assignment), so a
+    request sees one set. `shared` is the same holder for every set of a Runtime: the checks
+    read the index through it."""
 
     tenants: dict[str, TenantRuntime]
     auth: Authenticator[TenantRuntime]
     index: TokenIndex
+    shared: SharedIndex
 
     @classmethod
     def empty(cls) -> TenantSet:
-        return cls({}, Authenticator({}), TokenIndex())
+        index = TokenIndex()
+        return cls({}, Authenticator({}), index, SharedIndex(index))
 
+    def configs(self) -> list[Tenant]:
+        """The tenants' configs in order, the running objects for unchanged ones (a reloaded
+        Config then holds no second copy of 100,000 equal tenants)."""
+        return [runtime.cfg for runtime in self.tenants.values()]
 
-def _token_map(tenants: Sequence[Tenant]) -> dict[str, tuple[str, str]]:
-    """What `TokenIndex.tokens` would be for `tenants` (cheap: no look-alike keys)."""
-    tokens: dict[str, tuple[str, str]] = {}
-    for tenant in tenants:
-        for token in tenant.product_tokens:
-            tokens.setdefault(ascii_lower(token), (token, tenant.id))
-    return tokens
+    def activate(self) -> None:
+        """Point every check at this set's index (on the loop, with the swap)."""
+        self.shared.index = self.index
 
 
 def build_tenant_set(
     tenants: Sequence[Tenant], retired: Retired | None = None, previous: TenantSet | None = None
 ) -> TenantSet:
-    """The runtime objects of `tenants`. With `previous`: its index is reused when the
-    registered tokens are the same, and then so is each TenantRuntime whose config is equal."""
-    index: TokenIndex | None = None
-    if previous is not None and _token_map(tenants) == previous.index.tokens:
+    """The runtime objects of `tenants`, in time proportional to what changed since
+    `previous` (besides one pass comparing): its index is kept when no product token changed
+    anywhere, else updated for the tokens that did; each TenantRuntime whose config is equal
+    is kept (its check reads the new index through the shared holder)."""
+    tokens = token_map(tenants)
+    old_auth: Authenticator[TenantRuntime] = Authenticator({})
+    if previous is None:
+        index = TokenIndex().updated(tokens)  # as TokenIndex.of_tenants(tenants), one pass less
+        shared, old = SharedIndex(index), {}
+    else:
+        shared, old, old_auth = previous.shared, previous.tenants, previous.auth
         index = previous.index
-    if index is None:
-        index = TokenIndex.of_tenants(tenants)
-    old = previous.tenants if previous is not None and previous.index is index else {}
+        if tokens != index.tokens:
+            index = index.updated(tokens)
     runtimes: dict[str, TenantRuntime] = {}
     creds: dict[str, tuple[bytes, TenantRuntime]] = {}
     for tenant in tenants:
         runtime = old.get(tenant.id)
+        entry = None
         if runtime is None or runtime.cfg != tenant:
-            runtime = TenantRuntime(tenant, UserAgentPolicy(tenant.product_tokens, index=index))
+            runtime = TenantRuntime(tenant, UserAgentPolicy(tenant.product_tokens, index=shared))
+        elif tenant.token_sha256:  # same config, same digest: the old objects serve on
+            entry = old_auth.entry(tenant.id)
         runtimes[tenant.id] = runtime
-        creds[tenant.id] = (tenant.token_digest(), runtime)
-    return TenantSet(runtimes, Authenticator(creds, retired), index)
+        creds[tenant.id] = entry or (tenant.token_digest(), runtime)
+    return TenantSet(runtimes, Authenticator(creds, retired), index, shared)

@@ -67,6 +67,7 @@ from crawlguard.policy.decisions import Kind
 
 __all__ = [
     "MAX_LENGTH",
+    "SharedIndex",
     "TokenIndex",
     "UAVerdict",
     "UserAgentPolicy",
@@ -74,6 +75,7 @@ __all__ = [
     "lint",
     "product_token_of",
     "product_token_problem",
+    "token_map",
     "well_known_crawler",
 ]
 
@@ -620,6 +622,26 @@ class TokenIndex:
                 self.by_lower[lower] = (*self.by_lower.get(lower, ()), token)
                 self.by_upper[upper] = (*self.by_upper.get(upper, ()), token)
 
+    def updated(self, tokens: Mapping[str, tuple[str, str]]) -> TokenIndex:
+        """The index whose `tokens` are `tokens` (as `_token_map` builds them), made from this
+        one: look-alike keys are computed only for tokens added. Tokens added go after the
+        others in a key's registration order."""
+        new = TokenIndex()
+        new.tokens = dict(tokens)
+        new.by_lower, new.by_upper = self.by_lower.copy(), self.by_upper.copy()
+        old = self.tokens
+        for key, entry in old.items():
+            if tokens.get(key) != entry:
+                lower, upper = _token_keys(entry[0])
+                _without(new.by_lower, lower, entry[0])
+                _without(new.by_upper, upper, entry[0])
+        for key, entry in tokens.items():
+            if old.get(key) != entry:
+                lower, upper = _token_keys(entry[0])
+                new.by_lower[lower] = (*new.by_lower.get(lower, ()), entry[0])
+                new.by_upper[upper] = (*new.by_upper.get(upper, ()), entry[0])
+        return new
+
     @classmethod
     def of_tenants(cls, tenants: Iterable[_HasTokens]) -> TokenIndex:
         """The index of configured tenants (anything with `id` and `product_tokens`)."""
@@ -646,6 +668,25 @@ class TokenIndex:
             if key not in own and (hit := tokens.get(key)) is not None:
                 return hit[0]
         return None
+
+
+def _without(table: dict[str, tuple[str, ...]], key: str, token: str) -> None:
+    rest = tuple(t for t in table.get(key, ()) if t != token)
+    if rest:
+        table[key] = rest
+    else:
+        table.pop(key, None)
+
+
+def token_map(tenants: Iterable[_HasTokens]) -> dict[str, tuple[str, str]]:
+    """What `TokenIndex.of_tenants(tenants).tokens` is, without the look-alike keys (cheap:
+    tells whether a tenant set changed any product token)."""
+    tokens: dict[str, tuple[str, str]] = {}
+    for tenant in tenants:
+        for token in tenant.product_tokens:
+            if token:
+                tokens.setdefault(ascii_lower(token), (token, tenant.id))
+    return tokens
 
 
 class _HasTokens(Protocol):
@@ -874,30 +915,50 @@ def _undescriptive(
     return None
 
 
+class SharedIndex:
+    """The token index every tenant's check of one Runtime reads, replaced in one assignment.
+
+    Checks read the index through this holder, so a change of product tokens swaps one
+    reference instead of building 100,000 new checks; a check's memo belongs to the index it
+    was filled with and starts afresh under another.
+    """
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: TokenIndex) -> None:
+        self.index = index
+
+
 class UserAgentPolicy:
     """One tenant's user-agent check; memoised because crawlers repeat their UA.
 
-    `index`: every product token of the tenant set (`TokenIndex`, shared by all its tenants'
-    checks); a UA carrying another tenant's is `ua-mismatch` even if it also carries this
-    tenant's own. Without it, `foreign_tokens` (the other tenants' tokens) builds a small one.
-    Per-tenant state is O(1) in the number of tenants; the memo costs nothing until used.
+    `index`: every product token of the tenant set (a `SharedIndex`, or a `TokenIndex`, shared
+    by all its tenants' checks); a UA carrying another tenant's is `ua-mismatch` even if it
+    also carries this tenant's own. Without it, `foreign_tokens` (the other tenants' tokens)
+    builds a small one. Per-tenant state is O(1) in the number of tenants; the memo costs
+    nothing until used.
     """
 
-    __slots__ = ("_memo", "_tenant", "index", "product_tokens")
+    __slots__ = ("_memo", "_memo_index", "_shared", "_tenant", "product_tokens")
 
     def __init__(
         self,
         product_tokens: Sequence[str],
         foreign_tokens: Collection[str] = (),
         *,
-        index: TokenIndex | None = None,
+        index: SharedIndex | TokenIndex | None = None,
     ) -> None:
         self.product_tokens: tuple[str, ...] = tuple(product_tokens)
         self._tenant = _Tenant.of(self.product_tokens)
         if index is None:
             index = _index_of(self.product_tokens, foreign_tokens)
-        self.index: TokenIndex = index
+        self._shared = index if isinstance(index, SharedIndex) else SharedIndex(index)
         self._memo: Callable[[str | None], UAVerdict] | None = None
+        self._memo_index: TokenIndex | None = None
+
+    @property
+    def index(self) -> TokenIndex:
+        return self._shared.index
 
     @property
     def foreign_tokens(self) -> frozenset[str]:
@@ -907,12 +968,16 @@ class UserAgentPolicy:
 
     @property
     def _cached(self) -> Any:
-        if self._memo is None:
-            self._memo = lru_cache(maxsize=CACHE_SIZE)(self._uncached)
+        """The memo of verdicts under the running index (made on first use)."""
+        index = self._shared.index
+        if self._memo is None or self._memo_index is not index:
+            tenant = self._tenant
+            self._memo = lru_cache(maxsize=CACHE_SIZE)(lambda ua: _evaluate(ua, tenant, index))
+            self._memo_index = index
         return self._memo
 
     def _uncached(self, user_agent: str | None) -> UAVerdict:
-        return _evaluate(user_agent, self._tenant, self.index)
+        return _evaluate(user_agent, self._tenant, self._shared.index)
 
     def evaluate(self, user_agent: str | None) -> UAVerdict:
         if user_agent is not None and len(user_agent) > MAX_LENGTH:
