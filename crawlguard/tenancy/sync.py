@@ -82,6 +82,7 @@ class TenantSync:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0
+        self._last: tuple[list[Tenant], Retired] | None = None  # the set last applied
         self._listener: Any = None  # PostgreSQL: the LISTEN connection
         self._schema = ""
 
@@ -151,10 +152,17 @@ class TenantSync:
         if not full and version == self.applied_version:
             return
         tenants, retired = self.registry.running_set()
+        if full and (tenants, retired) == self._last:
+            self.applied_version = version
+            return  # the resync found what runs already: nothing to rebuild
         self._apply(tenants, retired)
+        changed = self.applied_version is not None
         self.applied_version = version
+        self._last = (tenants, retired)
         self.applied += 1
-        log.debug("tenant registry version %d applied: %d tenant(s)", version, len(tenants))
+        (log.info if changed else log.debug)(
+            "tenants from the registry (version %d) applied: %d tenant(s)", version, len(tenants)
+        )
 
     def _apply(self, tenants: list[Tenant], retired: Retired) -> None:
         loop = self._loop

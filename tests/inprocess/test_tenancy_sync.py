@@ -97,6 +97,24 @@ async def test_changes_reach_every_process_sync(
         watched.close()
 
 
+async def test_the_periodic_resync_rebuilds_only_a_set_that_differs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'var' / 'crawlguard.db'}"
+    control, watched = open_for(url), open_for(url)
+    control.create({"id": "acme", "product_tokens": ["AcmeBot"]}, actor="x")
+    applied = Applied()
+    sync = TenantSync(watched, applied, poll=0.05, resync=0.1)
+    sync.start(asyncio.get_running_loop())
+    try:
+        assert await until(lambda: applied.last() == ["acme"])
+        checks = sync.checks
+        assert await until(lambda: sync.checks > checks + 10)  # several full resyncs
+        assert len(applied.sets) == 1
+    finally:
+        await asyncio.to_thread(sync.stop)
+        control.close()
+        watched.close()
+
+
 async def test_another_schemas_notifications_are_not_ours(
     pg_schema: PgSchema, monkeypatch: pytest.MonkeyPatch
 ) -> None:

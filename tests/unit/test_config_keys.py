@@ -147,6 +147,16 @@ KEY_TESTS: dict[str, list[str]] = {
         "tests/e2e/test_integrity.py::test_two_ports_of_one_host_share_a_slot_unless_scope_is_origin",
         "tests/e2e/test_integrity.py::test_names_of_one_address_share_a_slot_with_scope_address",
     ],
+    # tenancy
+    "tenancy.source": [
+        "tests/e2e/test_tenancy_cli.py::test_a_running_proxy_picks_up_cli_changes",
+        "tests/e2e/test_tenancy_cli.py::test_cli_needs_tenancy_source_store",
+        "tests/inprocess/test_tenancy_sync.py::test_with_source_file_the_registry_is_not_read",
+        "tests/inprocess/test_tenancy_sync.py::test_runtime_serves_the_registry_from_its_first_request",
+    ],
+    "tenancy.rotate_grace": [
+        "tests/e2e/test_tenancy_cli.py::test_rotate_keeps_the_old_token_for_tenancy_rotate_grace",
+    ],
     # tenants
     "tenants[].id": [
         "tests/e2e/test_proxy_e2e.py::test_allowed_request_reaches_origin_without_proxy_credentials",
