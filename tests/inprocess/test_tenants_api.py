@@ -411,12 +411,24 @@ async def test_with_source_file_changes_are_409_and_reads_come_from_the_config(
         await stop_admin(a)
 
 
-async def test_tenancy_tells_the_dashboard_the_source_and_the_grace(api: Api) -> None:
+async def test_tenancy_tells_the_dashboard_the_source_and_the_grace(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crawlguard.admin import tenants_api
+
     await created(api, "shown", "ShownBot")
     status, body = await api.call("GET", "/api/tenancy")
     assert status == 200
     assert (body["source"], body["rotate_grace"]) == ("store", 5.0)
-    assert [t["id"] for t in body["tenants"] if t["id"] == "shown"] == ["shown"]
+    assert [t["id"] for t in body["tenants"]] == ["shown"]
+    assert (body["tenants_total"], body["truncated"]) == (1, False)
+    # a large registry: the first records only, and the page is told so
+    await created(api, "alpha", "AlphaBot")
+    await created(api, "zulu", "ZuluBot")
+    monkeypatch.setattr(tenants_api, "TENANCY_LIST_LIMIT", 2)
+    status, body = await api.call("GET", "/api/tenancy")
+    assert [t["id"] for t in body["tenants"]] == ["alpha", "shown"]
+    assert (body["tenants_total"], body["truncated"]) == (3, True)
 
 
 # -- the database down -----------------------------------------------------------------------

@@ -254,10 +254,20 @@
     return data;
   }
 
-  // Where tenants come from; a failure here only hides the lifecycle actions.
+  // Where tenants come from; a failure here only hides the lifecycle actions. A large
+  // registry comes truncated: the tenant the filter selects is then asked for by id.
   async function fetchTenancy() {
     try {
-      return (await api("/api/tenancy")).data;
+      const tenancy = (await api("/api/tenancy")).data;
+      const wanted = state.tenant;
+      if (tenancy.truncated && wanted && !tenancy.tenants.some((r) => r.id === wanted)) {
+        try {
+          tenancy.tenants.push((await api(`/api/tenants/${encodeURIComponent(wanted)}`)).data);
+        } catch (err) {
+          if (err instanceof AuthError) throw err; // not in the registry: no actions for it
+        }
+      }
+      return tenancy;
     } catch (err) {
       if (err instanceof AuthError) throw err;
       return null;
@@ -694,7 +704,8 @@
   }
 
   // Store-managed tenants (tenancy.source: store) carry their registry record, and those the
-  // counts do not know yet (new, quiet) get a row too.
+  // counts do not know yet (new, quiet) get a row too, unless the registry is too large to
+  // list (then only the one the filter selects).
   function mergeManaged(list, tenancy) {
     if (!tenancy || tenancy.source !== "store" || !Array.isArray(tenancy.tenants)) return list;
     const records = new Map(tenancy.tenants.map((r) => [r.id, r]));
@@ -704,7 +715,7 @@
     });
     const known = new Set(list.map((t) => t.id));
     for (const r of tenancy.tenants) {
-      if (!known.has(r.id)) {
+      if (!known.has(r.id) && (!tenancy.truncated || r.id === state.tenant)) {
         out.push({ id: r.id, configured: true, mode: r.mode, pacing: r.pacing, managed: r,
           requests: {}, requests_total: 0, violations: {}, violations_total: 0, held: 0, last_violation: null });
       }
