@@ -176,6 +176,8 @@ class Runtime:
     ) -> TenantSet:
         """A new tenant set, reusing what the running one has unchanged. Pure and thread-safe
         (it only reads the running set), so it runs off the event loop."""
+        # The collector paused: a full collection over the objects just made would hold the
+        # interpreter lock, so the event loop, for a quarter of a second at 100,000 tenants.
         with collector_paused():
             return build_tenant_set(tenants, retired, self.tenant_set)
 
@@ -228,11 +230,19 @@ class Runtime:
         (the running ones serve on). Raises what `load` raises (ConfigError)."""
 
         def prepare() -> tuple[Config, TenantSet]:
-            cfg = load()
+            with collector_paused():  # through load and build: see build_tenants
+                return build(load())
+
+        def build(cfg: Config) -> tuple[Config, TenantSet]:
             built = self.build_tenants(self._file_tenants(cfg))
             if built.tenants.keys() != {t.id for t in cfg.tenants}:
                 return cfg, built  # tenants from elsewhere (the store): keep the file's
-            return cfg.model_copy(update={"tenants": built.configs()}), built
+            running = cfg.model_copy(update={"tenants": built.configs()})
+            read = cfg.tenants
+            del cfg
+            while read:  # one at a time: freeing 100,000 at once would hold the loop too
+                read.pop()
+            return running, built
 
         cfg, built = await asyncio.to_thread(prepare)
         return self.reload(cfg, built=built)
