@@ -21,6 +21,7 @@ import pytest
 import requests
 import yaml
 from harness import GOOD_UA, LocalOrigin, Proxy, base_config, sha256_hex, tenant, wait_for
+from redisutil import redis_base, redis_url  # noqa: F401
 
 from crawlguard.config import load_config
 from crawlguard.tenancy import open_registry
@@ -214,3 +215,69 @@ def test_a_running_proxy_picks_up_cli_changes(tmp_path: Path, site: LocalOrigin)
         assert token not in proxy.log()
     finally:
         assert proxy.stop() == 0, proxy.log()
+
+
+def test_every_worker_applies_a_change_on_postgresql(
+    tmp_path: Path,
+    site: LocalOrigin,
+    pg_schema: PgSchema,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """`--workers 2` on PostgreSQL: each worker LISTENs and applies the change itself (its log
+    says which version it runs), so after that every connection, whichever worker takes it,
+    gets the new answer."""
+    cfg = base_config(
+        tmp_path,
+        tenancy={"source": "store"},
+        store={"url": pg_schema.url()},
+        state={"url": redis_url},
+    )
+    cfg["tenants"] = [tenant("acme", ["AcmeBot"])]
+    proxy = WorkersProxy(cfg, tmp_path)
+    try:
+        config = proxy.config_path
+        registry = open_registry(load_config(config, secrets=False))
+        try:
+            added = cli(config, "add", "--id", "newco", "--product-token", "NewcoBot")
+            assert added.returncode == 0, added.stderr
+            token = added.stdout.strip()
+            ua = "NewcoBot/2.0 (+https://newco.example/bot)"
+            assert wait_for(lambda: applied_by_both(proxy, registry.version()), 10), proxy.log()
+            assert all(through(proxy, site, "newco", token, ua) == 200 for _ in range(10))
+            assert cli(config, "disable", "newco").returncode == 0
+            assert wait_for(lambda: applied_by_both(proxy, registry.version()), 10), proxy.log()
+            assert all(through(proxy, site, "newco", token, ua) == 407 for _ in range(10))
+            assert through(proxy, site, "acme", "acme-secret", GOOD_UA) == 200
+        finally:
+            registry.close()
+    finally:
+        assert proxy.stop() == 0, proxy.log()
+
+
+def applied_by_both(proxy: Proxy, version: int) -> bool:
+    lines = proxy.log().splitlines()
+    return all(
+        any(f"[worker {i}]" in line and f"(version {version}) applied" in line for line in lines)
+        for i in (1, 2)
+    )
+
+
+class WorkersProxy(Proxy):
+    """`crawlguard run --workers 2` (as tests/e2e/test_workers.py starts it)."""
+
+    def _start(self, env: dict[str, str] | None) -> None:
+        cmd = [
+            sys.executable, "-m", "crawlguard", "run", "--config", str(self.config_path),
+            "--listen-port", str(self.port), "--admin-port", str(self.admin_port),
+            "--workers", "2",
+        ]  # fmt: skip
+        self._err = self.log_path.open("ab")
+        self._out = self.out_path.open("ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.tmp, stdout=self._out, stderr=self._err)
+        if not wait_for(
+            lambda: self.proc.poll() is not None or "crawlguard ready" in self.log(), 60
+        ):
+            self.stop()
+            raise RuntimeError(f"proxy did not become ready:\n{self.log()}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"proxy exited {self.proc.returncode}:\n{self.log()}")

@@ -347,3 +347,24 @@ def test_two_registries_see_each_others_changes_through_the_version(backend: Bac
     finally:
         a.close()
         b.close()
+
+
+def test_changed_since_names_what_a_sync_must_load_again(registry: TenantRegistry) -> None:
+    registry.create({"id": "acme", "product_tokens": ["AcmeBot"]}, actor="x")
+    registry.create({"id": "beta", "product_tokens": ["BetaBot"]}, actor="x")
+    v = registry.version()
+    assert registry.changed_since(v) == (v, set())
+    assert registry.changed_since(0) == (v, {"acme", "beta"})
+    registry.rotate("beta", actor="x", grace=600)
+    registry.create({"id": "gamma", "product_tokens": ["GammaBot"]}, actor="x")
+    registry.disable("acme", actor="x")
+    now, ids = registry.changed_since(v)
+    assert now == registry.version() > v and ids == {"acme", "beta", "gamma"}
+    tenants, retired = registry.running_subset(ids)
+    assert [t.id for t in tenants] == ["beta", "gamma"]  # acme is disabled: absent
+    assert list(retired) == ["beta"]
+    full, full_retired = registry.running_set()
+    assert {t.id: t for t in full} == {t.id: t for t in tenants} and full_retired == retired
+    assert registry.running_subset([]) == ([], {})
+    many = [f"id{n}" for n in range(1200)]  # more than one IN (...) list
+    assert [t.id for t in registry.running_subset([*many, "gamma"])[0]] == ["gamma"]
