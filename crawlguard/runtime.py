@@ -161,12 +161,15 @@ class Runtime:
 
     def _load_tenants(self, cfg: Config) -> None:
         """Tenants and credentials from `cfg` (at start: nothing is serving yet)."""
-        self._install(self.build_tenants(self._file_tenants(cfg)))
+        tenants = self._file_tenants(cfg)
+        if tenants is not None:
+            self._install(self.build_tenants(tenants))
 
     @staticmethod
-    def _file_tenants(cfg: Config) -> Sequence[Tenant]:
-        """The tenants a config file brings (the one place that decides where a reload takes
-        tenants from)."""
+    def _file_tenants(cfg: Config) -> Sequence[Tenant] | None:
+        """The tenants a config file brings: the one place that decides whether start-up and
+        a reload take tenants from the file. None: they come from elsewhere (the tenant
+        registry, through `replace_tenants`), and a reload leaves the running set alone."""
         return cfg.tenants
 
     def build_tenants(
@@ -229,14 +232,17 @@ class Runtime:
         100,000 tenants, and objects of the file's unchanged tenants die in that thread too
         (the running ones serve on). Raises what `load` raises (ConfigError)."""
 
-        def prepare() -> tuple[Config, TenantSet]:
+        def prepare() -> tuple[Config, TenantSet | None]:
             with collector_paused():  # through load and build: see build_tenants
                 return build(load())
 
-        def build(cfg: Config) -> tuple[Config, TenantSet]:
-            built = self.build_tenants(self._file_tenants(cfg))
+        def build(cfg: Config) -> tuple[Config, TenantSet | None]:
+            tenants = self._file_tenants(cfg)
+            if tenants is None:
+                return cfg, None  # the running set stays (`reload` asks again, on the loop)
+            built = self.build_tenants(tenants)
             if built.tenants.keys() != {t.id for t in cfg.tenants}:
-                return cfg, built  # tenants from elsewhere (the store): keep the file's
+                return cfg, built
             running = cfg.model_copy(update={"tenants": built.configs()})
             read = cfg.tenants
             del cfg
@@ -270,9 +276,10 @@ class Runtime:
         listen = {"listen_host": running.listen_host, "port": running.port}
         cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update=listen)})
         if self.tenancy is None:  # tenancy.source: store: the registry's, not the file's
-            self._install(
-                built if built is not None else self.build_tenants(self._file_tenants(cfg))
-            )
+            if built is None and (tenants := self._file_tenants(cfg)) is not None:
+                built = self.build_tenants(tenants)
+            if built is not None:
+                self._install(built)
         self.pacer.default_min_interval = cfg.pacing.default_min_interval
         self.pacer.max_hold = cfg.pacing.max_hold
         self.held.limit, self.held.window = cfg.pacing.max_held, cfg.pacing.max_hold

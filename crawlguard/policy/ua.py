@@ -623,7 +623,7 @@ class TokenIndex:
                 self.by_upper[upper] = (*self.by_upper.get(upper, ()), token)
 
     def updated(self, tokens: Mapping[str, tuple[str, str]]) -> TokenIndex:
-        """The index whose `tokens` are `tokens` (as `_token_map` builds them), made from this
+        """The index whose `tokens` are `tokens` (as `token_map` builds them), made from this
         one: look-alike keys are computed only for tokens added. Tokens added go after the
         others in a key's registration order."""
         new = TokenIndex()
@@ -649,11 +649,6 @@ class TokenIndex:
 
     def __len__(self) -> int:
         return len(self.tokens)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TokenIndex) and self.tokens == other.tokens
-
-    __hash__ = None  # type: ignore[assignment]
 
     def owner(self, token: str) -> str | None:
         """The id of the tenant that registered `token` (any ASCII case), or None."""

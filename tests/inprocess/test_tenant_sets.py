@@ -175,3 +175,21 @@ async def test_a_tunnel_keeps_the_token_it_was_opened_with(
     await addon.http_connect(refused)
     assert refused.response is not None and refused.response.status_code == 407
     assert refused.response.headers.get(DECISION_HEADER) == "auth-required"
+
+
+async def test_a_reload_builds_off_the_loop_and_keeps_unchanged_tenants(env: Env) -> None:
+    """SIGHUP's path: the file read and the set built in a thread; the running Config then
+    holds the running tenants' configs, not the file's second copies."""
+    guard = env.guard
+    before = dict(guard.tenants)
+    changed = [
+        t.model_copy(update={"mode": "monitor"}) if t.id == "initech" else t.model_copy()
+        for t in guard.cfg.tenants
+    ]
+    new_cfg = guard.cfg.model_copy(update={"tenants": changed})
+    assert await guard.reload_async(lambda: new_cfg) == []
+    assert guard.tenants["acme"] is before["acme"]
+    assert guard.tenants["initech"] is not before["initech"]
+    assert [t.id for t in guard.cfg.tenants] == ["acme", "globex", "initech"]
+    assert guard.cfg.tenants[0] is before["acme"].cfg  # not the reloaded file's copy
+    assert guard.cfg.tenants[2] is guard.tenants["initech"].cfg
