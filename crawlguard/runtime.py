@@ -170,7 +170,7 @@ class Runtime:
         """The tenants a config file brings: the one place that decides whether start-up and
         a reload take tenants from the file. None: they come from elsewhere (the tenant
         registry, through `replace_tenants`), and a reload leaves the running set alone."""
-        return cfg.tenants
+        return None if cfg.tenancy.source == "store" else cfg.tenants
 
     def build_tenants(
         self,
@@ -201,18 +201,19 @@ class Runtime:
         except TenancyError as exc:
             raise ConfigError(f"tenancy.source: store: {exc.message}") from None
         tenants: list[Tenant] = []
+        retired: dict[str, list[tuple[bytes, float]]] = {}
         pending: Config | None = None
         try:
             seed(self.tenancy, cfg)
-            tenants = self.tenancy.running_set()[0]
+            tenants, retired = self.tenancy.running_set()
         except TenancyError as exc:
             if exc.status != 503:
                 self.tenancy.close()
                 raise ConfigError(f"tenancy.source: store: {exc.message}") from None
             log.warning("tenant registry unavailable at start (%s); retrying", exc.message)
             pending = cfg
-        # current tokens now; the sync's first pass (at `start`) adds rotated ones in grace
-        self._load_tenants(cfg.model_copy(update={"tenants": tenants}))
+        # rotated tokens still in their grace work from the first request too
+        self._install(self.build_tenants(tenants, retired))
         self.tenant_sync = TenantSync(self.tenancy, self.replace_tenants, seed=pending)
 
     async def replace_tenants(

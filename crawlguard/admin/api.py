@@ -48,6 +48,7 @@ SUMMARY_SINCE = "24h"
 DEFAULT_BUCKETS = 24
 MAX_BUCKETS = 200
 TOP_HOSTS = 10
+QUIET_SERIES_MAX = 1000  # beyond it, /api/summary lists only tenants with violations
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 EVIDENCE_CSP = "default-src 'none'; sandbox"  # a stored body is data, never a page
 
@@ -190,6 +191,21 @@ class AdminAPI:
         except StoreError as exc:
             raise _Unavailable(str(exc)) from None
 
+    async def _known_tenants(self) -> list[Any]:
+        """The tenants the proxy manages, quiet ones included: the config file's, or with
+        `tenancy.source: store` the registry's (disabled ones too: their records stay).
+        `config.Tenant` and `TenantRecord` share the fields read here."""
+        guard = self._guard()
+        registry = getattr(guard, "tenancy", None)
+        if registry is None:
+            return list(guard.cfg.tenants)
+        from crawlguard.tenancy import TenancyError
+
+        try:
+            return list(await asyncio.to_thread(registry.list))
+        except TenancyError as exc:
+            raise _Unavailable(exc.message) from None
+
     # -- endpoints -------------------------------------------------------------------------
 
     async def violations(self, request: web.Request) -> web.Response:
@@ -235,11 +251,11 @@ class AdminAPI:
             since = p.time("since", datetime.now(UTC))
             report = await self._call(self.store.report, since=since)
             latest = await self._call(self.store.latest_violations, since=since)
+            configured = {t.id: t for t in await self._known_tenants()}
         except BadRequest as exc:
             return _bad(exc)
         except _Unavailable as exc:
             return error(503, str(exc))
-        configured = {t.id: t for t in self._guard().cfg.tenants}
         ids = list(configured) + sorted((set(report.tenants) | set(latest)) - set(configured))
         out = []
         for tid in ids:
@@ -249,6 +265,7 @@ class AdminAPI:
                 {
                     "id": tid,
                     "configured": cfg is not None,
+                    "disabled": bool(getattr(cfg, "disabled", False)) if cfg else None,
                     "mode": cfg.mode if cfg else None,
                     "pacing": cfg.pacing if cfg else None,
                     "product_tokens": list(cfg.product_tokens) if cfg else None,
@@ -283,14 +300,16 @@ class AdminAPI:
                 until=until,
             )
             s = await self._call(self.store.summary, flt, buckets=buckets, top_hosts=TOP_HOSTS)
+            known = await self._known_tenants()
         except BadRequest as exc:
             return _bad(exc)
         except _Unavailable as exc:
             return error(503, str(exc))
         series = dict(s.series)
-        for tenant in self._guard().cfg.tenants:  # configured tenants show, quiet or not
-            if flt.tenant in (None, tenant.id):
-                series.setdefault(tenant.id, [0] * buckets)
+        if len(known) <= QUIET_SERIES_MAX:  # quiet tenants show as zeros, up to a point
+            for tenant in known:
+                if flt.tenant in (None, tenant.id):
+                    series.setdefault(tenant.id, [0] * buckets)
         start = epoch_us(s.since)
         width = s.bucket_us
         return web.json_response(

@@ -214,6 +214,13 @@ def _load(path: str | None, tenant_id: str | None) -> tuple[Config, Tenant | Non
         raise BadInput(str(exc)) from exc
     if tenant_id is None:
         return cfg, None
+    if cfg.tenancy.source == "store":  # the tenants are the registry's (docs/tenancy.md)
+        from crawlguard.tenancy import TenancyError, managed_tenants
+
+        try:
+            cfg = cfg.model_copy(update={"tenants": managed_tenants(cfg)})
+        except TenancyError as exc:
+            raise BadInput(f"tenancy.source: store: {exc.message}") from exc
     for tenant in cfg.tenants:
         if tenant.id == tenant_id:
             return cfg, tenant

@@ -125,10 +125,14 @@ def _open(config_path: str) -> tuple[ViolationStore, list[str]]:
     if missing is not None:  # opening it would create a new, empty store and report nothing
         raise _Fail(f"no violation store at {missing} (store.url {cfg.store.url}); "
                     "run from the directory the proxy runs in, or fix store.url")  # fmt: skip
+    from crawlguard.tenancy import TenancyError, managed_tenants
+
     try:
-        return open_store(cfg.store.url), [t.id for t in cfg.tenants]
+        return open_store(cfg.store.url), [t.id for t in managed_tenants(cfg)]
     except StoreError as exc:
         raise _Fail(str(exc)) from None
+    except TenancyError as exc:
+        raise _Fail(f"tenancy.source: store: {exc.message}") from None
 
 
 def _missing_sqlite_file(url: str) -> str | None:

@@ -15,7 +15,7 @@ from crawlguard.tenancy.records import TENANT_FIELDS, AuditEntry, TenancyError, 
 from crawlguard.tenancy.registry import TenantRegistry
 
 if TYPE_CHECKING:
-    from crawlguard.config import Config
+    from crawlguard.config import Config, Tenant
 
 
 def open_registry(cfg: Config) -> TenantRegistry:
@@ -25,11 +25,25 @@ def open_registry(cfg: Config) -> TenantRegistry:
     return TenantRegistry(open_database(cfg.store.url))
 
 
+def managed_tenants(cfg: Config) -> list[Tenant]:
+    """The enabled tenants `cfg` runs with: the file's, or with `tenancy.source: store` the
+    registry's (for the offline commands, `explain` and `report`, that take `--config`).
+    Raises TenancyError when the registry cannot be read."""
+    if cfg.tenancy.source != "store":
+        return list(cfg.tenants)
+    registry = open_registry(cfg)
+    try:
+        return registry.running_set()[0]
+    finally:
+        registry.close()
+
+
 __all__ = [
     "TENANT_FIELDS",
     "AuditEntry",
     "TenancyError",
     "TenantRecord",
     "TenantRegistry",
+    "managed_tenants",
     "open_registry",
 ]

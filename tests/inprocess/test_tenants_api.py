@@ -458,3 +458,24 @@ async def test_a_database_that_is_down_is_a_503(
         assert (await api.call("GET", "/api/tenants/later"))[0] == 404
     finally:
         await stop_admin(a)
+
+
+# -- the operator views list the registry's tenants -------------------------------------------
+
+
+async def test_tenants_and_summary_list_the_registry_tenants_quiet_or_not(api: Api) -> None:
+    """With `tenancy.source: store` the file lists no tenants: `/api/tenants` and the summary's
+    series still show every registry tenant (a disabled one marked), with no traffic yet."""
+    await created(api, "quiet", "QuietBot")
+    await created(api, "gone", "GoneBot")
+    status, _ = await api.call("DELETE", "/api/tenants/gone")
+    assert status == 200
+    status, body = await api.call("GET", "/api/tenants")
+    assert status == 200, body
+    rows = {row["id"]: row for row in body["tenants"]}
+    assert rows["quiet"]["configured"] is True and rows["quiet"]["disabled"] is False
+    assert rows["quiet"]["product_tokens"] == ["QuietBot"]
+    assert rows["gone"]["disabled"] is True
+    status, summary = await api.call("GET", "/api/summary")
+    assert status == 200, summary
+    assert {s["tenant"] for s in summary["series"]} >= {"quiet", "gone"}
