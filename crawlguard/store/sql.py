@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crawlguard.policy.records import FIELDS
+from crawlguard.store import rollup
 from crawlguard.store import (
     Page,
     Report,
@@ -35,6 +36,7 @@ COLUMNS = ", ".join(FIELDS)
 class Dialect:
     ph: str  # the driver's parameter placeholder
     ts: Callable[[str], Any]  # a canonical timestamp string -> the parameter for a ts column
+    ts_us: str  # a raw row's `ts` as integer microseconds since the epoch
 
 
 def conjunction(where: Iterable[str], keyword: str = " WHERE ") -> str:
@@ -117,37 +119,53 @@ def page_of(items: list[StoredViolation], limit: int) -> Page:
 
 @dataclass(frozen=True)
 class SummaryQuery:
-    """What `ViolationStore.summary` counts: the window, its buckets and the conditions."""
+    """What `ViolationStore.summary` counts: the window, its buckets, the conditions, and the
+    pieces (roll-up units and raw edges, crawlguard.store.rollup) that cover it exactly."""
 
     since: str
     until: str
     width: int  # microseconds a bucket
     buckets: int
     start: int  # `since` in microseconds since the epoch
-    cond: str
-    params: list[Any]
+    flt: ViolationFilter
+    cond: tuple[str, ...]
+    pieces: tuple[rollup.Piece, ...]
 
-    def series_sql(self, d: Dialect, offset: str) -> str:
-        """Counts per tenant and bucket; `offset` is the backend's expression for a row's
-        microseconds after `since` (its parameters come first, then the width)."""
+    def series_sql(self, d: Dialect) -> tuple[str, list[Any]]:
+        """Counts per tenant and bucket (every piece lies inside one bucket)."""
+        u = rollup.union(
+            d, self.pieces, self.flt, ("tenant", "t", "n"), hosts=self.flt.host is not None,
+            cond=self.cond,
+        )  # fmt: skip
         return (
-            f"SELECT tenant, {offset} / {d.ph} AS b, sum(count) FROM violations "
-            f"WHERE {self.cond} GROUP BY tenant, b"
+            f"SELECT tenant, (t - {d.ph}) / {d.ph} AS b, sum(n) FROM ({u.sql}) AS u "
+            "GROUP BY tenant, b",
+            [self.start, self.width, *u.params],
         )
 
-    def by_kind_sql(self) -> str:
+    def by_kind_sql(self, d: Dialect) -> tuple[str, list[Any]]:
+        u = rollup.union(
+            d, self.pieces, self.flt, ("kind", "n"), hosts=self.flt.host is not None,
+            cond=self.cond,
+        )  # fmt: skip
         return (
-            f"SELECT kind, sum(count) AS n FROM violations WHERE {self.cond} "
-            "GROUP BY kind ORDER BY n DESC, kind"
+            f"SELECT kind, sum(n) AS total FROM ({u.sql}) AS u GROUP BY kind "
+            "ORDER BY total DESC, kind",
+            u.params,
         )
 
-    def top_hosts_sql(self, d: Dialect) -> str:
-        """The top hosts per tenant; parameters: `params`, then how many."""
+    def top_hosts_sql(self, d: Dialect, top: int) -> tuple[str, list[Any]]:
+        """The top `top` hosts per tenant."""
+        u = rollup.union(
+            d, self.pieces, self.flt, ("tenant", "host", "n"), hosts=True, cond=self.cond,
+            raw_cond=("host IS NOT NULL",),
+        )  # fmt: skip
         return (
-            "SELECT tenant, host, n FROM (SELECT tenant, host, sum(count) AS n, "
-            "row_number() OVER (PARTITION BY tenant ORDER BY sum(count) DESC, host) "
-            f"AS r FROM violations WHERE {self.cond} AND host IS NOT NULL "
-            f"GROUP BY tenant, host) AS t WHERE r <= {d.ph} ORDER BY n DESC, tenant, host"
+            "SELECT tenant, host, total FROM (SELECT tenant, host, sum(n) AS total, "
+            "row_number() OVER (PARTITION BY tenant ORDER BY sum(n) DESC, host) AS r "
+            f"FROM ({u.sql}) AS u GROUP BY tenant, host) AS x WHERE r <= {d.ph} "
+            "ORDER BY total DESC, tenant, host",
+            [*u.params, top],
         )
 
     def add_series(self, series: dict[str, list[int]], rows: Iterable[Any]) -> None:
@@ -174,28 +192,29 @@ class SummaryQuery:
         )
 
 
-def summary_query(d: Dialect, flt: ViolationFilter, buckets: int) -> SummaryQuery:
+def summary_query(flt: ViolationFilter, buckets: int) -> SummaryQuery:
     """Over [flt.since, flt.until) (both required). Without an `action` filter, held records
-    (action `delayed`) are left out: they are not violations."""
+    (action `delayed`) are left out: they are not violations. Bucket boundaries are cuts of
+    the plan, so a roll-up unit is never split between two buckets."""
     if flt.since is None or flt.until is None:
         raise ValueError("summary needs both since and until")
     since, until = normalize_ts(flt.since), normalize_ts(flt.until)
     width = bucket_width_us(since, until, buckets)
-    where, params = filter_where(d, flt)
-    if flt.action is None:
-        where.append("action <> 'delayed'")
-    return SummaryQuery(since, until, width, buckets, epoch_us(since), " AND ".join(where), params)
+    start = epoch_us(since)
+    cond = ("action <> 'delayed'",) if flt.action is None else ()
+    pieces = rollup.window_pieces(since, until, (start + i * width for i in range(1, buckets)))
+    return SummaryQuery(since, until, width, buckets, start, flt, cond, tuple(pieces))
 
 
 def latest_sql(d: Dialect, since: str | None) -> tuple[str, list[Any]]:
     """Tenant, timestamp of its newest violation (held records are not violations; a folded
-    record's newest refusal is its `last_ts`)."""
-    sql = "SELECT tenant, max(coalesce(last_ts, ts)) FROM violations WHERE action <> 'delayed'"
-    params: list[Any] = []
-    if since is not None:
-        sql += f" AND ts >= {d.ph}"
-        params.append(d.ts(parse_since(since)))
-    return sql + " GROUP BY tenant", params
+    record's newest refusal is its `last_ts`), among records from `since` on."""
+    bound = parse_since(since) if since is not None else None
+    u = rollup.union(
+        d, rollup.window_pieces(bound, None), ViolationFilter(), ("tenant", "last"),
+        hosts=False, cond=("action <> 'delayed'",),
+    )  # fmt: skip
+    return f"SELECT tenant, max(last) FROM ({u.sql}) AS u GROUP BY tenant", u.params
 
 
 @dataclass(frozen=True)
@@ -230,12 +249,16 @@ class ReportQuery:
 
 def report_query(d: Dialect, since: str | None) -> ReportQuery:
     bound = parse_since(since) if since is not None else None
-    ts_cond, hour_cond = "", ""
-    params: list[Any] = []
+    hour_cond = ""
     hour_params: list[Any] = []
     if bound is not None:
-        ts_cond, params = f" AND ts >= {d.ph}", [d.ts(bound)]
         hour_cond, hour_params = f" WHERE hour >= {d.ph}", [d.ts(hour_bucket(bound))]
+    pieces = rollup.window_pieces(bound, None)
+    none = ViolationFilter()
+    v = rollup.union(
+        d, pieces, none, ("tenant", "kind", "n"), hosts=False, cond=("action <> 'delayed'",)
+    )
+    h = rollup.union(d, pieces, none, ("tenant", "n"), hosts=False, cond=("action = 'delayed'",))
     return ReportQuery(
         since=bound,
         requests=(
@@ -244,24 +267,21 @@ def report_query(d: Dialect, since: str | None) -> ReportQuery:
             hour_params,
         ),
         violations=(
-            "SELECT tenant, kind, sum(count) FROM violations "
-            f"WHERE action <> 'delayed'{ts_cond} "
-            "GROUP BY tenant, kind ORDER BY tenant, sum(count) DESC, kind",
-            params,
+            f"SELECT tenant, kind, sum(n) FROM ({v.sql}) AS u "
+            "GROUP BY tenant, kind ORDER BY tenant, sum(n) DESC, kind",
+            v.params,
         ),
-        held=(
-            "SELECT tenant, sum(count) FROM violations "
-            f"WHERE action = 'delayed'{ts_cond} GROUP BY tenant",
-            params,
-        ),
+        held=(f"SELECT tenant, sum(n) FROM ({h.sql}) AS u GROUP BY tenant", h.params),
     )
 
 
 def prune_violations_sql(d: Dialect) -> str:
-    """Delete up to N violations older than a bound; parameters: the bound, N."""
+    """Delete up to N violations older than a bound; parameters: the bound, N. Returns what
+    the roll-ups must lose: ts, tenant, kind, action, host, count, coalesce(last_ts, ts)."""
     return (
         "DELETE FROM violations WHERE id IN "
-        f"(SELECT id FROM violations WHERE ts < {d.ph} ORDER BY ts LIMIT {d.ph})"
+        f"(SELECT id FROM violations WHERE ts < {d.ph} ORDER BY ts LIMIT {d.ph}) "
+        "RETURNING ts, tenant, kind, action, host, count, coalesce(last_ts, ts)"
     )
 
 
