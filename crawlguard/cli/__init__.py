@@ -10,7 +10,7 @@ from collections.abc import Sequence
 # The module that registers each command, in --help order. `crawlguard <command>` imports that
 # module alone: `violations` or `check` start without the proxy's imports (the config models,
 # the user-agent dataset, mitmproxy), and `run` without the other commands'.
-MODULES = ("run", "check", "lint", "violations", "explain", "dev")
+MODULES = ("run", "check", "lint", "violations", "explain", "dev", "store")
 COMMANDS = {
     "run": "run",
     "reload": "run",
@@ -22,6 +22,7 @@ COMMANDS = {
     "robots-txt": "violations",
     "explain": "explain",
     "dev": "dev",
+    "store": "store",
 }
 
 

@@ -174,7 +174,14 @@ class Summary:
 class ViolationStore(Protocol):
     def record(self, rec: ViolationRecord, robots_body: bytes | None = None) -> None: ...
 
-    def record_many(self, items: Sequence[tuple[ViolationRecord, bytes | None]]) -> None: ...
+    def record_many(
+        self,
+        items: Sequence[tuple[ViolationRecord, bytes | None]],
+        uids: Sequence[str] | None = None,
+    ) -> int | None:
+        """`uids` (one per item) make the write idempotent; returns how many were written (a
+        spooling store: None)."""
+        ...
 
     def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult: ...
 
@@ -200,6 +207,12 @@ class ViolationStore(Protocol):
     def robots_body(self, sha256: str) -> bytes | None: ...
 
     def report(self, *, since: str | None = None) -> Report: ...
+
+    def export_page(
+        self, *, since: str | None, after: PageKey | None, limit: int
+    ) -> list[tuple[PageKey, str, ViolationRecord]]:
+        """Records oldest first (``ts, id``) after `after`: ((ts, id), uid, record)."""
+        ...
 
     def close(self) -> None: ...
 

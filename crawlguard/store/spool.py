@@ -385,6 +385,11 @@ class SpoolingStore:
     def report(self, *, since: str | None = None) -> Report:
         return self._direct(self.inner.report, since=since)
 
+    def export_page(
+        self, *, since: str | None, after: PageKey | None, limit: int
+    ) -> list[tuple[PageKey, str, ViolationRecord]]:
+        return self._direct(self.inner.export_page, since=since, after=after, limit=limit)
+
     # -- outage and replay -------------------------------------------------------------------
 
     def _went_down(self, exc: StoreError) -> None:
