@@ -24,6 +24,7 @@ retention subtracts what it deletes in the same transaction.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -72,7 +73,7 @@ def plan(lo: int | None, hi: int | None, cuts: Iterable[int] = ()) -> list[Piece
     inner = sorted({c for c in cuts if (lo is None or c > lo) and (hi is None or c < hi)})
     bounds: list[int | None] = [lo, *inner, hi]
     pieces: list[Piece] = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         _cover(a, b, 0, pieces)
     merged: list[Piece] = []
     for p in pieces:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from crawlguard.policy.records import FIELDS
-from crawlguard.store import rollup
 from crawlguard.store import (
     Page,
     Report,
@@ -27,6 +26,7 @@ from crawlguard.store import (
     hour_bucket,
     normalize_ts,
     parse_since,
+    rollup,
 )
 
 COLUMNS = ", ".join(FIELDS)

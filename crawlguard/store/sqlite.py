@@ -483,7 +483,8 @@ class SQLiteStore:
 
 
 # positions in an `_INSERT` row: ts, tenant, kind, action, host, count; then last_ts
-_DELTA_AT = tuple(1 + FIELDS.index(f) for f in ("ts", "tenant", "kind", "action")) + (
+_DELTA_AT = (
+    *(1 + FIELDS.index(f) for f in ("ts", "tenant", "kind", "action")),
     len(FIELDS) + 1,
     1 + FIELDS.index("count"),
 )
