@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -42,6 +44,7 @@ _TEXT_OPTIONAL = ("user_agent", "rule", "robots_sha256", "reason")
 _NUMBERS = ("crawl_delay", "delay_seconds")
 _TIMES = ("first_ts", "last_ts")
 _KNOWN = frozenset((*FIELDS, "uid"))
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
 class _Fail(Exception):
@@ -151,7 +154,7 @@ def parse_line(text: str, number: int) -> tuple[str, ViolationRecord]:
     if not isinstance(raw_uid, str):
         raise BadLine(number, "field 'uid': expected a UUID string")
     try:
-        uid = uuid.UUID(raw_uid).hex
+        uid = raw_uid if _HEX32.match(raw_uid) else uuid.UUID(raw_uid).hex
     except ValueError:
         raise BadLine(number, f"field 'uid': {raw_uid!r} is not a UUID") from None
     for name in _REQUIRED:
@@ -185,7 +188,7 @@ def parse_line(text: str, number: int) -> tuple[str, ViolationRecord]:
         except ValueError as exc:
             raise BadLine(number, f"field {name!r}: {exc}") from None
     del obj["uid"]
-    return uid, ViolationRecord.from_dict(obj)
+    return uid, ViolationRecord(**obj)  # every key checked above
 
 
 def _batches(lines: Iterable[str]) -> Iterator[list[tuple[str, ViolationRecord]]]:
@@ -203,18 +206,34 @@ def _batches(lines: Iterable[str]) -> Iterator[list[tuple[str, ViolationRecord]]
 
 
 def import_lines(store: ViolationStore, lines: Iterable[str]) -> ImportResult:
-    """Import JSON lines into `store`, one transaction per batch. On a bad line BadLine is
-    raised; `BadLine.done` holds what the batches before it did."""
-    write = store.record_many
+    """Import JSON lines into `store`, one transaction per batch. The next batch is parsed
+    while the last one is written (SQLite and psycopg release the GIL while they work). On a
+    bad line BadLine is raised once the batches before it are committed; its `done` holds
+    what they did."""
     read = inserted = 0
-    try:
-        for batch in _batches(lines):
-            n = write([(rec, None) for _, rec in batch], [uid for uid, _ in batch])
-            read += len(batch)
-            inserted += int(n or 0)
-    except BadLine as exc:
-        exc.done = ImportResult(read, inserted)  # type: ignore[attr-defined]
-        raise
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import") as pool:
+        pending: Future[int | None] | None = None
+        pending_size = 0
+
+        def settle() -> None:
+            nonlocal pending, read, inserted
+            if pending is not None:
+                inserted += int(pending.result() or 0)
+                read += pending_size
+                pending = None
+
+        try:
+            for batch in _batches(lines):
+                settle()
+                pending = pool.submit(
+                    store.record_many, [(rec, None) for _, rec in batch], [u for u, _ in batch]
+                )
+                pending_size = len(batch)
+            settle()
+        except BadLine as exc:
+            settle()
+            exc.done = ImportResult(read, inserted)  # type: ignore[attr-defined]
+            raise
     return ImportResult(read, inserted)
 
 

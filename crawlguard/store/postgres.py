@@ -54,6 +54,7 @@ from crawlguard.store import (
     ViolationFilter,
     canonical_ts,
     hour_bucket,
+    new_uid,
     normalize_ts,
     rollup,
     sql,
@@ -444,7 +445,7 @@ class PostgresStore:
             for name in ("first_ts", "last_ts"):
                 if values[name] is not None:
                     values[name] = _dt(values[name])
-            uid = uuid.UUID(uids[i]) if uids is not None else uuid.uuid4()
+            uid = uuid.UUID(uids[i] if uids is not None else new_uid())
             rows.append([uid, *(values[f] for f in FIELDS), url_host(values["url"])])
             if robots_body is not None and sha and sha not in bodies:
                 bodies[sha] = (robots_body, ts)

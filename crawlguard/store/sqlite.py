@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import threading
 import uuid
@@ -29,6 +30,7 @@ from crawlguard.store import (
     Summary,
     ViolationFilter,
     hour_bucket,
+    new_uid,
     normalize_ts,
     rollup,
     sql,
@@ -43,6 +45,7 @@ SCHEMA_VERSION = 5
 # 4: violations.count, first_ts, last_ts (folded records; existing rows count 1)
 # 5: violations.uid (unique, backfilled) and the roll-ups (crawlguard.store.rollup), built
 #    from the records
+CACHE_KIB = 65_536  # page cache per connection at most (allocated as used)
 BUSY_TIMEOUT_SECONDS = 10.0  # `run --workers N` processes share one SQLite file
 
 _SCHEMA = """
@@ -199,7 +202,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
             last = rows[-1][0]
             conn.executemany(
                 "UPDATE violations SET uid = ? WHERE id = ?",
-                [(uuid.uuid4().hex, rid) for (rid,) in rows],
+                [(new_uid(), rid) for (rid,) in rows],
             )
         conn.execute(_UID_INDEX)
         conn.execute("DELETE FROM rollup_kinds")  # built from scratch: the records are the truth
@@ -234,6 +237,7 @@ class SQLiteStore:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")  # the commit is on disk before we answer
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # index pages of big stores
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -291,18 +295,19 @@ class SQLiteStore:
         shas: list[str | None] = []
         bodies: dict[str, tuple[bytes, str]] = {}
         for i, (rec, robots_body) in enumerate(items):
-            values = rec.bounded().to_dict()
-            values["ts"] = normalize_ts(rec.ts)
-            for name in ("first_ts", "last_ts"):
-                if values[name] is not None:
-                    values[name] = normalize_ts(values[name])
+            row = [None, *astuple_shallow(rec.bounded())]  # not to_dict: asdict deep-copies
+            row[_TS_AT] = normalize_ts(rec.ts)
+            for at in _TIMES_AT:
+                if row[at] is not None:
+                    row[at] = normalize_ts(row[at])
             sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
-            values["robots_sha256"] = sha  # lower-case, as robots_bodies is keyed
-            uid = uuid.UUID(uids[i]).hex if uids is not None else uuid.uuid4().hex
-            rows.append([uid, *(values[f] for f in FIELDS), url_host(values["url"])])
+            row[_SHA_AT] = sha  # lower-case, as robots_bodies is keyed
+            row[0] = _uid(uids[i]) if uids is not None else new_uid()
+            row.append(url_host(row[_URL_AT]))
+            rows.append(row)
             shas.append(sha)
             if robots_body is not None and sha and sha not in bodies:
-                bodies[sha] = (robots_body, values["ts"])
+                bodies[sha] = (robots_body, row[_TS_AT])
         if not rows:
             return 0
         with self._connection(write=True) as conn:
@@ -489,6 +494,23 @@ _DELTA_AT = (
     1 + FIELDS.index("count"),
 )
 _LAST_AT = 1 + FIELDS.index("last_ts")
+_TS_AT = 1 + FIELDS.index("ts")
+_TIMES_AT = (1 + FIELDS.index("first_ts"), _LAST_AT)
+_SHA_AT = 1 + FIELDS.index("robots_sha256")
+_URL_AT = 1 + FIELDS.index("url")
+
+
+def astuple_shallow(rec: ViolationRecord) -> tuple[Any, ...]:
+    """The record's fields in FIELDS order (dataclasses.astuple deep-copies: slow)."""
+    return tuple(getattr(rec, f) for f in FIELDS)
+
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _uid(value: str) -> str:
+    """A uid in the stored form (32 lower-case hex digits) from any UUID spelling."""
+    return value if _HEX32.match(value) else uuid.UUID(value).hex
 
 
 def _new_rows(
