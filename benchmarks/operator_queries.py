@@ -160,13 +160,14 @@ def build_store(db: Path, records: Path, end: datetime) -> float:
     """Import; returns records per second. Then a month of hourly request counts."""
     store = open_store(f"sqlite:///{db}")
     try:
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         result = import_lines(store, lines_of(records))
-        elapsed = time.monotonic() - t0
+        elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
         rate = result.read / elapsed
         print(
             f"import: read {result.read:,}, inserted {result.inserted:,} in {elapsed:.1f} s "
-            f"= {rate:,.0f} records/s"
+            f"= {rate:,.0f} records/s ({result.read / cpu:,.0f} per CPU second; load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
         )
         start = end - timedelta(days=DAYS)
         for h in range(DAYS * 24 + 1):
@@ -312,17 +313,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=10_000_000)
     ap.add_argument("--calls", type=int, default=20)
-    ap.add_argument("--store", help="reuse this SQLite file (skip generation and import)")
+    ap.add_argument(
+        "--db",
+        help="the SQLite file to build (kept), or to reuse when it exists (no import then)",
+    )
+    ap.add_argument("--build-only", action="store_true", help="import, then stop")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="crawlguard-opq-") as tmp:
         home = Path(tmp)
         rate = None
-        if args.store:
-            db = Path(args.store)
-        else:
+        db = Path(args.db) if args.db else home / "crawlguard.db"
+        if not db.exists():
             records, end = cached_records(args.records)
-            db = home / "crawlguard.db"
             rate = build_store(db, records, end)
+        if args.build_only:
+            return 0
         proc, port, _ = run_proxy(home, db)
         try:
             results = asyncio.run(measure(f"http://127.0.0.1:{port}", args.calls))

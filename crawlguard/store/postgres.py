@@ -66,7 +66,8 @@ log = logging.getLogger("crawlguard")
 SCHEMA_VERSION = 3
 # 1: violations (uid unique, timestamptz, host), robots_bodies, request_counts
 # 2: violations.count, first_ts, last_ts (folded records; existing rows count 1)
-# 3: the roll-ups (crawlguard.store.rollup), built from the records
+# 3: the roll-ups (crawlguard.store.rollup) and request_counts_daily, built from the records
+#    and the hourly counts
 
 # pg_advisory_xact_lock(int4, int4): a fixed class id, and the schema's name hashed, so stores
 # in different schemas of one database migrate independently.
@@ -133,6 +134,13 @@ _SCHEMA = [
         n        bigint NOT NULL,
         PRIMARY KEY (hour, tenant, decision)
     )""",
+    """CREATE TABLE IF NOT EXISTS request_counts_daily (
+        day      timestamptz NOT NULL,
+        tenant   text COLLATE "C" NOT NULL,
+        decision text COLLATE "C" NOT NULL,
+        n        bigint NOT NULL,
+        PRIMARY KEY (day, tenant, decision)
+    )""",
     """CREATE TABLE IF NOT EXISTS rollup_kinds (
         span   integer NOT NULL,
         start  bigint NOT NULL,
@@ -158,6 +166,10 @@ _SCHEMA = [
 _BUILD_ROLLUPS = [
     "DELETE FROM rollup_kinds",
     "DELETE FROM rollup_hosts",
+    "DELETE FROM request_counts_daily",
+    "INSERT INTO request_counts_daily (day, tenant, decision, n) "
+    "SELECT date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS d, tenant, "
+    "decision, sum(n) FROM request_counts GROUP BY d, tenant, decision",
     *(
         stmt
         for span in rollup.SPANS
@@ -500,11 +512,23 @@ class PostgresStore:
                     for stmt, params in rollup.subtract(_SQL, deltas):
                         cur.executemany(stmt, params)
                 return PruneResult(violations=len(deleted))
-            n = conn.execute(
+            hours = conn.execute(
                 sql.prune_request_counts_sql(_SQL), (_dt(hour_bucket(canonical_ts(bound))), limit)
-            ).rowcount
-            if n:
-                return PruneResult(request_counts=n)
+            ).fetchall()
+            if hours:
+                days = sql.daily_request_rows((canonical_ts(h), *rest) for h, *rest in hours)
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "UPDATE request_counts_daily SET n = n - %s "
+                        "WHERE day = %s AND tenant = %s AND decision = %s",
+                        [(n, _dt(day), t, dec) for day, t, dec, n in days],
+                    )
+                    cur.executemany(
+                        "DELETE FROM request_counts_daily "
+                        "WHERE day = %s AND tenant = %s AND decision = %s AND n <= 0",
+                        [(_dt(day), t, dec) for day, t, dec, _ in days],
+                    )
+                return PruneResult(request_counts=len(hours))
             # Lock the candidates (skipping bodies a writer holds), then delete them in a new
             # statement, whose snapshot sees records committed while we waited.
             shas = [
@@ -548,6 +572,17 @@ class PostgresStore:
                 "ON CONFLICT (hour, tenant, decision) DO UPDATE "
                 "SET n = request_counts.n + EXCLUDED.n",
                 rows,
+            )
+            cur.executemany(
+                "INSERT INTO request_counts_daily (day, tenant, decision, n) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (day, tenant, decision) DO UPDATE "
+                "SET n = request_counts_daily.n + EXCLUDED.n",
+                [
+                    (_dt(day), t, dec, n)
+                    for day, t, dec, n in sql.daily_request_rows(
+                        (canonical_ts(h), t, dec, n) for h, t, dec, n in rows
+                    )
+                ],
             )
 
     # -- reads -------------------------------------------------------------------------------

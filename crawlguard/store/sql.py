@@ -23,6 +23,7 @@ from crawlguard.store import (
     ViolationFilter,
     bucket_width_us,
     epoch_us,
+    from_epoch_us,
     hour_bucket,
     normalize_ts,
     parse_since,
@@ -247,12 +248,39 @@ class ReportQuery:
         return Report(since=self.since, tenants=tenants)
 
 
+def day_of(hour: str) -> str:
+    """The UTC day (canonical form) a canonical hour falls in."""
+    return hour[:10] + "T00:00:00.000000Z"
+
+
+def next_day(hour: str) -> str:
+    day = day_of(hour)
+    return day if day == hour else from_epoch_us(epoch_us(day) + 86_400_000_000)
+
+
+def requests_sql(d: Dialect, bound: str | None) -> tuple[str, list[Any]]:
+    """Requests per tenant and decision from the hour of `bound` on: whole days from
+    ``request_counts_daily``, the hours before the first of them from ``request_counts``."""
+    if bound is None:
+        source, params = "SELECT tenant, decision, n FROM request_counts_daily", []
+    else:
+        hour = hour_bucket(bound)
+        day = next_day(hour)
+        source = (
+            f"SELECT tenant, decision, n FROM request_counts WHERE hour >= {d.ph} "
+            f"AND hour < {d.ph} UNION ALL "
+            f"SELECT tenant, decision, n FROM request_counts_daily WHERE day >= {d.ph}"
+        )
+        params = [d.ts(hour), d.ts(day), d.ts(day)]
+    return (
+        f"SELECT tenant, decision, sum(n) FROM ({source}) AS u "
+        "GROUP BY tenant, decision ORDER BY tenant, sum(n) DESC, decision",
+        params,
+    )
+
+
 def report_query(d: Dialect, since: str | None) -> ReportQuery:
     bound = parse_since(since) if since is not None else None
-    hour_cond = ""
-    hour_params: list[Any] = []
-    if bound is not None:
-        hour_cond, hour_params = f" WHERE hour >= {d.ph}", [d.ts(hour_bucket(bound))]
     pieces = rollup.window_pieces(bound, None)
     none = ViolationFilter()
     v = rollup.union(
@@ -261,11 +289,7 @@ def report_query(d: Dialect, since: str | None) -> ReportQuery:
     h = rollup.union(d, pieces, none, ("tenant", "n"), hosts=False, cond=("action = 'delayed'",))
     return ReportQuery(
         since=bound,
-        requests=(
-            f"SELECT tenant, decision, sum(n) FROM request_counts{hour_cond} "
-            "GROUP BY tenant, decision ORDER BY tenant, sum(n) DESC, decision",
-            hour_params,
-        ),
+        requests=requests_sql(d, bound),
         violations=(
             f"SELECT tenant, kind, sum(n) FROM ({v.sql}) AS u "
             "GROUP BY tenant, kind ORDER BY tenant, sum(n) DESC, kind",
@@ -286,8 +310,21 @@ def prune_violations_sql(d: Dialect) -> str:
 
 
 def prune_request_counts_sql(d: Dialect) -> str:
-    """Delete up to N request-count hours before a bound; parameters: the hour, N."""
+    """Delete up to N request-count hours before a bound; parameters: the hour, N. Returns
+    what the daily counts must lose: hour, tenant, decision, n."""
     return (
         "DELETE FROM request_counts WHERE (hour, tenant, decision) IN "
-        f"(SELECT hour, tenant, decision FROM request_counts WHERE hour < {d.ph} LIMIT {d.ph})"
+        f"(SELECT hour, tenant, decision FROM request_counts WHERE hour < {d.ph} LIMIT {d.ph}) "
+        "RETURNING hour, tenant, decision, n"
     )
+
+
+def daily_request_rows(
+    rows: Iterable[tuple[str, str, str, int]],
+) -> list[tuple[str, str, str, int]]:
+    """(hour, tenant, decision, n) rows -> (day, tenant, decision, n), summed and sorted."""
+    days: dict[tuple[str, str, str], int] = {}
+    for hour, tenant, decision, n in rows:
+        key = (day_of(hour), tenant, decision)
+        days[key] = days.get(key, 0) + int(n)
+    return [(*key, n) for key, n in sorted(days.items())]

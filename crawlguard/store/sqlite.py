@@ -43,8 +43,8 @@ SCHEMA_VERSION = 5
 # 2: index on violations.robots_sha256 (orphaned robots bodies pruning)
 # 3: violations.host (canonical host of the url, backfilled) for the admin API's host filter
 # 4: violations.count, first_ts, last_ts (folded records; existing rows count 1)
-# 5: violations.uid (unique, backfilled) and the roll-ups (crawlguard.store.rollup), built
-#    from the records
+# 5: violations.uid (unique, backfilled), the roll-ups (crawlguard.store.rollup) and
+#    request_counts_daily, built from the records and the hourly counts
 CACHE_KIB = 65_536  # page cache per connection at most (allocated as used)
 BUSY_TIMEOUT_SECONDS = 10.0  # `run --workers N` processes share one SQLite file
 
@@ -86,6 +86,13 @@ CREATE TABLE IF NOT EXISTS request_counts (
     decision TEXT NOT NULL,
     n        INTEGER NOT NULL,
     PRIMARY KEY (hour, tenant, decision)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS request_counts_daily (
+    day      TEXT NOT NULL,
+    tenant   TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (day, tenant, decision)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup_kinds (
     span   INTEGER NOT NULL,
@@ -130,6 +137,9 @@ _SQL = sql.Dialect(ph="?", ts=str, ts_us=_TS_US)  # timestamps stored in their c
 _INSERT = (
     f"INSERT INTO violations (uid, {_COLUMNS}, host) "
     f"VALUES (?, {', '.join('?' for _ in FIELDS)}, ?)"
+)
+_DAILY_SUBTRACT = (
+    "UPDATE request_counts_daily SET n = n - ? WHERE day = ? AND tenant = ? AND decision = ?"
 )
 _KIND_UPSERT = (
     f"INSERT INTO rollup_kinds ({rollup.KIND_KEY}, n, last) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -207,7 +217,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(_UID_INDEX)
         conn.execute("DELETE FROM rollup_kinds")  # built from scratch: the records are the truth
         conn.execute("DELETE FROM rollup_hosts")
+        conn.execute("DELETE FROM request_counts_daily")
         _build_rollups(conn)
+        conn.execute(
+            "INSERT INTO request_counts_daily (day, tenant, decision, n) "
+            "SELECT substr(hour, 1, 10) || 'T00:00:00.000000Z', tenant, decision, sum(n) "
+            "FROM request_counts GROUP BY 1, tenant, decision"
+        )
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -352,11 +368,18 @@ class SQLiteStore:
                 for stmt, params in rollup.subtract(_SQL, deltas):
                     conn.executemany(stmt, params)
                 return PruneResult(violations=len(deleted))
-            n = conn.execute(  # WITHOUT ROWID: the primary key names the row
+            hours = conn.execute(  # WITHOUT ROWID: the primary key names the row
                 sql.prune_request_counts_sql(_SQL), (hour_bucket(bound), limit)
-            ).rowcount
-            if n:
-                return PruneResult(request_counts=n)
+            ).fetchall()
+            if hours:
+                days = sql.daily_request_rows(hours)
+                conn.executemany(_DAILY_SUBTRACT, [(n, *key) for *key, n in days])
+                conn.executemany(
+                    "DELETE FROM request_counts_daily WHERE day = ? AND tenant = ? "
+                    "AND decision = ? AND n <= 0",
+                    [tuple(key) for *key, _ in days],
+                )
+                return PruneResult(request_counts=len(hours))
             n = conn.execute(
                 "DELETE FROM robots_bodies WHERE sha256 IN "
                 "(SELECT b.sha256 FROM robots_bodies AS b WHERE NOT EXISTS "
@@ -387,6 +410,12 @@ class SQLiteStore:
                 "INSERT INTO request_counts (hour, tenant, decision, n) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (hour, tenant, decision) DO UPDATE SET n = n + excluded.n",
                 rows,
+            )
+            conn.executemany(
+                "INSERT INTO request_counts_daily (day, tenant, decision, n) "
+                "VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (day, tenant, decision) DO UPDATE SET n = n + excluded.n",
+                sql.daily_request_rows(rows),
             )
 
     def query(

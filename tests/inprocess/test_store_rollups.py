@@ -388,3 +388,33 @@ def test_import_names_a_bad_line_and_keeps_the_batches_before_it(
     assert cli_main(["store", "import", "--config", config, str(path)]) == 0
     assert capsys.readouterr().out.strip() == "read 12, inserted 2, skipped 10"
     _check_tables(backend.url, recs)
+
+
+def test_request_counts_by_day_answer_as_the_hours_do(
+    backend: Backend, store: ViolationStore
+) -> None:
+    """The report's requests: whole days from the daily counts, the hours before them from
+    the hourly ones; retention takes what it deletes out of both."""
+    hours = [_ts(h * 3_600_000_000 + 1_234) for h in range(0, 80, 3)]
+    for i, ts in enumerate(hours):
+        store.add_request_counts({("acme", "allowed"): i + 1, ("globex", "blocked"): 2}, ts)
+    store.add_request_counts({("acme", "allowed"): 100}, hours[4])  # an hour twice
+
+    def expected(since_us: int | None) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for i, ts in enumerate(hours):
+            hour_us = (int(ts[11:13]) + 24 * (int(ts[8:10]) - 1)) * 3_600_000_000
+            if since_us is not None and hour_us < since_us // 3_600_000_000 * 3_600_000_000:
+                continue
+            acme = out.setdefault("acme", {})
+            acme["allowed"] = acme.get("allowed", 0) + i + 1 + (100 if i == 4 else 0)
+            globex = out.setdefault("globex", {})
+            globex["blocked"] = globex.get("blocked", 0) + 2
+        return out
+
+    for since in (None, 0, 5_400_000_000, 86_400_000_000, 100_000_000_000, 200_000_000_000):
+        report = store.report(since=None if since is None else _ts(since))
+        assert {t: r.requests for t, r in report.tenants.items()} == expected(since), since
+    store.prune(_ts(100_000_000_000), batch=5)
+    report = store.report()
+    assert {t: r.requests for t, r in report.tenants.items()} == expected(100_000_000_000)
