@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crawlguard.cli import main as cli_main
-from crawlguard.cli import store as store_cli
 from crawlguard.policy.records import ViolationRecord
 from crawlguard.store import ViolationFilter, ViolationStore, canonical_ts, open_store
 
@@ -339,6 +338,8 @@ def _sample(n: int) -> list[ViolationRecord]:
 def test_export_streams_pages_oldest_first_from_since(
     backend: Backend, store: ViolationStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from crawlguard.cli import store as store_cli
+
     recs = _sample(23)
     store.record_many([(r, None) for r in reversed(recs)])
     monkeypatch.setattr(store_cli, "EXPORT_PAGE", 5)
@@ -368,6 +369,8 @@ def test_import_names_a_bad_line_and_keeps_the_batches_before_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from crawlguard.cli import store as store_cli
+
     recs = _sample(12)
     lines = [json.dumps({**r.to_dict(), "uid": f"{i:032x}"}) for i, r in enumerate(recs)]
     lines.append(json.dumps({**recs[0].to_dict(), "uid": "not-a-uuid"}))  # line 13
