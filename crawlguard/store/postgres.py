@@ -53,6 +53,7 @@ from crawlguard.store import (
     Summary,
     ViolationFilter,
     canonical_ts,
+    epoch_us,
     hour_bucket,
     new_uid,
     normalize_ts,
@@ -184,6 +185,8 @@ _BUILD_ROLLUPS = [
             "GROUP BY s, tenant, host, kind, action",
         )
     ),
+    f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) SELECT 0, 0, tenant, host, kind, action, "
+    "sum(count) FROM violations WHERE host IS NOT NULL GROUP BY tenant, host, kind, action",
 ]
 
 _COLUMNS = sql.COLUMNS
@@ -633,9 +636,13 @@ class PostgresStore:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 q.add_series(series, conn.execute(*q.series_sql(_SQL)))
                 by_kind = [(kind, int(n)) for kind, n in conn.execute(*q.by_kind_sql(_SQL))]
+                row = conn.execute(sql.SPAN_SQL).fetchone()
+                span = None
+                if row is not None and row[0] is not None:
+                    span = (epoch_us(canonical_ts(row[0])), epoch_us(canonical_ts(row[1])) + 1)
                 hosts = [
                     (tid, host, int(n))
-                    for tid, host, n in conn.execute(*q.top_hosts_sql(_SQL, top_hosts))
+                    for tid, host, n in conn.execute(*q.top_hosts_sql(_SQL, top_hosts, span))
                 ]
             return series, by_kind, hosts
 

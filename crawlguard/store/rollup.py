@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from crawlguard.store import ViolationFilter, epoch_us, from_epoch_us
 
 SPANS = (86_400, 3_600)  # seconds a unit, coarsest first
+TOTAL = -1  # a Piece of every record: rollup_hosts' all-time rows (span 0 in the table)
 US = 1_000_000
 MAX_PIECES = 400  # beyond it a query reads the raw window (SQLite compounds at most 500)
 
@@ -42,11 +43,13 @@ HostKey = tuple[int, int, str, str, str, str]  # span, start, tenant, host, kind
 @dataclass(frozen=True, slots=True)
 class Piece:
     """[lo, hi) in microseconds since the epoch (None: unbounded), read from the roll-up of
-    `span` seconds (its units lie wholly inside) or, with span 0, from the raw table."""
+    `span` seconds (its units lie wholly inside) or, with span 0, from the raw table; span
+    TOTAL: every record (the all-time host roll-up). `sign` -1: subtracted."""
 
     span: int
     lo: int | None
     hi: int | None
+    sign: int = 1
 
 
 def _cover(a: int | None, b: int | None, level: int, out: list[Piece]) -> None:
@@ -85,6 +88,36 @@ def plan(lo: int | None, hi: int | None, cuts: Iterable[int] = ()) -> list[Piece
     if len(merged) > MAX_PIECES:
         return [Piece(0, lo, hi)]
     return merged
+
+
+_COST = {0: 60.0, 3_600: 1.0, 86_400: 4.0}  # rows read per hour of a piece, relatively
+
+
+def cost(pieces: Sequence[Piece], first: int, last: int) -> float:
+    """A rough read cost of `pieces` over data from `first` to `last` (microseconds)."""
+    total = 0.0
+    for p in pieces:
+        if p.span == TOTAL:
+            total += 2 * _COST[86_400]  # about two day units' rows (every host ever seen)
+            continue
+        lo = first if p.lo is None else max(p.lo, first)
+        hi = last if p.hi is None else min(p.hi, last)
+        if hi > lo:
+            total += (hi - lo) / 3_600_000_000 * _COST[p.span] / (24 if p.span == 86_400 else 1)
+    return total
+
+
+def complement(lo: int, hi: int, first: int, last: int) -> list[Piece] | None:
+    """[lo, hi) as every record minus the records outside it, when that reads less than the
+    window itself (a window that covers most of the data): for the host roll-up's top hosts,
+    whose rows per unit are many. None when the window itself is cheaper."""
+    inside = plan(lo, hi)
+    outside = [Piece(p.span, p.lo, p.hi, -1) for p in (*plan(None, lo), *plan(hi, None))]
+    if cost(outside, first, last) + cost([Piece(TOTAL, None, None)], first, last) >= cost(
+        inside, first, last
+    ):
+        return None
+    return [Piece(TOTAL, None, None), *outside]
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -156,7 +189,12 @@ def union(
     all_params: list[Any] = []
     table = "rollup_hosts" if hosts else "rollup_kinds"
     for p in pieces:
-        if p.span == 0:
+        if p.span == TOTAL:
+            exprs = _TIER
+            conds = ["span = 0", *where]
+            bounds = []
+            source = table
+        elif p.span == 0:
             exprs = {**_RAW, "t": src.ts_us}
             conds = [*where, *raw_cond]
             bounds: list[Any] = []
@@ -178,7 +216,9 @@ def union(
                 conds.insert(len(bounds), f"start < {ph}")
                 bounds.append(p.hi // US)
             source = table
-        select = ", ".join(f"{exprs[c]} AS {c}" for c in cols)
+        select = ", ".join(
+            f"-{exprs[c]} AS {c}" if c == "n" and p.sign < 0 else f"{exprs[c]} AS {c}" for c in cols
+        )
         members.append(f"SELECT {select} FROM {source}" + (" WHERE " + " AND ".join(conds)))
         all_params += [*bounds, *params]
     if not members:  # an empty window: no rows, same columns
@@ -230,6 +270,9 @@ class Deltas:
             if host is not None:
                 h = (span, start, tenant, host, kind, action)
                 self.hosts[h] = self.hosts.get(h, 0) + count
+        if host is not None:  # the all-time row (span 0) of top hosts over long windows
+            h = (0, 0, tenant, host, kind, action)
+            self.hosts[h] = self.hosts.get(h, 0) + count
 
     def kind_rows(self) -> list[tuple[Any, ...]]:
         """Sorted: every writer takes row locks in one order (no deadlock on PostgreSQL)."""

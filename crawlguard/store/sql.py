@@ -130,7 +130,17 @@ class SummaryQuery:
     start: int  # `since` in microseconds since the epoch
     flt: ViolationFilter
     cond: tuple[str, ...]
-    pieces: tuple[rollup.Piece, ...]
+    pieces: tuple[rollup.Piece, ...]  # for the series: no unit holds a bucket boundary
+    window: tuple[rollup.Piece, ...]  # for the totals: the window alone
+
+    def host_pieces(self, span: tuple[int, int] | None) -> list[rollup.Piece]:
+        """Top hosts' pieces: the window, or every record minus the rest when that is
+        cheaper; `span` = the first and last record's time (None: no records)."""
+        if span is not None:
+            other = rollup.complement(epoch_us(self.since), epoch_us(self.until), *span)
+            if other is not None:
+                return other
+        return list(self.window)
 
     def series_sql(self, d: Dialect) -> tuple[str, list[Any]]:
         """Counts per tenant and bucket (every piece lies inside one bucket)."""
@@ -146,7 +156,7 @@ class SummaryQuery:
 
     def by_kind_sql(self, d: Dialect) -> tuple[str, list[Any]]:
         u = rollup.union(
-            d, self.pieces, self.flt, ("kind", "n"), hosts=self.flt.host is not None,
+            d, self.window, self.flt, ("kind", "n"), hosts=self.flt.host is not None,
             cond=self.cond,
         )  # fmt: skip
         return (
@@ -155,17 +165,19 @@ class SummaryQuery:
             u.params,
         )
 
-    def top_hosts_sql(self, d: Dialect, top: int) -> tuple[str, list[Any]]:
-        """The top `top` hosts per tenant."""
+    def top_hosts_sql(
+        self, d: Dialect, top: int, span: tuple[int, int] | None = None
+    ) -> tuple[str, list[Any]]:
+        """The top `top` hosts per tenant; `span`: see `host_pieces`."""
         u = rollup.union(
-            d, self.pieces, self.flt, ("tenant", "host", "n"), hosts=True, cond=self.cond,
-            raw_cond=("host IS NOT NULL",),
+            d, self.host_pieces(span), self.flt, ("tenant", "host", "n"), hosts=True,
+            cond=self.cond, raw_cond=("host IS NOT NULL",),
         )  # fmt: skip
         return (
             "SELECT tenant, host, total FROM (SELECT tenant, host, sum(n) AS total, "
             "row_number() OVER (PARTITION BY tenant ORDER BY sum(n) DESC, host) AS r "
-            f"FROM ({u.sql}) AS u GROUP BY tenant, host) AS x WHERE r <= {d.ph} "
-            "ORDER BY total DESC, tenant, host",
+            f"FROM ({u.sql}) AS u GROUP BY tenant, host HAVING sum(n) > 0) AS x "
+            f"WHERE r <= {d.ph} ORDER BY total DESC, tenant, host",
             [*u.params, top],
         )
 
@@ -204,7 +216,13 @@ def summary_query(flt: ViolationFilter, buckets: int) -> SummaryQuery:
     start = epoch_us(since)
     cond = ("action <> 'delayed'",) if flt.action is None else ()
     pieces = rollup.window_pieces(since, until, (start + i * width for i in range(1, buckets)))
-    return SummaryQuery(since, until, width, buckets, start, flt, cond, tuple(pieces))
+    window = rollup.window_pieces(since, until)
+    return SummaryQuery(
+        since, until, width, buckets, start, flt, cond, tuple(pieces), tuple(window)
+    )
+
+
+SPAN_SQL = "SELECT min(ts), max(ts) FROM violations"  # the records' time span (two index seeks)
 
 
 def latest_sql(d: Dialect, since: str | None) -> tuple[str, list[Any]]:

@@ -29,6 +29,7 @@ from crawlguard.store import (
     StoreError,
     Summary,
     ViolationFilter,
+    epoch_us,
     hour_bucket,
     new_uid,
     normalize_ts,
@@ -175,6 +176,14 @@ def _build_rollups(conn: sqlite3.Connection) -> None:
                 "DO UPDATE SET n = n + excluded.n",
                 (lo, hi),
             )
+        conn.execute(  # the all-time rows (span 0) top hosts subtract from
+            f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+            "SELECT 0, 0, tenant, host, kind, action, sum(count) "
+            "FROM violations WHERE id > ? AND id <= ? AND host IS NOT NULL "
+            f"GROUP BY tenant, host, kind, action ON CONFLICT ({rollup.HOST_KEY}) "
+            "DO UPDATE SET n = n + excluded.n",
+            (lo, hi),
+        )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -455,9 +464,11 @@ class SQLiteStore:
             try:
                 q.add_series(series, conn.execute(*q.series_sql(_SQL)))
                 by_kind = [(kind, int(n)) for kind, n in conn.execute(*q.by_kind_sql(_SQL))]
+                first, last = conn.execute(sql.SPAN_SQL).fetchone()
+                span = None if first is None else (epoch_us(first), epoch_us(last) + 1)
                 hosts = [
                     (tid, host, int(n))
-                    for tid, host, n in conn.execute(*q.top_hosts_sql(_SQL, top_hosts))
+                    for tid, host, n in conn.execute(*q.top_hosts_sql(_SQL, top_hosts, span))
                 ]
             finally:
                 conn.execute("COMMIT")
