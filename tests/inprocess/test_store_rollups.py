@@ -27,6 +27,7 @@ from crawlguard.policy.records import ViolationRecord
 from crawlguard.store import ViolationFilter, ViolationStore, canonical_ts, open_store
 
 if TYPE_CHECKING:
+    from pgutil import PgSchema
     from storeutil import Backend
 
 pytest_plugins = ["pgutil", "storeutil"]
@@ -421,3 +422,40 @@ def test_request_counts_by_day_answer_as_the_hours_do(
     store.prune(_ts(100_000_000_000), batch=5)
     report = store.report()
     assert {t: r.requests for t, r in report.tenants.items()} == expected(100_000_000_000)
+
+
+def test_a_version_2_postgresql_store_gets_rollups(pg_schema: PgSchema) -> None:
+    from crawlguard.store import postgres
+
+    old = [s for s in postgres._SCHEMA if "rollup_" not in s and "request_counts_daily" not in s]
+    with psycopg.connect(pg_schema.url(), autocommit=True) as conn:
+        for statement in old:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (2)")
+        recs = _sample(50)
+        for i, r in enumerate(recs):
+            conn.execute(
+                "INSERT INTO violations (uid, ts, tenant, kind, action, method, url, count, "
+                "host) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (f"{i:032x}", r.ts, r.tenant, r.kind, r.action, r.method, r.url, r.count,
+                 rollupref.url_host(r.url)),
+            )  # fmt: skip
+        conn.execute(
+            "INSERT INTO request_counts (hour, tenant, decision, n) VALUES "
+            "('2024-05-01T10:00:00Z', 'acme', 'allowed', 5), "
+            "('2024-05-01T11:00:00Z', 'acme', 'allowed', 7)"
+        )
+    store = open_store(pg_schema.url())
+    try:
+        _check_tables(pg_schema.url(), recs)
+        window = ViolationFilter(since=_ts(1_800_000_000), until=_ts(86_400_000_000))
+        assert store.summary(window, buckets=24) == rollupref.summary(recs, window, 24, 10)
+        report = store.report()
+        assert report.tenants["acme"].requests == {"allowed": 12}
+        want = rollupref.report(recs, None).tenants
+        assert {t: (r.violations, r.held) for t, r in report.tenants.items()} == {
+            t: (r.violations, r.held) for t, r in want.items()
+        }
+    finally:
+        store.close()
+    assert pg_schema.rows("SELECT version FROM schema_version") == [(3,)]
