@@ -459,3 +459,27 @@ def test_a_version_2_postgresql_store_gets_rollups(pg_schema: PgSchema) -> None:
     finally:
         store.close()
     assert pg_schema.rows("SELECT version FROM schema_version") == [(3,)]
+
+
+def test_two_writers_on_one_sqlite_file_add_up(tmp_path: Path) -> None:
+    """As two `--workers` processes do: two connections, interleaved batches, one file."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    stores = [open_store(url), open_store(url)]
+    recs = [_sample(120)[i::2] for i in range(2)]
+
+    def write(store: ViolationStore, mine: list[ViolationRecord]) -> None:
+        for i in range(0, len(mine), 7):
+            store.record_many([(r, None) for r in mine[i : i + 7]])
+
+    threads = [threading.Thread(target=write, args=pair) for pair in zip(stores, recs, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        _check_tables(url, recs[0] + recs[1])
+    finally:
+        for s in stores:
+            s.close()
