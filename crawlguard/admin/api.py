@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -286,8 +286,11 @@ class AdminAPI:
                 request.query, ("tenant", "kind", "action", "host", "since", "until", "buckets")
             )
             now = datetime.now(UTC)
-            since = p.time("since", now) or parse_since(SUMMARY_SINCE, now=now)
-            until = p.time("until", now) or normalize_ts(now.isoformat())
+            # the default window: the whole UTC hours of the last day, the current one last,
+            # so its hourly buckets come from the store's roll-ups (docs/store.md)
+            hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            since = p.time("since", now) or parse_since(SUMMARY_SINCE, now=hour)
+            until = p.time("until", now) or normalize_ts(hour.isoformat())
             if until <= since:
                 raise BadRequest(f"until ({until}) must be after since ({since})")
             buckets = p.integer("buckets", DEFAULT_BUCKETS, 1, MAX_BUCKETS)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 # The module that registers each command, in --help order. `crawlguard <command>` imports that
 # module alone: `violations` or `check` start without the proxy's imports (the config models,
 # the user-agent dataset, mitmproxy), and `run` without the other commands'.
-MODULES = ("run", "check", "lint", "violations", "explain", "dev", "tenants")
+MODULES = ("run", "check", "lint", "violations", "explain", "dev", "tenants", "store")
 COMMANDS = {
     "run": "run",
     "reload": "run",
@@ -23,6 +23,7 @@ COMMANDS = {
     "explain": "explain",
     "dev": "dev",
     "tenants": "tenants",
+    "store": "store",
 }
 
 

@@ -24,7 +24,10 @@ Layout:
 
 from __future__ import annotations
 
+import functools
 import re
+import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -174,7 +177,14 @@ class Summary:
 class ViolationStore(Protocol):
     def record(self, rec: ViolationRecord, robots_body: bytes | None = None) -> None: ...
 
-    def record_many(self, items: Sequence[tuple[ViolationRecord, bytes | None]]) -> None: ...
+    def record_many(
+        self,
+        items: Sequence[tuple[ViolationRecord, bytes | None]],
+        uids: Sequence[str] | None = None,
+    ) -> int | None:
+        """`uids` (one per item) make the write idempotent; returns how many were written (a
+        spooling store: None)."""
+        ...
 
     def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult: ...
 
@@ -201,6 +211,12 @@ class ViolationStore(Protocol):
 
     def report(self, *, since: str | None = None) -> Report: ...
 
+    def export_page(
+        self, *, since: str | None, after: PageKey | None, limit: int
+    ) -> list[tuple[PageKey, str, ViolationRecord]]:
+        """Records oldest first (``ts, id``) after `after`: ((ts, id), uid, record)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -220,6 +236,9 @@ def canonical_ts(dt: datetime) -> str:
 def normalize_ts(value: str) -> str:
     """ISO 8601 (with Z, an offset, or naive meaning UTC) -> the canonical stored form."""
     try:
+        if _CANONICAL.match(value):  # already canonical (most calls): only check the date
+            datetime.fromisoformat(value[:-1])
+            return value
         return canonical_ts(datetime.fromisoformat(value.strip()))
     except (ValueError, OverflowError):
         raise ValueError(
@@ -246,6 +265,18 @@ def parse_since(value: str, *, now: datetime | None = None) -> str:
             f"invalid since {value!r}: expected ISO 8601 (e.g. 2024-05-01T12:00:00Z) or a "
             "duration back from now such as 7d, 12h, 30m, 1h30m (units s, m, h, d, w)"
         ) from None
+
+
+_CANONICAL = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+def new_uid() -> str:
+    """A record's uid: a UUIDv7 (RFC 9562) as 32 hex digits. Time-ordered, so the unique
+    index grows at its end (an import of millions stays fast) and uids sort by write time."""
+    ms = time.time_ns() // 1_000_000
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | secrets.randbits(76)
+    value = value & ~(0b11 << 62) | 0b10 << 62  # the RFC 9562 variant
+    return f"{value:032x}"
 
 
 def hour_bucket(ts: str) -> str:
@@ -290,6 +321,12 @@ def url_host(url: str) -> str | None:
         host = authority.partition(":")[0]
     else:
         host = authority
+    return _canonical_or_none(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_or_none(host: str) -> str | None:
+    """Cached: a store's records name a few hosts many times (an import of millions)."""
     try:
         return canonical_host(host)
     except (IdentityError, ValueError):
@@ -383,6 +420,7 @@ __all__ = [
     "epoch_us",
     "from_epoch_us",
     "hour_bucket",
+    "new_uid",
     "normalize_ts",
     "open_store",
     "parse_since",

@@ -53,17 +53,22 @@ from crawlguard.store import (
     Summary,
     ViolationFilter,
     canonical_ts,
+    epoch_us,
     hour_bucket,
+    new_uid,
     normalize_ts,
+    rollup,
     sql,
     url_host,
 )
 
 log = logging.getLogger("crawlguard")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # 1: violations (uid unique, timestamptz, host), robots_bodies, request_counts
 # 2: violations.count, first_ts, last_ts (folded records; existing rows count 1)
+# 3: the roll-ups (crawlguard.store.rollup) and request_counts_daily, built from the records
+#    and the hourly counts
 
 # pg_advisory_xact_lock(int4, int4): a fixed class id, and the schema's name hashed, so stores
 # in different schemas of one database migrate independently.
@@ -130,17 +135,78 @@ _SCHEMA = [
         n        bigint NOT NULL,
         PRIMARY KEY (hour, tenant, decision)
     )""",
+    """CREATE TABLE IF NOT EXISTS request_counts_daily (
+        day      timestamptz NOT NULL,
+        tenant   text COLLATE "C" NOT NULL,
+        decision text COLLATE "C" NOT NULL,
+        n        bigint NOT NULL,
+        PRIMARY KEY (day, tenant, decision)
+    )""",
+    """CREATE TABLE IF NOT EXISTS rollup_kinds (
+        span   integer NOT NULL,
+        start  bigint NOT NULL,
+        tenant text COLLATE "C" NOT NULL,
+        kind   text COLLATE "C" NOT NULL,
+        action text COLLATE "C" NOT NULL,
+        n      bigint NOT NULL,
+        last   timestamptz NOT NULL,
+        PRIMARY KEY (span, start, tenant, kind, action)
+    )""",
+    """CREATE TABLE IF NOT EXISTS rollup_hosts (
+        span   integer NOT NULL,
+        start  bigint NOT NULL,
+        tenant text COLLATE "C" NOT NULL,
+        host   text COLLATE "C" NOT NULL,
+        kind   text COLLATE "C" NOT NULL,
+        action text COLLATE "C" NOT NULL,
+        n      bigint NOT NULL,
+        PRIMARY KEY (span, start, tenant, host, kind, action)
+    )""",
+]
+# Version 3 on a store with records: their roll-ups, from scratch (the records are the truth).
+_BUILD_ROLLUPS = [
+    "DELETE FROM rollup_kinds",
+    "DELETE FROM rollup_hosts",
+    "DELETE FROM request_counts_daily",
+    "INSERT INTO request_counts_daily (day, tenant, decision, n) "
+    "SELECT date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS d, tenant, "
+    "decision, sum(n) FROM request_counts GROUP BY d, tenant, decision",
+    *(
+        stmt
+        for span in rollup.SPANS
+        for stmt in (
+            f"INSERT INTO rollup_kinds ({rollup.KIND_KEY}, n, last) "
+            f"SELECT {span}, floor(EXTRACT(EPOCH FROM ts) / {span})::bigint * {span} AS s, "
+            "tenant, kind, action, sum(count), max(coalesce(last_ts, ts)) FROM violations "
+            "GROUP BY s, tenant, kind, action",
+            f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+            f"SELECT {span}, floor(EXTRACT(EPOCH FROM ts) / {span})::bigint * {span} AS s, "
+            "tenant, host, kind, action, sum(count) FROM violations WHERE host IS NOT NULL "
+            "GROUP BY s, tenant, host, kind, action",
+        )
+    ),
+    f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) SELECT 0, 0, tenant, host, kind, action, "
+    "sum(count) FROM violations WHERE host IS NOT NULL GROUP BY tenant, host, kind, action",
 ]
 
 _COLUMNS = sql.COLUMNS
 _INSERT = (
     f"INSERT INTO violations (uid, {_COLUMNS}, host) "
     f"VALUES ({', '.join('%s' for _ in range(len(FIELDS) + 2))}) "
-    "ON CONFLICT (uid) DO NOTHING"
+    "ON CONFLICT (uid) DO NOTHING RETURNING ts, tenant, kind, action, host, count, "
+    "coalesce(last_ts, ts)"
+)
+_KIND_UPSERT = (
+    f"INSERT INTO rollup_kinds ({rollup.KIND_KEY}, n, last) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+    f"ON CONFLICT ({rollup.KIND_KEY}) DO UPDATE SET n = rollup_kinds.n + EXCLUDED.n, "
+    "last = GREATEST(rollup_kinds.last, EXCLUDED.last)"
+)
+_HOST_UPSERT = (
+    f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+    f"ON CONFLICT ({rollup.HOST_KEY}) DO UPDATE SET n = rollup_hosts.n + EXCLUDED.n"
 )
 _TEXT_FIELDS = ("tenant", "kind", "action", "method", "url", "user_agent", "rule", "reason")
-# the statement's (ts, id) -> cursor position, exact microseconds relative to `since`
-_OFFSET_US = "((EXTRACT(EPOCH FROM ts) * 1000000)::bigint - %s)"
 
 # Failures that say "not now" rather than "never": the spool keeps such a batch for later.
 _UNAVAILABLE: tuple[type[Exception], ...] = (
@@ -202,7 +268,7 @@ def _pg_text(value: str | None) -> str | None:
     return value
 
 
-_SQL = sql.Dialect(ph="%s", ts=_dt)
+_SQL = sql.Dialect(ph="%s", ts=_dt, ts_us="(EXTRACT(EPOCH FROM ts) * 1000000)::bigint")
 _Rows = list[tuple[Any, ...]]
 
 
@@ -297,6 +363,9 @@ class PostgresStore:
                 )
             for statement in _SCHEMA:
                 conn.execute(statement)
+            if version < 3:
+                for statement in _BUILD_ROLLUPS:
+                    conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_version (singleton, version) VALUES (true, %s) "
                 "ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
@@ -371,10 +440,11 @@ class PostgresStore:
         self,
         items: Sequence[tuple[ViolationRecord, bytes | None]],
         uids: Sequence[str] | None = None,
-    ) -> None:
-        """Write all `items` in one transaction (group commit): all are durable on return, or
-        none is written and the error is raised. `uids` (one per item) make the write
-        idempotent: a record whose uid is stored already is skipped."""
+    ) -> int:
+        """Write all `items` in one transaction (group commit), with their roll-ups: all are
+        durable on return, or none is written and the error is raised. `uids` (one per item)
+        make the write idempotent: a record whose uid is stored already is skipped (and adds
+        nothing to the roll-ups). Returns how many were written."""
         if uids is not None and len(uids) != len(items):
             raise ValueError("one uid per record")
         rows: list[list[Any]] = []
@@ -390,15 +460,26 @@ class PostgresStore:
             for name in ("first_ts", "last_ts"):
                 if values[name] is not None:
                     values[name] = _dt(values[name])
-            uid = uuid.UUID(uids[i]) if uids is not None else uuid.uuid4()
+            uid = uuid.UUID(uids[i] if uids is not None else new_uid())
             rows.append([uid, *(values[f] for f in FIELDS), url_host(values["url"])])
             if robots_body is not None and sha and sha not in bodies:
                 bodies[sha] = (robots_body, ts)
         if not rows:
-            return
+            return 0
         with self._use(self._write) as conn, conn.transaction():
+            deltas = rollup.Deltas()
+            written = 0
             with conn.cursor() as cur:
-                cur.executemany(_INSERT, rows)
+                cur.executemany(_INSERT, rows, returning=True)
+                while True:
+                    for ts, *rest, last in cur.fetchall():  # the rows actually inserted
+                        deltas.add(canonical_ts(ts), *rest, canonical_ts(last))
+                        written += 1
+                    if not cur.nextset():
+                        break
+                kind_rows = [(*row[:-1], _dt(row[-1])) for row in deltas.kind_rows()]
+                cur.executemany(_KIND_UPSERT, kind_rows)
+                cur.executemany(_HOST_UPSERT, deltas.host_rows())
             for sha, (body, ts) in sorted(bodies.items()):
                 # FOR KEY SHARE: a concurrent prune (FOR UPDATE SKIP LOCKED) cannot delete the
                 # body a record of this transaction cites; if it got there first, we insert anew
@@ -415,6 +496,7 @@ class PostgresStore:
                     (sha, body, ts),
                 )
                 conn.execute("SELECT 1 FROM robots_bodies WHERE sha256 = %s FOR KEY SHARE", (sha,))
+        return written
 
     def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult:
         """One short transaction of retention: up to `limit` violations older than `before`;
@@ -424,14 +506,32 @@ class PostgresStore:
             raise ValueError(f"limit must be >= 1, not {limit}")
         bound = _dt(before)
         with self._use(self._write) as conn, conn.transaction():
-            n = conn.execute(sql.prune_violations_sql(_SQL), (bound, limit)).rowcount
-            if n:
-                return PruneResult(violations=n)
-            n = conn.execute(
+            deleted = conn.execute(sql.prune_violations_sql(_SQL), (bound, limit)).fetchall()
+            if deleted:
+                deltas = rollup.Deltas()
+                for ts, *rest, last in deleted:
+                    deltas.add(canonical_ts(ts), *rest, canonical_ts(last))
+                with conn.cursor() as cur:
+                    for stmt, params in rollup.subtract(_SQL, deltas):
+                        cur.executemany(stmt, params)
+                return PruneResult(violations=len(deleted))
+            hours = conn.execute(
                 sql.prune_request_counts_sql(_SQL), (_dt(hour_bucket(canonical_ts(bound))), limit)
-            ).rowcount
-            if n:
-                return PruneResult(request_counts=n)
+            ).fetchall()
+            if hours:
+                days = sql.daily_request_rows((canonical_ts(h), *rest) for h, *rest in hours)
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "UPDATE request_counts_daily SET n = n - %s "
+                        "WHERE day = %s AND tenant = %s AND decision = %s",
+                        [(n, _dt(day), t, dec) for day, t, dec, n in days],
+                    )
+                    cur.executemany(
+                        "DELETE FROM request_counts_daily "
+                        "WHERE day = %s AND tenant = %s AND decision = %s AND n <= 0",
+                        [(_dt(day), t, dec) for day, t, dec, _ in days],
+                    )
+                return PruneResult(request_counts=len(hours))
             # Lock the candidates (skipping bodies a writer holds), then delete them in a new
             # statement, whose snapshot sees records committed while we waited.
             shas = [
@@ -476,6 +576,17 @@ class PostgresStore:
                 "SET n = request_counts.n + EXCLUDED.n",
                 rows,
             )
+            cur.executemany(
+                "INSERT INTO request_counts_daily (day, tenant, decision, n) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (day, tenant, decision) DO UPDATE "
+                "SET n = request_counts_daily.n + EXCLUDED.n",
+                [
+                    (_dt(day), t, dec, n)
+                    for day, t, dec, n in sql.daily_request_rows(
+                        (canonical_ts(h), t, dec, n) for h, t, dec, n in rows
+                    )
+                ],
+            )
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -515,7 +626,7 @@ class PostgresStore:
         """Counts for a dashboard over [flt.since, flt.until) (both required). Without an
         `action` filter, held records (action `delayed`) are left out: they are not violations;
         `action="delayed"` counts only them."""
-        q = sql.summary_query(_SQL, flt, buckets)
+        q = sql.summary_query(flt, buckets)
 
         def run(
             conn: psycopg.Connection[Any],
@@ -523,14 +634,15 @@ class PostgresStore:
             series: dict[str, list[int]] = {}
             with conn.transaction():  # one snapshot for every count below
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                q.add_series(
-                    series,
-                    conn.execute(q.series_sql(_SQL, _OFFSET_US), [q.start, q.width, *q.params]),
-                )
-                by_kind = [(kind, int(n)) for kind, n in conn.execute(q.by_kind_sql(), q.params)]
+                q.add_series(series, conn.execute(*q.series_sql(_SQL)))
+                by_kind = [(kind, int(n)) for kind, n in conn.execute(*q.by_kind_sql(_SQL))]
+                row = conn.execute(sql.SPAN_SQL).fetchone()
+                span = None
+                if row is not None and row[0] is not None:
+                    span = (epoch_us(canonical_ts(row[0])), epoch_us(canonical_ts(row[1])) + 1)
                 hosts = [
                     (tid, host, int(n))
-                    for tid, host, n in conn.execute(q.top_hosts_sql(_SQL), [*q.params, top_hosts])
+                    for tid, host, n in conn.execute(*q.top_hosts_sql(_SQL, top_hosts, span))
                 ]
             return series, by_kind, hosts
 
@@ -566,6 +678,33 @@ class PostgresStore:
             return requests, violations, held
 
         return q.result(*self._read_call(run))
+
+    def export_page(
+        self, *, since: str | None, after: PageKey | None, limit: int
+    ) -> list[tuple[PageKey, str, ViolationRecord]]:
+        """Up to `limit` records oldest first (``ts, id``) from `since` on, after `after`:
+        ((ts, id), uid, record), for `crawlguard store export`."""
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append("ts >= %s")
+            params.append(_dt(since))
+        if after is not None:
+            where.append("(ts, id) > (%s, %s)")
+            params += [_dt(after[0]), after[1]]
+        stmt = (
+            f"SELECT id, uid, {_COLUMNS} FROM violations{sql.conjunction(where)} "
+            "ORDER BY ts, id LIMIT %s"
+        )
+
+        def run(conn: psycopg.Connection[Any]) -> list[tuple[PageKey, str, ViolationRecord]]:
+            out = []
+            for row in conn.execute(stmt, [*params, limit]):
+                rec = _record(row[2:])
+                out.append(((rec.ts, int(row[0])), uuid.UUID(str(row[1])).hex, rec))
+            return out
+
+        return self._read_call(run)
 
     def close(self) -> None:
         self._closed = True

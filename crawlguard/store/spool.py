@@ -39,7 +39,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -59,6 +58,7 @@ from crawlguard.store import (
     Summary,
     ViolationFilter,
     hour_bucket,
+    new_uid,
     normalize_ts,
 )
 
@@ -304,7 +304,7 @@ class SpoolingStore:
             return
         for rec, _ in items:
             normalize_ts(rec.ts)  # a bad record fails the batch before anything is written
-        ids = list(uids) if uids is not None else [uuid.uuid4().hex for _ in items]
+        ids = list(uids) if uids is not None else [new_uid() for _ in items]
         with self._lock:
             if self._closed:
                 raise StoreError("the violation store is closed")
@@ -384,6 +384,11 @@ class SpoolingStore:
 
     def report(self, *, since: str | None = None) -> Report:
         return self._direct(self.inner.report, since=since)
+
+    def export_page(
+        self, *, since: str | None, after: PageKey | None, limit: int
+    ) -> list[tuple[PageKey, str, ViolationRecord]]:
+        return self._direct(self.inner.export_page, since=since, after=after, limit=limit)
 
     # -- outage and replay -------------------------------------------------------------------
 

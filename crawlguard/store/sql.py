@@ -23,9 +23,11 @@ from crawlguard.store import (
     ViolationFilter,
     bucket_width_us,
     epoch_us,
+    from_epoch_us,
     hour_bucket,
     normalize_ts,
     parse_since,
+    rollup,
 )
 
 COLUMNS = ", ".join(FIELDS)
@@ -35,6 +37,7 @@ COLUMNS = ", ".join(FIELDS)
 class Dialect:
     ph: str  # the driver's parameter placeholder
     ts: Callable[[str], Any]  # a canonical timestamp string -> the parameter for a ts column
+    ts_us: str  # a raw row's `ts` as integer microseconds since the epoch
 
 
 def conjunction(where: Iterable[str], keyword: str = " WHERE ") -> str:
@@ -117,37 +120,65 @@ def page_of(items: list[StoredViolation], limit: int) -> Page:
 
 @dataclass(frozen=True)
 class SummaryQuery:
-    """What `ViolationStore.summary` counts: the window, its buckets and the conditions."""
+    """What `ViolationStore.summary` counts: the window, its buckets, the conditions, and the
+    pieces (roll-up units and raw edges, crawlguard.store.rollup) that cover it exactly."""
 
     since: str
     until: str
     width: int  # microseconds a bucket
     buckets: int
     start: int  # `since` in microseconds since the epoch
-    cond: str
-    params: list[Any]
+    flt: ViolationFilter
+    cond: tuple[str, ...]
+    pieces: tuple[rollup.Piece, ...]  # for the series: no unit holds a bucket boundary
+    window: tuple[rollup.Piece, ...]  # for the totals: the window alone
 
-    def series_sql(self, d: Dialect, offset: str) -> str:
-        """Counts per tenant and bucket; `offset` is the backend's expression for a row's
-        microseconds after `since` (its parameters come first, then the width)."""
+    def host_pieces(self, span: tuple[int, int] | None) -> list[rollup.Piece]:
+        """Top hosts' pieces: the window, or every record minus the rest when that is
+        cheaper; `span` = the first and last record's time (None: no records)."""
+        if span is not None:
+            other = rollup.complement(epoch_us(self.since), epoch_us(self.until), *span)
+            if other is not None:
+                return other
+        return list(self.window)
+
+    def series_sql(self, d: Dialect) -> tuple[str, list[Any]]:
+        """Counts per tenant and bucket (every piece lies inside one bucket)."""
+        u = rollup.union(
+            d, self.pieces, self.flt, ("tenant", "t", "n"), hosts=self.flt.host is not None,
+            cond=self.cond,
+        )  # fmt: skip
         return (
-            f"SELECT tenant, {offset} / {d.ph} AS b, sum(count) FROM violations "
-            f"WHERE {self.cond} GROUP BY tenant, b"
+            f"SELECT tenant, (t - {d.ph}) / {d.ph} AS b, sum(n) FROM ({u.sql}) AS u "
+            "GROUP BY tenant, b",
+            [self.start, self.width, *u.params],
         )
 
-    def by_kind_sql(self) -> str:
+    def by_kind_sql(self, d: Dialect) -> tuple[str, list[Any]]:
+        u = rollup.union(
+            d, self.window, self.flt, ("kind", "n"), hosts=self.flt.host is not None,
+            cond=self.cond,
+        )  # fmt: skip
         return (
-            f"SELECT kind, sum(count) AS n FROM violations WHERE {self.cond} "
-            "GROUP BY kind ORDER BY n DESC, kind"
+            f"SELECT kind, sum(n) AS total FROM ({u.sql}) AS u GROUP BY kind "
+            "ORDER BY total DESC, kind",
+            u.params,
         )
 
-    def top_hosts_sql(self, d: Dialect) -> str:
-        """The top hosts per tenant; parameters: `params`, then how many."""
+    def top_hosts_sql(
+        self, d: Dialect, top: int, span: tuple[int, int] | None = None
+    ) -> tuple[str, list[Any]]:
+        """The top `top` hosts per tenant; `span`: see `host_pieces`."""
+        u = rollup.union(
+            d, self.host_pieces(span), self.flt, ("tenant", "host", "n"), hosts=True,
+            cond=self.cond, raw_cond=("host IS NOT NULL",),
+        )  # fmt: skip
         return (
-            "SELECT tenant, host, n FROM (SELECT tenant, host, sum(count) AS n, "
-            "row_number() OVER (PARTITION BY tenant ORDER BY sum(count) DESC, host) "
-            f"AS r FROM violations WHERE {self.cond} AND host IS NOT NULL "
-            f"GROUP BY tenant, host) AS t WHERE r <= {d.ph} ORDER BY n DESC, tenant, host"
+            "SELECT tenant, host, total FROM (SELECT tenant, host, sum(n) AS total, "
+            "row_number() OVER (PARTITION BY tenant ORDER BY sum(n) DESC, host) AS r "
+            f"FROM ({u.sql}) AS u GROUP BY tenant, host HAVING sum(n) > 0) AS x "
+            f"WHERE r <= {d.ph} ORDER BY total DESC, tenant, host",
+            [*u.params, top],
         )
 
     def add_series(self, series: dict[str, list[int]], rows: Iterable[Any]) -> None:
@@ -174,28 +205,37 @@ class SummaryQuery:
         )
 
 
-def summary_query(d: Dialect, flt: ViolationFilter, buckets: int) -> SummaryQuery:
+def summary_query(flt: ViolationFilter, buckets: int) -> SummaryQuery:
     """Over [flt.since, flt.until) (both required). Without an `action` filter, held records
-    (action `delayed`) are left out: they are not violations."""
+    (action `delayed`) are left out: they are not violations. Bucket boundaries are cuts of
+    the plan, so a roll-up unit is never split between two buckets."""
     if flt.since is None or flt.until is None:
         raise ValueError("summary needs both since and until")
     since, until = normalize_ts(flt.since), normalize_ts(flt.until)
     width = bucket_width_us(since, until, buckets)
-    where, params = filter_where(d, flt)
-    if flt.action is None:
-        where.append("action <> 'delayed'")
-    return SummaryQuery(since, until, width, buckets, epoch_us(since), " AND ".join(where), params)
+    start = epoch_us(since)
+    cond = ("action <> 'delayed'",) if flt.action is None else ()
+    pieces = rollup.window_pieces(since, until, (start + i * width for i in range(1, buckets)))
+    window = rollup.window_pieces(since, until)
+    return SummaryQuery(
+        since, until, width, buckets, start, flt, cond, tuple(pieces), tuple(window)
+    )
+
+
+SPAN_SQL = (  # the records' time span: two index seeks (min and max together would scan)
+    "SELECT (SELECT min(ts) FROM violations), (SELECT max(ts) FROM violations)"
+)
 
 
 def latest_sql(d: Dialect, since: str | None) -> tuple[str, list[Any]]:
     """Tenant, timestamp of its newest violation (held records are not violations; a folded
-    record's newest refusal is its `last_ts`)."""
-    sql = "SELECT tenant, max(coalesce(last_ts, ts)) FROM violations WHERE action <> 'delayed'"
-    params: list[Any] = []
-    if since is not None:
-        sql += f" AND ts >= {d.ph}"
-        params.append(d.ts(parse_since(since)))
-    return sql + " GROUP BY tenant", params
+    record's newest refusal is its `last_ts`), among records from `since` on."""
+    bound = parse_since(since) if since is not None else None
+    u = rollup.union(
+        d, rollup.window_pieces(bound, None), ViolationFilter(), ("tenant", "last"),
+        hosts=False, cond=("action <> 'delayed'",),
+    )  # fmt: skip
+    return f"SELECT tenant, max(last) FROM ({u.sql}) AS u GROUP BY tenant", u.params
 
 
 @dataclass(frozen=True)
@@ -228,46 +268,83 @@ class ReportQuery:
         return Report(since=self.since, tenants=tenants)
 
 
+def day_of(hour: str) -> str:
+    """The UTC day (canonical form) a canonical hour falls in."""
+    return hour[:10] + "T00:00:00.000000Z"
+
+
+def next_day(hour: str) -> str:
+    day = day_of(hour)
+    return day if day == hour else from_epoch_us(epoch_us(day) + 86_400_000_000)
+
+
+def requests_sql(d: Dialect, bound: str | None) -> tuple[str, list[Any]]:
+    """Requests per tenant and decision from the hour of `bound` on: whole days from
+    ``request_counts_daily``, the hours before the first of them from ``request_counts``."""
+    if bound is None:
+        source, params = "SELECT tenant, decision, n FROM request_counts_daily", []
+    else:
+        hour = hour_bucket(bound)
+        day = next_day(hour)
+        source = (
+            f"SELECT tenant, decision, n FROM request_counts WHERE hour >= {d.ph} "
+            f"AND hour < {d.ph} UNION ALL "
+            f"SELECT tenant, decision, n FROM request_counts_daily WHERE day >= {d.ph}"
+        )
+        params = [d.ts(hour), d.ts(day), d.ts(day)]
+    return (
+        f"SELECT tenant, decision, sum(n) FROM ({source}) AS u "
+        "GROUP BY tenant, decision ORDER BY tenant, sum(n) DESC, decision",
+        params,
+    )
+
+
 def report_query(d: Dialect, since: str | None) -> ReportQuery:
     bound = parse_since(since) if since is not None else None
-    ts_cond, hour_cond = "", ""
-    params: list[Any] = []
-    hour_params: list[Any] = []
-    if bound is not None:
-        ts_cond, params = f" AND ts >= {d.ph}", [d.ts(bound)]
-        hour_cond, hour_params = f" WHERE hour >= {d.ph}", [d.ts(hour_bucket(bound))]
+    pieces = rollup.window_pieces(bound, None)
+    none = ViolationFilter()
+    v = rollup.union(
+        d, pieces, none, ("tenant", "kind", "n"), hosts=False, cond=("action <> 'delayed'",)
+    )
+    h = rollup.union(d, pieces, none, ("tenant", "n"), hosts=False, cond=("action = 'delayed'",))
     return ReportQuery(
         since=bound,
-        requests=(
-            f"SELECT tenant, decision, sum(n) FROM request_counts{hour_cond} "
-            "GROUP BY tenant, decision ORDER BY tenant, sum(n) DESC, decision",
-            hour_params,
-        ),
+        requests=requests_sql(d, bound),
         violations=(
-            "SELECT tenant, kind, sum(count) FROM violations "
-            f"WHERE action <> 'delayed'{ts_cond} "
-            "GROUP BY tenant, kind ORDER BY tenant, sum(count) DESC, kind",
-            params,
+            f"SELECT tenant, kind, sum(n) FROM ({v.sql}) AS u "
+            "GROUP BY tenant, kind ORDER BY tenant, sum(n) DESC, kind",
+            v.params,
         ),
-        held=(
-            "SELECT tenant, sum(count) FROM violations "
-            f"WHERE action = 'delayed'{ts_cond} GROUP BY tenant",
-            params,
-        ),
+        held=(f"SELECT tenant, sum(n) FROM ({h.sql}) AS u GROUP BY tenant", h.params),
     )
 
 
 def prune_violations_sql(d: Dialect) -> str:
-    """Delete up to N violations older than a bound; parameters: the bound, N."""
+    """Delete up to N violations older than a bound; parameters: the bound, N. Returns what
+    the roll-ups must lose: ts, tenant, kind, action, host, count, coalesce(last_ts, ts)."""
     return (
         "DELETE FROM violations WHERE id IN "
-        f"(SELECT id FROM violations WHERE ts < {d.ph} ORDER BY ts LIMIT {d.ph})"
+        f"(SELECT id FROM violations WHERE ts < {d.ph} ORDER BY ts LIMIT {d.ph}) "
+        "RETURNING ts, tenant, kind, action, host, count, coalesce(last_ts, ts)"
     )
 
 
 def prune_request_counts_sql(d: Dialect) -> str:
-    """Delete up to N request-count hours before a bound; parameters: the hour, N."""
+    """Delete up to N request-count hours before a bound; parameters: the hour, N. Returns
+    what the daily counts must lose: hour, tenant, decision, n."""
     return (
         "DELETE FROM request_counts WHERE (hour, tenant, decision) IN "
-        f"(SELECT hour, tenant, decision FROM request_counts WHERE hour < {d.ph} LIMIT {d.ph})"
+        f"(SELECT hour, tenant, decision FROM request_counts WHERE hour < {d.ph} LIMIT {d.ph}) "
+        "RETURNING hour, tenant, decision, n"
     )
+
+
+def daily_request_rows(
+    rows: Iterable[tuple[str, str, str, int]],
+) -> list[tuple[str, str, str, int]]:
+    """(hour, tenant, decision, n) rows -> (day, tenant, decision, n), summed and sorted."""
+    days: dict[tuple[str, str, str], int] = {}
+    for hour, tenant, decision, n in rows:
+        key = (day_of(hour), tenant, decision)
+        days[key] = days.get(key, 0) + int(n)
+    return [(*key, n) for key, n in sorted(days.items())]

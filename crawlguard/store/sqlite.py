@@ -7,9 +7,12 @@ by threads under a lock; the schema version is SQLite's ``user_version`` (see `_
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,18 +29,24 @@ from crawlguard.store import (
     StoreError,
     Summary,
     ViolationFilter,
+    epoch_us,
     hour_bucket,
+    new_uid,
     normalize_ts,
+    rollup,
     sql,
     url_host,
 )
 
 log = logging.getLogger("crawlguard")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # 2: index on violations.robots_sha256 (orphaned robots bodies pruning)
 # 3: violations.host (canonical host of the url, backfilled) for the admin API's host filter
 # 4: violations.count, first_ts, last_ts (folded records; existing rows count 1)
+# 5: violations.uid (unique, backfilled), the roll-ups (crawlguard.store.rollup) and
+#    request_counts_daily, built from the records and the hourly counts
+CACHE_KIB = 65_536  # page cache per connection at most (allocated as used)
 BUSY_TIMEOUT_SECONDS = 10.0  # `run --workers N` processes share one SQLite file
 
 _SCHEMA = """
@@ -59,7 +68,8 @@ CREATE TABLE IF NOT EXISTS violations (
     count         INTEGER NOT NULL DEFAULT 1,
     first_ts      TEXT,
     last_ts       TEXT,
-    host          TEXT
+    host          TEXT,
+    uid           TEXT
 );
 CREATE INDEX IF NOT EXISTS violations_tenant_ts ON violations (tenant, ts);
 CREATE INDEX IF NOT EXISTS violations_kind_ts ON violations (kind, ts);
@@ -78,36 +88,116 @@ CREATE TABLE IF NOT EXISTS request_counts (
     n        INTEGER NOT NULL,
     PRIMARY KEY (hour, tenant, decision)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS request_counts_daily (
+    day      TEXT NOT NULL,
+    tenant   TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (day, tenant, decision)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_kinds (
+    span   INTEGER NOT NULL,
+    start  INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    action TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    last   TEXT NOT NULL,
+    PRIMARY KEY (span, start, tenant, kind, action)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_hosts (
+    span   INTEGER NOT NULL,
+    start  INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    host   TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    action TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (span, start, tenant, host, kind, action)
+) WITHOUT ROWID;
 """
-# After the host column exists (an older table gets it from `_migrate`).
+# After the host and uid columns exist (an older table gets them from `_migrate`).
 _HOST_INDEX = "CREATE INDEX IF NOT EXISTS violations_host_ts ON violations (host, ts)"
+_UID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS violations_uid ON violations (uid)"
 # Columns added after version 1, in order; ADD COLUMN with a constant default rewrites nothing.
 _ADDED_COLUMNS = (
     ("host", "TEXT"),
     ("count", "INTEGER NOT NULL DEFAULT 1"),
     ("first_ts", "TEXT"),
     ("last_ts", "TEXT"),
+    ("uid", "TEXT"),
 )
 MIGRATE_BATCH_ROWS = 10_000
+ROLLUP_BUILD_ROWS = 100_000  # records rolled up per statement when version 5 builds them
 
 _COLUMNS = sql.COLUMNS
-_SQL = sql.Dialect(ph="?", ts=str)  # timestamps are stored in their canonical string form
-# exact integer microseconds of the stored canonical form, relative to `since`
-_OFFSET_US = (
-    "((CAST(strftime('%s', substr(ts, 1, 19)) AS INTEGER) - ?) * 1000000"
-    " + CAST(substr(ts, 21, 6) AS INTEGER) - ?)"
+# exact integer seconds and microseconds of the stored canonical form
+_TS_S = "CAST(strftime('%s', substr(ts, 1, 19)) AS INTEGER)"
+_TS_US = f"({_TS_S} * 1000000 + CAST(substr(ts, 21, 6) AS INTEGER))"
+_SQL = sql.Dialect(ph="?", ts=str, ts_us=_TS_US)  # timestamps stored in their canonical form
+_INSERT = (
+    f"INSERT INTO violations (uid, {_COLUMNS}, host) "
+    f"VALUES (?, {', '.join('?' for _ in FIELDS)}, ?)"
 )
-_INSERT = f"INSERT INTO violations ({_COLUMNS}, host) VALUES ({', '.join('?' for _ in FIELDS)}, ?)"
+_DAILY_SUBTRACT = (
+    "UPDATE request_counts_daily SET n = n - ? WHERE day = ? AND tenant = ? AND decision = ?"
+)
+_KIND_UPSERT = (
+    f"INSERT INTO rollup_kinds ({rollup.KIND_KEY}, n, last) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT ({rollup.KIND_KEY}) DO UPDATE SET n = n + excluded.n, "
+    "last = max(last, excluded.last)"
+)
+_HOST_UPSERT = (
+    f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT ({rollup.HOST_KEY}) DO UPDATE SET n = n + excluded.n"
+)
+
+
+def _build_rollups(conn: sqlite3.Connection) -> None:
+    """Version 5: the roll-ups of the records already stored, in batches of record ids."""
+    top = conn.execute("SELECT max(id) FROM violations").fetchone()[0] or 0
+    for lo in range(0, top, ROLLUP_BUILD_ROWS):
+        hi = lo + ROLLUP_BUILD_ROWS
+        for span in rollup.SPANS:
+            start = f"({_TS_S} / {span}) * {span}"
+            conn.execute(
+                f"INSERT INTO rollup_kinds ({rollup.KIND_KEY}, n, last) "
+                f"SELECT {span}, {start}, tenant, kind, action, sum(count), "
+                "max(coalesce(last_ts, ts)) FROM violations WHERE id > ? AND id <= ? "
+                f"GROUP BY 2, tenant, kind, action ON CONFLICT ({rollup.KIND_KEY}) "
+                "DO UPDATE SET n = n + excluded.n, last = max(last, excluded.last)",
+                (lo, hi),
+            )
+            conn.execute(
+                f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+                f"SELECT {span}, {start}, tenant, host, kind, action, sum(count) "
+                "FROM violations WHERE id > ? AND id <= ? AND host IS NOT NULL "
+                f"GROUP BY 2, tenant, host, kind, action ON CONFLICT ({rollup.HOST_KEY}) "
+                "DO UPDATE SET n = n + excluded.n",
+                (lo, hi),
+            )
+        conn.execute(  # the all-time rows (span 0) top hosts subtract from
+            f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+            "SELECT 0, 0, tenant, host, kind, action, sum(count) "
+            "FROM violations WHERE id > ? AND id <= ? AND host IS NOT NULL "
+            f"GROUP BY tenant, host, kind, action ON CONFLICT ({rollup.HOST_KEY}) "
+            "DO UPDATE SET n = n + excluded.n",
+            (lo, hi),
+        )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create or upgrade the schema to SCHEMA_VERSION in one transaction (idempotent, so two
-    processes opening an old file at once are fine): tables and indexes, then the columns
-    later versions added: version 3's `host` (backfilled from each record's url) and version
-    4's `count` (1 for every existing record), `first_ts` and `last_ts`."""
+    processes opening an old file at once are fine: the second finds the version current):
+    tables and indexes, then the columns later versions added: version 3's `host`
+    (backfilled from each record's url), version 4's `count` (1 for every existing record),
+    `first_ts` and `last_ts`, version 5's `uid` (backfilled) and roll-ups (built)."""
     try:
         # one script: executescript would commit a transaction begun before it
         conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            conn.execute("COMMIT")  # another process migrated while we waited for the lock
+            return
         columns = {row[1] for row in conn.execute("PRAGMA table_info(violations)")}
         for name, decl in _ADDED_COLUMNS:
             if name not in columns:
@@ -123,6 +213,26 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 "UPDATE violations SET host = ? WHERE id = ?",
                 [(url_host(url), rid) for rid, url in rows],
             )
+        last = 0
+        while rows := conn.execute(
+            "SELECT id FROM violations WHERE id > ? AND uid IS NULL ORDER BY id LIMIT ?",
+            (last, MIGRATE_BATCH_ROWS),
+        ).fetchall():
+            last = rows[-1][0]
+            conn.executemany(
+                "UPDATE violations SET uid = ? WHERE id = ?",
+                [(new_uid(), rid) for (rid,) in rows],
+            )
+        conn.execute(_UID_INDEX)
+        conn.execute("DELETE FROM rollup_kinds")  # built from scratch: the records are the truth
+        conn.execute("DELETE FROM rollup_hosts")
+        conn.execute("DELETE FROM request_counts_daily")
+        _build_rollups(conn)
+        conn.execute(
+            "INSERT INTO request_counts_daily (day, tenant, decision, n) "
+            "SELECT substr(hour, 1, 10) || 'T00:00:00.000000Z', tenant, decision, sum(n) "
+            "FROM request_counts GROUP BY 1, tenant, decision"
+        )
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -152,6 +262,7 @@ class SQLiteStore:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")  # the commit is on disk before we answer
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # index pages of big stores
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -193,27 +304,50 @@ class SQLiteStore:
     def record(self, rec: ViolationRecord, robots_body: bytes | None = None) -> None:
         self.record_many([(rec, robots_body)])
 
-    def record_many(self, items: Sequence[tuple[ViolationRecord, bytes | None]]) -> None:
-        """Write all `items` in one transaction (group commit): all are durable on return, or
-        none is written and the error is raised. Records are bounded (`ViolationRecord.bounded`)."""
+    def record_many(
+        self,
+        items: Sequence[tuple[ViolationRecord, bytes | None]],
+        uids: Sequence[str] | None = None,
+    ) -> int:
+        """Write all `items` in one transaction (group commit), with their roll-ups: all are
+        durable on return, or none is written and the error is raised. Records are bounded
+        (`ViolationRecord.bounded`). `uids` (one per item, any UUID spelling) make the write
+        idempotent: a record whose uid is stored already is skipped. Returns how many were
+        written."""
+        if uids is not None and len(uids) != len(items):
+            raise ValueError("one uid per record")
         rows: list[list[Any]] = []
+        shas: list[str | None] = []
         bodies: dict[str, tuple[bytes, str]] = {}
-        for rec, robots_body in items:
-            values = rec.bounded().to_dict()
-            values["ts"] = normalize_ts(rec.ts)
-            for name in ("first_ts", "last_ts"):
-                if values[name] is not None:
-                    values[name] = normalize_ts(values[name])
+        for i, (rec, robots_body) in enumerate(items):
+            row = [None, *astuple_shallow(rec.bounded())]  # not to_dict: asdict deep-copies
+            row[_TS_AT] = normalize_ts(rec.ts)
+            for at in _TIMES_AT:
+                if row[at] is not None:
+                    row[at] = normalize_ts(row[at])
             sha = rec.robots_sha256.lower() if rec.robots_sha256 else None
-            values["robots_sha256"] = sha  # lower-case, as robots_bodies is keyed
-            rows.append([*(values[f] for f in FIELDS), url_host(values["url"])])
+            row[_SHA_AT] = sha  # lower-case, as robots_bodies is keyed
+            row[0] = _uid(uids[i]) if uids is not None else new_uid()
+            row.append(url_host(row[_URL_AT]))
+            rows.append(row)
+            shas.append(sha)
             if robots_body is not None and sha and sha not in bodies:
-                bodies[sha] = (robots_body, values["ts"])
+                bodies[sha] = (robots_body, row[_TS_AT])
         if not rows:
-            return
+            return 0
         with self._connection(write=True) as conn:
+            if uids is not None:
+                rows, shas = _new_rows(conn, rows, shas)
             conn.executemany(_INSERT, rows)
+            deltas = rollup.Deltas()
+            for row in rows:
+                deltas.add(*(row[i] for i in _DELTA_AT), row[_LAST_AT] or row[1])
+            conn.executemany(_KIND_UPSERT, deltas.kind_rows())
+            conn.executemany(_HOST_UPSERT, deltas.host_rows())
+            cited = set(shas)
             for sha, (body, ts) in bodies.items():
+                if sha not in cited:
+                    continue  # its records were stored before
                 # Looked up in the transaction rather than cached: retention may have pruned it.
                 if conn.execute("SELECT 1 FROM robots_bodies WHERE sha256 = ?", (sha,)).fetchone():
                     continue
@@ -225,6 +359,7 @@ class SQLiteStore:
                     "INSERT INTO robots_bodies (sha256, body, first_seen) VALUES (?, ?, ?)",
                     (sha, body, ts),
                 )
+        return len(rows)
 
     def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult:
         """One short transaction of retention: up to `limit` violations older than `before`;
@@ -234,14 +369,26 @@ class SQLiteStore:
             raise ValueError(f"limit must be >= 1, not {limit}")
         bound = normalize_ts(before)
         with self._connection(write=True) as conn:
-            n = conn.execute(sql.prune_violations_sql(_SQL), (bound, limit)).rowcount
-            if n:
-                return PruneResult(violations=n)
-            n = conn.execute(  # WITHOUT ROWID: the primary key names the row
+            deleted = conn.execute(sql.prune_violations_sql(_SQL), (bound, limit)).fetchall()
+            if deleted:
+                deltas = rollup.Deltas()
+                for row in deleted:
+                    deltas.add(*row)
+                for stmt, params in rollup.subtract(_SQL, deltas):
+                    conn.executemany(stmt, params)
+                return PruneResult(violations=len(deleted))
+            hours = conn.execute(  # WITHOUT ROWID: the primary key names the row
                 sql.prune_request_counts_sql(_SQL), (hour_bucket(bound), limit)
-            ).rowcount
-            if n:
-                return PruneResult(request_counts=n)
+            ).fetchall()
+            if hours:
+                days = sql.daily_request_rows(hours)
+                conn.executemany(_DAILY_SUBTRACT, [(n, *key) for *key, n in days])
+                conn.executemany(
+                    "DELETE FROM request_counts_daily WHERE day = ? AND tenant = ? "
+                    "AND decision = ? AND n <= 0",
+                    [tuple(key) for *key, _ in days],
+                )
+                return PruneResult(request_counts=len(hours))
             n = conn.execute(
                 "DELETE FROM robots_bodies WHERE sha256 IN "
                 "(SELECT b.sha256 FROM robots_bodies AS b WHERE NOT EXISTS "
@@ -272,6 +419,12 @@ class SQLiteStore:
                 "INSERT INTO request_counts (hour, tenant, decision, n) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (hour, tenant, decision) DO UPDATE SET n = n + excluded.n",
                 rows,
+            )
+            conn.executemany(
+                "INSERT INTO request_counts_daily (day, tenant, decision, n) "
+                "VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (day, tenant, decision) DO UPDATE SET n = n + excluded.n",
+                sql.daily_request_rows(rows),
             )
 
     def query(
@@ -304,22 +457,18 @@ class SQLiteStore:
         """Counts for a dashboard over [flt.since, flt.until) (both required). Without an
         `action` filter, held records (action `delayed`) are left out: they are not violations;
         `action="delayed"` counts only them."""
-        q = sql.summary_query(_SQL, flt, buckets)
+        q = sql.summary_query(flt, buckets)
         series: dict[str, list[int]] = {}
         with self._connection() as conn:
             conn.execute("BEGIN")  # one snapshot for every count below
             try:
-                q.add_series(
-                    series,
-                    conn.execute(
-                        q.series_sql(_SQL, _OFFSET_US),
-                        [q.start // 1_000_000, q.start % 1_000_000, q.width, *q.params],
-                    ),
-                )
-                by_kind = [(kind, int(n)) for kind, n in conn.execute(q.by_kind_sql(), q.params)]
+                q.add_series(series, conn.execute(*q.series_sql(_SQL)))
+                by_kind = [(kind, int(n)) for kind, n in conn.execute(*q.by_kind_sql(_SQL))]
+                first, last = conn.execute(sql.SPAN_SQL).fetchone()
+                span = None if first is None else (epoch_us(first), epoch_us(last) + 1)
                 hosts = [
                     (tid, host, int(n))
-                    for tid, host, n in conn.execute(q.top_hosts_sql(_SQL), [*q.params, top_hosts])
+                    for tid, host, n in conn.execute(*q.top_hosts_sql(_SQL, top_hosts, span))
                 ]
             finally:
                 conn.execute("COMMIT")
@@ -341,16 +490,89 @@ class SQLiteStore:
     def report(self, *, since: str | None = None) -> Report:
         q = sql.report_query(_SQL, since)
         with self._connection() as conn:
-            requests = conn.execute(*q.requests).fetchall()
-            violations = conn.execute(*q.violations).fetchall()
-            held = conn.execute(*q.held).fetchall()
+            conn.execute("BEGIN")  # one snapshot for every count below
+            try:
+                requests = conn.execute(*q.requests).fetchall()
+                violations = conn.execute(*q.violations).fetchall()
+                held = conn.execute(*q.held).fetchall()
+            finally:
+                conn.execute("COMMIT")
         return q.result(requests, violations, held)
+
+    def export_page(
+        self, *, since: str | None, after: PageKey | None, limit: int
+    ) -> list[tuple[PageKey, str, ViolationRecord]]:
+        """Up to `limit` records oldest first (``ts, id``) from `since` on, after `after`:
+        ((ts, id), uid, record), for `crawlguard store export`."""
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(normalize_ts(since))
+        if after is not None:
+            where.append("(ts > ? OR (ts = ? AND id > ?))")
+            params += [after[0], after[0], after[1]]
+        stmt = (
+            f"SELECT id, uid, {_COLUMNS} FROM violations{sql.conjunction(where)} "
+            "ORDER BY ts, id LIMIT ?"
+        )
+        with self._connection() as conn:
+            rows = conn.execute(stmt, [*params, limit]).fetchall()
+        return [((row[2], row[0]), row[1], ViolationRecord(*row[2:])) for row in rows]
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+# positions in an `_INSERT` row: ts, tenant, kind, action, host, count; then last_ts
+_DELTA_AT = (
+    *(1 + FIELDS.index(f) for f in ("ts", "tenant", "kind", "action")),
+    len(FIELDS) + 1,
+    1 + FIELDS.index("count"),
+)
+_LAST_AT = 1 + FIELDS.index("last_ts")
+_TS_AT = 1 + FIELDS.index("ts")
+_TIMES_AT = (1 + FIELDS.index("first_ts"), _LAST_AT)
+_SHA_AT = 1 + FIELDS.index("robots_sha256")
+_URL_AT = 1 + FIELDS.index("url")
+
+
+def astuple_shallow(rec: ViolationRecord) -> tuple[Any, ...]:
+    """The record's fields in FIELDS order (dataclasses.astuple deep-copies: slow)."""
+    return tuple(getattr(rec, f) for f in FIELDS)
+
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _uid(value: str) -> str:
+    """A uid in the stored form (32 lower-case hex digits) from any UUID spelling."""
+    return value if _HEX32.match(value) else uuid.UUID(value).hex
+
+
+def _new_rows(
+    conn: sqlite3.Connection, rows: list[list[Any]], shas: list[str | None]
+) -> tuple[list[list[Any]], list[str | None]]:
+    """The rows whose uid is neither stored already nor earlier in the batch (the write
+    transaction holds the file's write lock, so nobody adds one meanwhile)."""
+    stored = {
+        uid
+        for (uid,) in conn.execute(
+            "SELECT uid FROM violations WHERE uid IN (SELECT value FROM json_each(?))",
+            (json.dumps([row[0] for row in rows]),),
+        )
+    }
+    keep: list[list[Any]] = []
+    keep_shas: list[str | None] = []
+    for row, sha in zip(rows, shas, strict=True):
+        if row[0] not in stored:
+            stored.add(row[0])
+            keep.append(row)
+            keep_shas.append(sha)
+    return keep, keep_shas
 
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]

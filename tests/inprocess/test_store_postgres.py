@@ -204,7 +204,7 @@ def test_a_version_1_store_gets_fold_columns_and_keeps_its_records(pg_schema: Pg
         assert store.report().tenants["acme"].violations == {"ua-generic": 10}
     finally:
         store.close()
-    assert pg_schema.rows("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    assert pg_schema.rows("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)] == [(3,)]
     PostgresStore(pg_schema.url()).close()  # opening the migrated schema again changes nothing
     assert pg_schema.rows("SELECT count(*), sum(count) FROM violations") == [(2, 10)]
 

@@ -273,7 +273,7 @@ def test_a_version_3_store_gets_fold_columns_and_keeps_its_records(url: str) -> 
         s.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
         assert db.execute("SELECT count(*), sum(count) FROM violations").fetchone() == (3, 42)
     finally:
         db.close()
@@ -328,7 +328,7 @@ def test_a_version_2_store_gets_its_hosts_backfilled(tmp_path: Path) -> None:
         store.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
         indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"violations_host_ts", "violations_tenant_ts", "violations_kind_ts"} <= indexes
         plan = db.execute(
