@@ -39,7 +39,6 @@ EXPORT_PAGE = 5_000  # records read per query
 IMPORT_BATCH = 5_000  # records written per transaction
 
 _REQUIRED = ("ts", "tenant", "kind", "action", "method", "url")
-_TEXT = ("tenant", "kind", "action", "method", "url", "user_agent", "rule", "robots_sha256")
 _TEXT_OPTIONAL = ("user_agent", "rule", "robots_sha256", "reason")
 _NUMBERS = ("crawl_delay", "delay_seconds")
 _TIMES = ("first_ts", "last_ts")
@@ -147,8 +146,8 @@ def parse_line(text: str, number: int) -> tuple[str, ViolationRecord]:
         raise BadLine(number, f"not JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(obj, dict):
         raise BadLine(number, "expected a JSON object (one record)")
-    unknown = sorted(set(obj) - _KNOWN)
-    if unknown:
+    if not _KNOWN.issuperset(obj):
+        unknown = sorted(set(obj) - _KNOWN)
         raise BadLine(number, f"unknown field {unknown[0]!r}")
     raw_uid = obj.get("uid")
     if not isinstance(raw_uid, str):
