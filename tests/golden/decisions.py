@@ -72,7 +72,7 @@ def tenants() -> list[dict[str, Any]]:
         t("initech", ["InitechBot"], mode="off"),
         t("slow", ["SlowBot"], pacing="delay"),
         t("fenced", ["FencedBot"], allow_hosts=["*.allowed.test"], deny_hosts=["bad.allowed.test"]),
-        t("rate", ["RateBot"], max_rps=1),
+        t("rate", ["RateBot"], max_rps=0.01),  # no refill while the table runs, however slow
         *(t(f"t-{key}", [token]) for key, token in AGENTS.items()),
     ]
 
