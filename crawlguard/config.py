@@ -248,7 +248,7 @@ class PacingSection(_Strict):
 
 
 class TenancySection(_Strict):
-    """Where the tenants live (docs/tenancy.md)."""
+    """Where the tenants live (docs/operators/tenancy.md)."""
 
     source: Literal["file", "store"] = "file"
     """`file`: the `tenants` list of this file. `store`: the tenant registry in the store's
