@@ -1,5 +1,5 @@
 """Fetch a page through crawlguard with aiohttp: proxy credentials, crawlguard's CA, a
-descriptive user agent, and Retry-After honoured (docs/aiohttp.md)."""
+descriptive user agent, and Retry-After honoured (docs/crawlers/aiohttp.md)."""
 
 import asyncio
 import os
