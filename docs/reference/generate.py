@@ -1,3 +1,4 @@
+# ruff: noqa: SLF001  (argparse and prometheus_client keep what a reference needs private)
 """Write docs/reference/{config,cli,decisions,metrics}.md from the code, so they cannot drift.
 
 Run `make docs` (or `python docs/reference/generate.py`); `--check` exits 1 and names the pages
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import itertools
 import json
 import os
 import sys
@@ -49,7 +51,7 @@ def attribute_docstrings(model: type[BaseModel]) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(model)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
+    for node, following in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)

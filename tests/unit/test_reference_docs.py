@@ -15,7 +15,8 @@ REFERENCE = REPO / "docs" / "reference"
 
 
 def _generator() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("docs_reference_generate", REFERENCE / "generate.py")
+    path = REFERENCE / "generate.py"
+    spec = importlib.util.spec_from_file_location("docs_reference_generate", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
