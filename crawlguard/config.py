@@ -53,7 +53,9 @@ class ProxySection(_Strict):
     listen_port: Annotated[int, Field(ge=0, le=65535)] = 8080
     """Proxy port (`--listen-port` overrides it; 0 picks a free one)."""
     confdir: str = "var/mitmproxy"
-    """mitmproxy's confdir: where its CA lives. Crawlers trust `mitmproxy-ca-cert.pem` from it."""
+    """mitmproxy's confdir: where its CA lives. Crawlers trust `mitmproxy-ca-cert.pem` from it.
+    The pid file (`crawlguard.pid`) and, with a PostgreSQL store, the spool `store-spool/` live
+    beside it."""
     upstream_ca_file: str | None = None
     """Extra CA bundle for verifying origins (tests use a local CA); system CAs otherwise."""
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
@@ -97,9 +99,9 @@ class StoreSection(_Strict):
     string; password from PGPASSWORD or ~/.pgpass, never in the URL)."""
     retention_days: Annotated[int, Field(ge=1, le=36500)] | None = 30
     """Keep violation records (and request-count hours) this many days; older ones, and
-    robots.txt bodies no kept record references, are pruned hourly in the background (first
-    run a minute after start). An explicit null keeps everything (the disk then only grows).
-    Needs a restart to change."""
+    robots.txt bodies no kept record references, are pruned in the background (first run a
+    minute after start, then hourly, 1,000 rows per transaction). An explicit null keeps
+    everything (the disk then only grows). Needs a restart to change."""
     fold_after: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     """Identical refusals (tenant, kind, action, host, rule) recorded one by one per
     `fold_interval`; further ones are counted into one record per interval
