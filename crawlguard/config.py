@@ -169,8 +169,8 @@ class RobotsSection(_Strict):
     max_origins: Annotated[int, Field(ge=1)] = 10000
     """robots.txt cache size in origins (least recently used go first)."""
     parse_workers: Annotated[int, Field(ge=1, le=64)] = Field(default_factory=default_workers)
-    """Parser processes: at most this many robots.txt parses at once, fairly shared by the
-    tenants waiting. Default: the core count, 1 to 4."""
+    """Parser processes per proxy process: at most this many robots.txt parses at once, fairly
+    shared by the tenants waiting. Default: the core count, 1 to 4."""
     parse_timeout: Annotated[float, Field(gt=0, le=120)] = 5
     """Seconds a request waits for its robots.txt to be parsed (queue included, after the
     fetch); beyond it that site answers robots-unreachable while the parse goes on, and its
