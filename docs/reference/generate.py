@@ -192,6 +192,8 @@ def _flag_rows(parser: argparse.ArgumentParser) -> list[str]:
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
             continue
+        if action.help == argparse.SUPPRESS:  # a parent's flag repeated for `sub --flag` order
+            continue
         if action.option_strings:
             names = ", ".join(f"`{o}`" for o in action.option_strings)
             if action.nargs != 0:
