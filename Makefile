@@ -10,7 +10,7 @@ CONFIG ?= config/crawlguard.yaml
 ARGS ?=
 WORKERS ?= 4
 
-.PHONY: run check test lint format clean system-tools
+.PHONY: run check test lint format clean system-tools docs
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (pyenv honours .python-version)"; exit 1; }
@@ -60,6 +60,11 @@ test: $(STAMP) system-tools
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# docs/reference/{config,cli,decisions,metrics}.md from the code (tests/unit/test_reference_docs.py
+# fails when they differ from what this writes).
+docs: $(STAMP)
+	$(BIN)/python docs/reference/generate.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .

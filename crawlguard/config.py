@@ -49,9 +49,13 @@ def _check_sha256(value: str | None) -> str | None:
 
 class ProxySection(_Strict):
     listen_host: str = "127.0.0.1"
+    """Proxy listen address (`--listen-host` overrides it)."""
     listen_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    """Proxy port (`--listen-port` overrides it; 0 picks a free one)."""
     confdir: str = "var/mitmproxy"
-    """mitmproxy's confdir: where its CA lives. Crawlers trust `mitmproxy-ca-cert.pem` from it."""
+    """mitmproxy's confdir: where its CA lives. Crawlers trust `mitmproxy-ca-cert.pem` from it.
+    The pid file (`crawlguard.pid`) and, with a PostgreSQL store, the spool `store-spool/` live
+    beside it."""
     upstream_ca_file: str | None = None
     """Extra CA bundle for verifying origins (tests use a local CA); system CAs otherwise."""
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
@@ -71,9 +75,16 @@ class ProxySection(_Strict):
 
 class AdminSection(_Strict):
     listen_host: str = "127.0.0.1"
+    """Admin server address: metrics, health, dashboard, API. A change needs a restart."""
     port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    """Admin server port (`--admin-port` overrides it). A change needs a restart."""
     token_sha256: str | None = None
+    """Hex SHA-256 of the operator token for the dashboard and `/api/`; wins over `token_env`
+    if both are set. With neither, `/` and `/api/` answer 403. Applies on reload."""
     token_env: str | None = None
+    """Name of an environment variable holding the operator token (an unset one stops the
+    proxy at start, exit 2). With it in force, dashboard sessions work across replicas sharing
+    Redis."""
     token_label: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "operator"
     """Who the tenant audit names for a change made through the API (`api:<label>`): the
     holder of the operator token, since the token itself is never recorded."""
@@ -83,11 +94,14 @@ class AdminSection(_Strict):
 
 class StoreSection(_Strict):
     url: str = "sqlite:///var/crawlguard.db"
+    """Violation store: `sqlite:///rel/path.db` (relative to the config file),
+    `sqlite:////abs/path.db`, or `postgresql://user@host:5432/db` (libpq options as a query
+    string; password from PGPASSWORD or ~/.pgpass, never in the URL)."""
     retention_days: Annotated[int, Field(ge=1, le=36500)] | None = 30
     """Keep violation records (and request-count hours) this many days; older ones, and
-    robots.txt bodies no kept record references, are pruned hourly in the background (first
-    run a minute after start). An explicit null keeps everything (the disk then only grows).
-    Needs a restart to change."""
+    robots.txt bodies no kept record references, are pruned in the background (first run a
+    minute after start, then hourly, 1,000 rows per transaction). An explicit null keeps
+    everything (the disk then only grows). Needs a restart to change."""
     fold_after: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     """Identical refusals (tenant, kind, action, host, rule) recorded one by one per
     `fold_interval`; further ones are counted into one record per interval
@@ -111,6 +125,9 @@ class StoreSection(_Strict):
 
 class StateSection(_Strict):
     url: str = "memory://"
+    """Pacing state: `memory://` (per process) or
+    `redis://host:port/db[?prefix=…&max_connections=16&timeout=0.5]` shared by replicas, which
+    then share the robots.txt cache and dashboard sessions too."""
     on_error: Literal["closed", "open"] = "closed"
     """What to do when a shared state backend (redis://) is down: `closed` refuses paced
     requests with 503 state-unavailable, `open` paces per process meanwhile. memory:// state
@@ -144,12 +161,16 @@ class StateSection(_Strict):
 
 class RobotsSection(_Strict):
     user_agent: str = "crawlguard/1.0 (+https://github.com/crawlguard/crawlguard)"
+    """User agent crawlguard fetches robots.txt with."""
     max_age: Annotated[float, Field(gt=0, le=86400)] = 86400
+    """Seconds a fetched robots.txt is trusted at most (at most 24 h)."""
     fetch_timeout: Annotated[float, Field(gt=0, le=120)] = 10
+    """Seconds a robots.txt fetch may take."""
     max_origins: Annotated[int, Field(ge=1)] = 10000
+    """robots.txt cache size in origins (least recently used go first)."""
     parse_workers: Annotated[int, Field(ge=1, le=64)] = Field(default_factory=default_workers)
-    """Parser processes: at most this many robots.txt parses at once, fairly shared by the
-    tenants waiting. Default: the core count, 1 to 4."""
+    """Parser processes per proxy process: at most this many robots.txt parses at once, fairly
+    shared by the tenants waiting. Default: the core count, 1 to 4."""
     parse_timeout: Annotated[float, Field(gt=0, le=120)] = 5
     """Seconds a request waits for its robots.txt to be parsed (queue included, after the
     fetch); beyond it that site answers robots-unreachable while the parse goes on, and its
@@ -161,7 +182,11 @@ PortSpec = int | str
 
 class DestinationsSection(_Strict):
     allow_private: bool = False
+    """Allow loopback, RFC 1918, link-local, CGNAT and ULA destinations (local development and
+    tests only); unspecified, multicast, broadcast, documentation and reserved addresses stay
+    refused."""
     allowed_ports: list[PortSpec] = Field(default_factory=lambda: [80, 443, "8000-8999"])
+    """Destination ports a crawler may reach: port numbers or `"lo-hi"` ranges."""
     hosts: dict[str, list[str]] = Field(default_factory=dict)
     """Static name -> addresses map consulted before DNS (like /etc/hosts). The addresses are
     still checked like resolved ones."""
@@ -236,7 +261,9 @@ class DestinationsSection(_Strict):
 
 class PacingSection(_Strict):
     default_min_interval: Annotated[float, Field(ge=0, le=86400)] = 0
+    """Seconds between requests to one site whose robots.txt sets no delay."""
     max_hold: Annotated[float, Field(ge=0, le=3600)] = 30
+    """Longest hold, in seconds, of `delay` pacing; a longer wait gets 429 at once."""
     max_held: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
     """Requests held by `delay` pacing at once, all tenants together. Shared fairly
     (crawlguard.policy.pacing.HeldPool): a tenant over its share gets 429 `crawl-delay`, one within
@@ -248,7 +275,7 @@ class PacingSection(_Strict):
 
 
 class TenancySection(_Strict):
-    """Where the tenants live (docs/tenancy.md)."""
+    """Where the tenants live (docs/operators/tenancy.md)."""
 
     source: Literal["file", "store"] = "file"
     """`file`: the `tenants` list of this file. `store`: the tenant registry in the store's
@@ -262,13 +289,25 @@ class TenancySection(_Strict):
 
 class Tenant(_Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    """Tenant id, the proxy user name: 1-64 of `A-Z a-z 0-9 _ . -`, starting with a letter or
+    digit."""
     token_sha256: str | None = None
+    """Hex SHA-256 of the tenant's token; exactly one of this and `token_env`."""
     token_env: str | None = None
+    """Name of an environment variable holding the tenant's token (read and hashed at load)."""
     product_tokens: Annotated[list[str], Field(min_length=1)]
+    """The product tokens the tenant's user agents carry, e.g. `[AcmeBot]`: letters, `_`, `-`,
+    3+ characters, not a well-known crawler's or a library's name, unique across tenants."""
     mode: Literal["enforce", "monitor", "off"] = "enforce"
+    """`enforce` refuses; `monitor` forwards and records what it would have refused (`logged`);
+    `off` forwards and records nothing (metrics still count; destination checks still apply)."""
     pacing: Literal["reject", "delay"] = "reject"
+    """A request sooner than the site's delay: `reject` answers 429, `delay` holds it until its
+    slot (at most `pacing.max_hold`)."""
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    """Requests of this tenant in flight at once at most (fair limit); none: no cap."""
     max_rps: Annotated[float, Field(gt=0)] | None = None
+    """Requests per second of this tenant at most (fair limit); none: no cap."""
     allow_hosts: list[str] = Field(default_factory=list)
     """Host globs (crawlguard.policy.limits): when non-empty, only matching hosts may be crawled."""
     deny_hosts: list[str] = Field(default_factory=list)

@@ -287,7 +287,7 @@ class AdminAPI:
             )
             now = datetime.now(UTC)
             # the default window: the whole UTC hours of the last day, the current one last,
-            # so its hourly buckets come from the store's roll-ups (docs/store.md)
+            # so its hourly buckets come from the store's roll-ups (docs/operators/store.md)
             hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
             since = p.time("since", now) or parse_since(SUMMARY_SINCE, now=hour)
             until = p.time("until", now) or normalize_ts(hour.isoformat())

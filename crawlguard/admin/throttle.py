@@ -17,7 +17,7 @@ it), and at most `REPORT_BURST` such reports per `REPORT_WINDOW` seconds are log
 from many addresses cannot fill the log.
 
 Behind a reverse proxy every client has the proxy's address: they all share one count
-(see the README's admin section).
+(see docs/operators/dashboard.md).
 """
 
 from __future__ import annotations

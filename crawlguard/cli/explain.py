@@ -214,7 +214,7 @@ def _load(path: str | None, tenant_id: str | None) -> tuple[Config, Tenant | Non
         raise BadInput(str(exc)) from exc
     if tenant_id is None:
         return cfg, None
-    if cfg.tenancy.source == "store":  # the tenants are the registry's (docs/tenancy.md)
+    if cfg.tenancy.source == "store":  # the tenants are the registry's (docs/operators/tenancy.md)
         from crawlguard.tenancy import TenancyError, managed_tenants
 
         try:

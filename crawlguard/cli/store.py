@@ -1,4 +1,5 @@
-"""`crawlguard store export|import`: move violation records between stores (docs/store.md).
+"""`crawlguard store export|import`: move violation records between stores
+(docs/operators/store.md).
 
 The way from the embedded SQLite to a shared PostgreSQL when a platform outgrows one machine,
 and from one PostgreSQL to another. Export writes JSON lines, oldest first: one record per

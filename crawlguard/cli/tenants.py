@@ -1,5 +1,5 @@
 """`crawlguard tenants --config C {add|list|show|set|rotate|disable|import}`: the tenant registry
-(`tenancy.source: store`, docs/tenancy.md) from the command line.
+(`tenancy.source: store`, docs/operators/tenancy.md) from the command line.
 
 A new token (`add`, `rotate`) is the only thing printed on stdout, once, so a script can
 capture it; what happened goes to stderr. Exit codes, as for the other operator commands:

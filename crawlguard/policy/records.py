@@ -38,7 +38,7 @@ FIELDS: tuple[str, ...] = (
 
 
 # Longest value kept per field, in characters (marker included). `method` is a token, but the
-# client spells it; the others are named in the README's record fields.
+# client spells it; the others are named in docs/operators/violations.md's record fields.
 FIELD_LIMITS: dict[str, int] = {
     "method": 64,
     "url": 2048,

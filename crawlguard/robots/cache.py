@@ -4,7 +4,7 @@
 however many requests are waiting. Every origin behaviour ends as a `RobotsEntry`, never an
 exception, so the proxy can always decide.
 
-Choices where RFC 9309 leaves room (documented for operators in the README):
+Choices where RFC 9309 leaves room (documented in docs/crawlers/robots-txt.md):
 
 * Lifetime: `min(max_age, 24 h)`, shortened by `Cache-Control: s-maxage/max-age` or
   `Expires` (minus `Age`). `no-store`, `no-cache`, `private`, `max-age=0` and unparseable

@@ -15,7 +15,7 @@ over whole units equals the raw scan exactly. `plan` cuts a window into pieces: 
 then whole hours, and the raw table for what is left at the edges (a `since` of now-24h is
 rarely on an hour). A summary's bucket boundaries are cuts too: a unit a boundary falls inside
 is split into finer units, down to the raw table, so every answer stays exact and only its
-cost depends on how the grid lines up with UTC hours and days (docs/store.md).
+cost depends on how the grid lines up with UTC hours and days (docs/operators/store.md).
 
 Writers add their batch's deltas in the records' transaction (``n = n + excluded.n``), so two
 processes writing one SQLite file, or many writing one PostgreSQL database, stay correct;

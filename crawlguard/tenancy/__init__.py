@@ -1,4 +1,4 @@
-"""Tenants in the store's database (`tenancy.source: store`; docs/tenancy.md).
+"""Tenants in the store's database (`tenancy.source: store`; docs/operators/tenancy.md).
 
 * `crawlguard.tenancy.registry`: `TenantRegistry`, the tenants, their tokens' hashes and the
   audit log; changed by the admin API and `crawlguard tenants`;

@@ -1,4 +1,5 @@
-"""The crawler-developer guides in docs/ (issue 13): their examples run, and what they claim holds.
+"""The crawler-developer guides in docs/crawlers/ (issue 13): their examples run, and what they
+claim holds.
 
 Every guide shows its example file verbatim (tests/unit/test_guides_text.py), and every
 example runs unchanged against a local HTTPS site through the real proxy, configured only by
@@ -25,7 +26,7 @@ import trustme
 from harness import LocalOrigin, Proxy, Route, base_config, free_port, sha256_hex, tenant
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = REPO / "docs"
+DOCS = REPO / "docs" / "crawlers"
 EXAMPLES = DOCS / "examples"
 UA_TOKEN = "DemoBot"
 DEAD = f"http://127.0.0.1:{free_port()}"  # a proxy nobody listens on
@@ -169,7 +170,8 @@ def test_chromium_without_the_ca_refuses_crawlguard(
 def test_requests_bundle_variable_beats_session_verify(
     proxy: Proxy, site: LocalOrigin, ca_file: str, tmp_path: Path
 ) -> None:
-    """docs/requests.md: with trust_env (the default) REQUESTS_CA_BUNDLE wins over verify."""
+    """docs/crawlers/requests.md: with trust_env (the default) REQUESTS_CA_BUNDLE wins over
+    verify."""
     script = textwrap.dedent(
         """
         import os, requests
@@ -192,8 +194,9 @@ def test_requests_bundle_variable_beats_session_verify(
 
 
 def test_exported_http_proxy_catches_curl_to_the_admin_port(proxy: Proxy, tmp_path: Path) -> None:
-    """docs/README.md: NO_PROXY or `curl --noproxy '*'` for the admin port, else the metrics
-    request goes through crawlguard as the tenant and is refused (and recorded) as ua-generic."""
+    """docs/crawlers/README.md: NO_PROXY or `curl --noproxy '*'` for the admin port, else the
+    metrics request goes through crawlguard as the tenant and is refused (and recorded) as
+    ua-generic."""
     curl = shutil.which("curl")
     if curl is None:
         pytest.fail("curl is not installed: apt-get install curl")

@@ -43,7 +43,7 @@ addons = [Probe()]
 
 
 def test_mitmdump_runs_the_same_addon(tmp_path: Path, origin: LocalOrigin):
-    """...and changes in mitmproxy only what the README's "Running under mitmdump" says: the
+    """...and changes in mitmproxy only what docs/deployment.md "Running under mitmdump" says: the
     HTTP/1 server patches of `compat.install()`, not the lean master's."""
     cfg = base_config(tmp_path, admin={"port": free_port()})
     path = tmp_path / "cfg.yaml"

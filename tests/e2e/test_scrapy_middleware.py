@@ -67,7 +67,7 @@ RUNS: dict[str, dict[str, str]] = {
         "CONCURRENT_REQUESTS_PER_DOMAIN": "8",
         "DOWNLOADER_MIDDLEWARES": MIDDLEWARE,
     },
-    # docs/scrapy.md: no jitter, a delay above the Crawl-delay, one request at a time
+    # docs/crawlers/scrapy.md: no jitter, a delay above the Crawl-delay, one request at a time
     "settings": {
         "DOWNLOAD_DELAY": "1.25",
         "RANDOMIZE_DOWNLOAD_DELAY": "False",

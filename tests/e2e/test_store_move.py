@@ -1,7 +1,7 @@
-"""Moving a store as an operator does it (docs/store.md): `crawlguard store export` from the
-embedded SQLite, `crawlguard store import` into PostgreSQL, as processes. Every record arrives
-once (uids), a second import adds nothing, and the report and summaries are the same on both
-sides."""
+"""Moving a store as an operator does it (docs/operators/store.md): `crawlguard store export`
+from the embedded SQLite, `crawlguard store import` into PostgreSQL, as processes. Every record
+arrives once (uids), a second import adds nothing, and the report and summaries are the same on
+both sides."""
 
 from __future__ import annotations
 

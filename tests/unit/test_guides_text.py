@@ -13,7 +13,7 @@ from crawlguard.policy.decisions import Kind
 REPO = Path(__file__).resolve().parents[2]
 
 
-DOCS = REPO / "docs"
+DOCS = REPO / "docs" / "crawlers"
 
 
 EXAMPLES = DOCS / "examples"
@@ -40,7 +40,7 @@ def test_relative_links_in_docs_resolve() -> None:
 
 
 def test_decisions_page_covers_every_kind_and_header() -> None:
-    text = (DOCS / "decisions.md").read_text()
+    text = (REPO / "docs" / "decisions.md").read_text()
     for kind in Kind:
         assert f"`{kind.value}`" in text, kind
     for header in ("X-Crawlguard-Decision", "Retry-After", "X-Crawlguard-Delayed",

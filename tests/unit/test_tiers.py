@@ -23,7 +23,7 @@ def test_every_test_file_is_in_a_tier() -> None:
         if p.relative_to(TESTS).parts[0] not in TIERS
     )
     assert not outside, (
-        f"test files outside tests/unit|inprocess|e2e (see README, Tests): {outside}"
+        f"test files outside tests/unit|inprocess|e2e (see docs/development.md, Tests): {outside}"
     )
 
 

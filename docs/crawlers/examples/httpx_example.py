@@ -1,5 +1,5 @@
 """Fetch a page through crawlguard with httpx: proxy credentials, crawlguard's CA, a
-descriptive user agent, and Retry-After honoured (docs/httpx.md)."""
+descriptive user agent, and Retry-After honoured (docs/crawlers/httpx.md)."""
 
 import os
 import ssl

@@ -1,5 +1,5 @@
 """A Scrapy spider that crawls one site through crawlguard without losing pages to 429
-(docs/scrapy.md). Run it with: scrapy runspider scrapy_example.py"""
+(docs/crawlers/scrapy.md). Run it with: scrapy runspider scrapy_example.py"""
 
 import os
 

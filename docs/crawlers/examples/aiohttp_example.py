@@ -1,13 +1,5 @@
-# aiohttp
-
-[`aiohttp`](https://docs.aiohttp.org/) through crawlguard: proxy credentials,
-crawlguard's CA for HTTPS, a descriptive user agent, and `Retry-After` honoured without
-blocking the event loop.
-
-<!-- example: examples/aiohttp_example.py -->
-```python
 """Fetch a page through crawlguard with aiohttp: proxy credentials, crawlguard's CA, a
-descriptive user agent, and Retry-After honoured (docs/aiohttp.md)."""
+descriptive user agent, and Retry-After honoured (docs/crawlers/aiohttp.md)."""
 
 import asyncio
 import os
@@ -47,22 +39,3 @@ async def main() -> None:
 
 
 asyncio.run(main())
-```
-
-```sh
-CRAWLGUARD_URL=https://site.example/page python docs/examples/aiohttp_example.py
-# 200 allowed
-```
-
-## Notes
-
-* aiohttp takes the proxy per request (`proxy=`); credentials in the URL are sent as
-  `Proxy-Authorization` on the `CONNECT` (or pass `proxy_auth=aiohttp.BasicAuth(...)`).
-* `ssl=` takes an `ssl.SSLContext` that trusts crawlguard's CA. Never `ssl=False`.
-* `ClientSession(trust_env=False)` is aiohttp's default: it does not read `HTTP(S)_PROXY`,
-  `NO_PROXY` or `.netrc`. If you turn it on, an explicit `proxy=` still wins.
-* aiohttp's default user agent (`Python/3.12 aiohttp/3.x`) is refused as `ua-generic`:
-  set it in the session's `headers`.
-* Many tasks crawling one site must share its pacing: one `asyncio.Lock` (or a queue) per
-  site, and after a `429` the whole site waits `Retry-After`, not just the one task.
-* Refusals: see [decisions.md](decisions.md).

@@ -1,5 +1,5 @@
 """Fetch a page through crawlguard with requests: proxy credentials, crawlguard's CA, a
-descriptive user agent, and Retry-After honoured (docs/requests.md)."""
+descriptive user agent, and Retry-After honoured (docs/crawlers/requests.md)."""
 
 import os
 import time

@@ -1,5 +1,5 @@
 """Open a page through crawlguard with Playwright driving Debian's Chromium, verifying
-crawlguard's certificates and sending a descriptive user agent (docs/playwright.md)."""
+crawlguard's certificates and sending a descriptive user agent (docs/crawlers/playwright.md)."""
 
 import base64
 import hashlib
