@@ -325,7 +325,6 @@ class SQLiteStore:
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
-        self._staging = False  # import_rows' TEMP table created on this connection
 
     @contextmanager
     def _connection(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -425,9 +424,7 @@ class SQLiteStore:
         if not unique:
             return 0
         with self._connection(write=True) as conn:
-            if not self._staging:
-                conn.execute(_STAGE_TABLE)
-                self._staging = True
+            conn.execute(_STAGE_TABLE)  # IF NOT EXISTS: a rolled-back batch may have made it
             conn.execute("DELETE FROM temp.import_stage")
             conn.executemany(_STAGE_INSERT, unique)
             conn.execute(

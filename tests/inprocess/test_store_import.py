@@ -122,3 +122,24 @@ def test_sqlite_import_rows_beside_another_writer_add_up(tmp_path: Path) -> None
     finally:
         importer.close()
         proxy.close()
+
+
+def test_sqlite_import_rows_after_a_failed_batch(tmp_path: Path) -> None:
+    """A batch the database refuses leaves nothing behind, and the next one still imports."""
+    from crawlguard.store import StoreError
+
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    store = open_store(url)
+    try:
+        rows = [store_cli.import_row(_line(_rec(i), _uid(i)), i + 1) for i in range(6)]
+        broken = [*rows[:3], (rows[3][0], None, *rows[3][2:])]  # ts NULL: NOT NULL refuses it
+        with pytest.raises(StoreError):
+            store.import_rows(broken)  # type: ignore[attr-defined]
+        assert store.query() == []
+        assert rollupref.stored_rollups(url) == rollupref.rollups([])
+        assert store.import_rows(rows) == 6  # type: ignore[attr-defined]
+        assert rollupref.stored_rollups(url) == rollupref.rollups(
+            [_as_stored(_rec(i)) for i in range(6)]
+        )
+    finally:
+        store.close()
