@@ -256,7 +256,7 @@ class Deltas:
         last: str,
     ) -> None:
         """One record: `ts` and `last` (``coalesce(last_ts, ts)``) in the canonical form."""
-        second = _hour_start(ts)
+        second = hour_start(ts)
         for span in SPANS:
             start = second - second % span
             k = (span, start, tenant, kind, action)
@@ -288,7 +288,7 @@ class Deltas:
 _HOUR_CACHE: dict[str, int] = {}
 
 
-def _hour_start(ts: str) -> int:
+def hour_start(ts: str) -> int:
     """Epoch second of the hour a canonical timestamp falls in (cached: records of a batch
     share a few hours)."""
     head = ts[:13]
@@ -347,6 +347,7 @@ __all__ = [
     "Piece",
     "Source",
     "Union",
+    "hour_start",
     "plan",
     "subtract",
     "union",

@@ -152,6 +152,53 @@ _HOST_UPSERT = (
     f"ON CONFLICT ({rollup.HOST_KEY}) DO UPDATE SET n = n + excluded.n"
 )
 
+# `import_rows`: a staging table per connection (TEMP: in the connection's temp store, never
+# in the shared file), emptied after every batch
+_STAGE_COLUMNS = f"uid, {_COLUMNS}, host"
+_STAGE_TABLE = f"CREATE TEMP TABLE IF NOT EXISTS import_stage ({_STAGE_COLUMNS}, hour INTEGER)"
+_STAGE_INSERT = (
+    f"INSERT INTO temp.import_stage ({_STAGE_COLUMNS}, hour) "
+    f"VALUES ({', '.join('?' for _ in range(len(FIELDS) + 3))})"
+)
+_STAGE_TO_VIOLATIONS = (
+    f"INSERT INTO main.violations ({_STAGE_COLUMNS}) "
+    f"SELECT {_STAGE_COLUMNS} FROM temp.import_stage ORDER BY rowid"
+)
+
+
+def _stage_rollups() -> tuple[str, ...]:
+    """The roll-up upserts of what is left in the staging table (the rows inserted): the same
+    sums `rollup.Deltas` makes, grouped in SQL. `WHERE true`: SQLite's upsert-after-SELECT
+    parsing rule."""
+    out = []
+    for span in rollup.SPANS:
+        start = f"hour / {span} * {span}"
+        out.append(
+            f"INSERT INTO rollup_kinds ({rollup.KIND_KEY}, n, last) "
+            f"SELECT {span}, {start}, tenant, kind, action, sum(count), "
+            "max(coalesce(last_ts, ts)) FROM temp.import_stage WHERE true "
+            f"GROUP BY 2, tenant, kind, action ON CONFLICT ({rollup.KIND_KEY}) "
+            "DO UPDATE SET n = n + excluded.n, last = max(last, excluded.last)"
+        )
+        out.append(
+            f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+            f"SELECT {span}, {start}, tenant, host, kind, action, sum(count) "
+            "FROM temp.import_stage WHERE host IS NOT NULL "
+            f"GROUP BY 2, tenant, host, kind, action ON CONFLICT ({rollup.HOST_KEY}) "
+            "DO UPDATE SET n = n + excluded.n"
+        )
+    out.append(  # the all-time rows (span 0)
+        f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+        "SELECT 0, 0, tenant, host, kind, action, sum(count) "
+        "FROM temp.import_stage WHERE host IS NOT NULL "
+        f"GROUP BY tenant, host, kind, action ON CONFLICT ({rollup.HOST_KEY}) "
+        "DO UPDATE SET n = n + excluded.n"
+    )
+    return tuple(out)
+
+
+_STAGE_ROLLUPS = _stage_rollups()
+
 
 def _build_rollups(conn: sqlite3.Connection) -> None:
     """Version 5: the roll-ups of the records already stored, in batches of record ids."""
@@ -360,6 +407,36 @@ class SQLiteStore:
                     (sha, body, ts),
                 )
         return len(rows)
+
+    def import_rows(self, rows: Sequence[Sequence[Any]]) -> int:
+        """`crawlguard store import`'s write: `rows` as `crawlguard.cli.store.import_row` makes
+        them (validated, bounded, canonical: uid, the FIELDS, host, hour), in one transaction,
+        idempotent by uid (stored already or earlier in `rows`: skipped), with the roll-ups of
+        the rows actually inserted. Returns how many were.
+
+        Set-based, so SQLite does the work with the GIL released while the next batch is
+        parsed: the rows go into a TEMP staging table, the ones whose uid is stored already
+        are deleted from it, and the rest is inserted and rolled up in a few statements. The
+        write lock (BEGIN IMMEDIATE) is held throughout, so another writer (the proxy) cannot
+        add a uid between the check and the insert; it waits (busy timeout) a batch at most."""
+        seen: set[str] = set()
+        unique = [r for r in rows if not (r[0] in seen or seen.add(r[0]))]
+        if not unique:
+            return 0
+        with self._connection(write=True) as conn:
+            conn.execute(_STAGE_TABLE)  # IF NOT EXISTS: a rolled-back batch may have made it
+            conn.execute("DELETE FROM temp.import_stage")
+            conn.executemany(_STAGE_INSERT, unique)
+            conn.execute(
+                "DELETE FROM temp.import_stage WHERE EXISTS "
+                "(SELECT 1 FROM main.violations AS v WHERE v.uid = import_stage.uid)"
+            )
+            n = conn.execute(_STAGE_TO_VIOLATIONS).rowcount
+            if n:
+                for stmt in _STAGE_ROLLUPS:
+                    conn.execute(stmt)
+            conn.execute("DELETE FROM temp.import_stage")
+        return n
 
     def prune_step(self, before: str, limit: int = PRUNE_BATCH_ROWS) -> PruneResult:
         """One short transaction of retention: up to `limit` violations older than `before`;
