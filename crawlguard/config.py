@@ -7,13 +7,14 @@ ConfigError into exit code 2 without starting anything.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gc
 import hashlib
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -417,13 +418,55 @@ def _loc(loc: tuple[int | str, ...], data: Any) -> str:
     return ".".join(parts) or "(top level)"
 
 
+def _model_at(loc: tuple[int | str, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model whose keys are valid at `loc` (a list index or dict key steps into the item
+    type), or None when `loc` leads elsewhere."""
+    model: Any = root
+    for item in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(item) if isinstance(item, str) else None
+            if field is None:
+                return None
+            model = field.annotation
+            while not (isinstance(model, type) and issubclass(model, BaseModel)):
+                args = [a for a in get_args(model) if a is not type(None)]
+                if not args:
+                    break
+                model = args[-1]  # list[X] and dict[K, X]: X; X | None: X
+            continue
+        return None  # a list index or dict key where no model is: not a model's key
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def did_you_mean(key: str, valid: list[str]) -> str:
+    """`(did you mean 'x'?)` for the nearest valid spelling (as the CLI does for --kind)."""
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if not near:
+        near = [v for v in valid if v.casefold() == key.casefold().replace("-", "_")]
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    if not loc or not isinstance(loc[-1], str):
+        return "unknown key"
+    model = _model_at(_model_path(loc[:-1]), Config)
+    if model is None:
+        return "unknown key"
+    return "unknown key" + did_you_mean(loc[-1], list(model.model_fields))
+
+
+def _model_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The field names of a location, without list indexes (walking models needs only those)."""
+    return tuple(x for x in loc if isinstance(x, str))
+
+
 def format_validation_error(exc: ValidationError, data: Any) -> str:
     lines = []
     for err in exc.errors():
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and "[" in x))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key(loc)
         lines.append(f"{_loc(loc, data)}: {msg}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
@@ -458,8 +501,14 @@ def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> Config
         try:
             data = config_yaml.load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: YAML syntax error: {exc}") from None
+            raise ConfigError(f"{p}: YAML syntax error: {yaml_error_in(exc, p)}") from None
         return relative_to(parse_config(data, str(p), secrets=secrets), p.parent)
+
+
+def yaml_error_in(exc: yaml.YAMLError, path: str | os.PathLike[str]) -> str:
+    """PyYAML's message with the file's name where it says `<unicode string>` (the parser was
+    given the text, not the file, to stay fast)."""
+    return str(exc).replace('"<unicode string>"', f'"{path}"')
 
 
 @contextlib.contextmanager

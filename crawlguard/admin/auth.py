@@ -342,6 +342,7 @@ def login_page(
     notice = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
     body = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>crawlguard: operator login</title>"
         '<link rel="stylesheet" href="/static/dashboard.css"></head><body><main class="login">'
         "<h1>crawlguard</h1>"

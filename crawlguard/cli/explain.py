@@ -24,6 +24,7 @@ import asyncio
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,6 +70,12 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
     )
     p.add_argument(
         "--tenant", metavar="T", help="judge as this tenant of --config (its product tokens)"
+    )
+    p.add_argument(
+        "--upstream-ca",
+        metavar="FILE",
+        help="also trust this CA (PEM) for the live robots.txt fetch, as proxy.upstream_ca_file "
+        "does for the proxy (a local HTTPS site with its own CA); overrides the config's",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_explain)
@@ -146,6 +153,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         target = _target(args.url)
         cfg, tenant = _load(args.config, args.tenant)
+        if args.upstream_ca is not None:
+            cfg = _trust(cfg, args.upstream_ca)
         rules = None
         if args.robots_file is not None:
             rules = RobotsRules.parse(_read_robots(args.robots_file))
@@ -201,6 +210,23 @@ def _target(url: str) -> Target:
         return request_identity(parts.scheme, parts.hostname, port, raw)
     except IdentityError as exc:
         raise BadInput(f"the proxy cannot read {url!r} in one canonical form: {exc}") from exc
+
+
+def _trust(cfg: Config, ca_file: str) -> Config:
+    """The config with `--upstream-ca` as proxy.upstream_ca_file, checked now (bad input, exit
+    2) rather than when the fetch builds its TLS context."""
+    from crawlguard.config import with_overrides
+    from crawlguard.runtime import ssl_context
+
+    path = str(Path(ca_file).expanduser().resolve())
+    if not Path(path).is_file():
+        raise BadInput(f"--upstream-ca {ca_file}: no such file")
+    cfg = with_overrides(cfg, **{"proxy.upstream_ca_file": path})
+    try:
+        ssl_context(cfg)
+    except ConfigError as exc:
+        raise BadInput(str(exc).replace("proxy.upstream_ca_file", "--upstream-ca", 1)) from exc
+    return cfg
 
 
 def _load(path: str | None, tenant_id: str | None) -> tuple[Config, Tenant | None]:
@@ -562,6 +588,9 @@ def _text(e: Explanation) -> list[str]:
         if outcome.rule:
             out.append(f"  rule: {outcome.rule}")
         out.append(f"  how to fix: {ADVICE.get(outcome.kind, '')}")
+        if fetch is not None and fetch.detail.startswith("TLS certificate verification failed"):
+            out.append("  (here: `crawlguard explain --upstream-ca FILE` trusts that CA for this "
+                       "fetch)")  # fmt: skip
         if outcome.kind is Kind.DESTINATION_FORBIDDEN and not cfg.destinations.allow_private:
             out.append(
                 "  (a site on this machine or a private network: only a proxy whose config says "

@@ -175,8 +175,17 @@ async def serve(
     master, guard = lean_master(cfg, runtime=await open_runtime(cfg))
     if setup is not None:
         setup(master, guard)
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        """First signal: held requests answered, then the listener closed; a second: now."""
+        if stopping:
+            master.shutdown()
+            return
+        stopping.append(loop.create_task(_stop(master)))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, stop)
     if load is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_config, guard, load)
     pid = pid_path(cfg) if pid_file else None
@@ -192,8 +201,27 @@ async def serve(
         with contextlib.suppress(OSError):
             if pid is not None and pid.read_text().strip() == str(os.getpid()):
                 pid.unlink()
+        loop.set_exception_handler(_quiet_cancellations)
     log.info("crawlguard stopped")
     return 0
+
+
+async def _stop(master: Any) -> None:
+    addon = master.addons.get("crawlguardaddon")
+    try:
+        if addon is not None:
+            await addon.stop_holding()
+    finally:
+        master.shutdown()
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """At exit asyncio.run cancels the connections still open; asyncio's stream callback
+    (Python 3.12.1) then reports each cancelled connection task as an error with a traceback.
+    A cancellation at exit is the stop asked for, not an error; anything else is reported."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

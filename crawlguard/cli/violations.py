@@ -11,7 +11,9 @@ import argparse
 import csv
 import difflib
 import json
+import re
 import sys
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from crawlguard.store import (
     Report,
     StoreError,
     TenantReport,
+    ViolationFilter,
     ViolationStore,
     open_store,
     parse_since,
@@ -35,6 +38,14 @@ SINCE_FORMS = (
     "ISO 8601 (e.g. 2024-05-01T12:00:00Z; UTC unless an offset is given) or a duration back "
     "from now like 30m, 24h, 7d (units s, m, h, d, w; combined as in 1h30m)"
 )
+
+
+DEFAULT_CONFIG = "config/crawlguard.yaml"
+"""What `make run` starts the proxy with: operator commands read the same config by default."""
+CONFIG_HELP = f"crawlguard YAML config (default {DEFAULT_CONFIG}, as `make run` uses)"
+FOLLOW_POLL_SECONDS = 1.0
+FOLLOW_BACKLOG = 10
+"""--follow shows this many recent records first (unless --limit says otherwise), as tail -f."""
 
 
 class _Fail(Exception):
@@ -58,7 +69,7 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
         description="List the violations recorded in the configured store, newest first. "
         "Exit 0 (also when nothing matches), 2 on bad input or an unusable store.",
     )
-    p.add_argument("--config", required=True, metavar="PATH", help="crawlguard YAML config")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=CONFIG_HELP)
     p.add_argument(
         "--tenant",
         metavar="T",
@@ -73,9 +84,21 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
         "--since",
         metavar="WHEN",
         help="only records at or after WHEN: ISO 8601 (UTC unless an offset is given) or a "
-        "duration back from now such as 30m, 24h, 7d",
+        "duration back from now such as 30m, 24h, 7d (-7d is read as 7d)",
+    )
+    p.add_argument(
+        "--until",
+        metavar="WHEN",
+        help="only records before WHEN (exclusive); the same forms as --since",
     )
     p.add_argument("--limit", type=_positive_int, metavar="N", help="at most N records")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help=f"show the latest records (--limit, default {FOLLOW_BACKLOG}) oldest first, then "
+        "print new ones as the store receives them until Ctrl-C (json: one object per line)",
+    )
     p.add_argument(
         "--format",
         choices=("table", "json", "csv"),
@@ -83,6 +106,7 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
         help="table (default, for people), json (one array of records), csv (header row first)",
     )
     p.set_defaults(func=run_violations)
+    p.__class__ = _DashValueParser  # add_parser takes no parser class
 
     r = sub.add_parser(
         "report",
@@ -91,7 +115,7 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
         "violations by kind. Request counts are kept in hourly buckets and flushed by the "
         "proxy every few seconds, so --since is rounded down to the hour for them.",
     )
-    r.add_argument("--config", required=True, metavar="PATH", help="crawlguard YAML config")
+    r.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=CONFIG_HELP)
     r.add_argument(
         "--since",
         metavar="WHEN",
@@ -100,6 +124,7 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
     )
     r.add_argument("--format", choices=("table", "json"), default="table")
     r.set_defaults(func=run_report)
+    r.__class__ = _DashValueParser
 
     b = sub.add_parser(
         "robots-txt",
@@ -108,7 +133,7 @@ def register(sub: Any) -> None:  # argparse._SubParsersAction
         "recorded violation (its robots_sha256). Exit 0, 1 if the store does not hold it, "
         "2 on bad input or an unusable store.",
     )
-    b.add_argument("--config", required=True, metavar="PATH", help="crawlguard YAML config")
+    b.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=CONFIG_HELP)
     b.add_argument("sha256", metavar="SHA256", help="the record's robots_sha256 (64 hex digits)")
     b.set_defaults(func=run_robots_txt)
 
@@ -117,6 +142,9 @@ def _open(config_path: str) -> tuple[ViolationStore, list[str]]:
     """The configured store and the configured tenant ids (so idle tenants show in reports)."""
     from crawlguard.config import ConfigError, load_config
 
+    if config_path == DEFAULT_CONFIG and not Path(config_path).exists():
+        raise _Fail(f"no --config given and no {DEFAULT_CONFIG} in {Path.cwd()}; "
+                    "name the proxy's config with --config PATH")  # fmt: skip
     try:
         cfg = load_config(config_path, secrets=False)
     except ConfigError as exc:
@@ -148,14 +176,33 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
-def _since(value: str | None) -> str | None:
-    """--since as the store's lower bound; a value it cannot read fails with the forms it can."""
+_NEGATIVE_DURATION = re.compile(r"^\s*-\s*(?:\d+[smhdw])+\s*$", re.IGNORECASE)
+
+
+def _since(value: str | None, flag: str = "--since") -> str | None:
+    """--since/--until as a store bound; a value it cannot read fails with the forms it can.
+    `-1d` means what `1d` does (a duration is always back from now)."""
     if value is None:
         return None
+    text = value.strip().removeprefix("-") if _NEGATIVE_DURATION.match(value) else value
     try:
-        return parse_since(value)
+        return parse_since(text)
     except ValueError:  # also a duration too long, or one with thousands of digits
-        raise _Fail(f"invalid since {value!r} for --since: expected {SINCE_FORMS}") from None
+        what = flag.removeprefix("--")
+        raise _Fail(f"invalid {what} {value!r} for {flag}: expected {SINCE_FORMS}") from None
+
+
+class _DashValueParser(argparse.ArgumentParser):
+    """Reads `--since -1d` as `--since=-1d`: argparse takes an argument that starts with `-`
+    for an option (and fails: "expected one argument") unless it looks like a plain number."""
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        if _NEGATIVE_DURATION.match(arg_string) or _NEGATIVE_ISO.match(arg_string):
+            return None  # a value, not an option
+        return super()._parse_optional(arg_string)
+
+
+_NEGATIVE_ISO = re.compile(r"^-\d{4}-\d\d")
 
 
 def _suggest(value: str, valid: list[str]) -> str:
@@ -203,13 +250,37 @@ def _check_filters(
     return kind
 
 
+def _query(store: ViolationStore, flt: ViolationFilter, limit: int | None) -> list[ViolationRecord]:
+    """Newest first; `query` when there is no upper bound, else the pages `--until` needs."""
+    if flt.until is None:
+        return store.query(tenant=flt.tenant, kind=flt.kind, since=flt.since, limit=limit)
+    records: list[ViolationRecord] = []
+    after = None
+    while limit is None or len(records) < limit:
+        want = 1000 if limit is None else min(1000, limit - len(records))
+        page = store.page(flt, limit=want, after=after)
+        records += [item.record for item in page.items]
+        if page.next is None:
+            break
+        after = page.next
+    return records
+
+
 def run_violations(args: argparse.Namespace) -> int:
     try:
         since = _since(args.since)
+        until = _since(args.until, "--until")
+        if args.follow and until is not None:
+            raise _Fail("--follow prints records as they arrive: it cannot have an --until")
+        if since is not None and until is not None and until <= since:
+            raise _Fail(f"--until ({until}) must be after --since ({since})")
         store, configured = _open(args.config)
         try:
             kind = _check_filters(store, configured, args.tenant, args.kind)
-            records = store.query(tenant=args.tenant, kind=kind, since=since, limit=args.limit)
+            flt = ViolationFilter(tenant=args.tenant, kind=kind, since=since, until=until)
+            if args.follow:
+                return _follow(store, flt, args.limit or FOLLOW_BACKLOG, args.format)
+            records = _query(store, flt, args.limit)
         finally:
             store.close()
     except (_Fail, StoreError, ValueError) as exc:
@@ -226,6 +297,58 @@ def run_violations(args: argparse.Namespace) -> int:
     else:
         print_table(records)
     return 0
+
+
+def _follow(store: ViolationStore, flt: ViolationFilter, backlog: int, fmt: str) -> int:
+    """Print the last `backlog` records oldest first, then poll the store for newer ones (by
+    ``(ts, id)``, so records sharing a timestamp are neither lost nor repeated) until Ctrl-C."""
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(FIELDS)
+    first = True
+
+    def emit(records: list[ViolationRecord]) -> None:
+        nonlocal first
+        for rec in records:
+            d = rec.to_dict()
+            if fmt == "json":
+                print(json.dumps(d, ensure_ascii=False))
+            elif fmt == "csv":
+                writer.writerow(["" if d[f] is None else d[f] for f in FIELDS])
+        if fmt == "table" and records:
+            print_table(records, header=first)
+            first = False
+        sys.stdout.flush()
+
+    try:
+        items = store.page(flt, limit=backlog).items
+        last = (items[0].record.ts, items[0].id) if items else None
+        emit([item.record for item in reversed(items)])
+        if fmt == "table" and not items:
+            print("waiting for violations (Ctrl-C to stop)", flush=True)
+        while True:
+            time.sleep(FOLLOW_POLL_SECONDS)
+            since = flt.since if last is None else max(flt.since or last[0], last[0])
+            fresh: list[tuple[str, int, ViolationRecord]] = []
+            after = None
+            while True:
+                page = store.page(
+                    ViolationFilter(flt.tenant, flt.kind, since=since), limit=500, after=after
+                )
+                fresh += [
+                    (i.record.ts, i.id, i.record)
+                    for i in page.items
+                    if last is None or (i.record.ts, i.id) > last
+                ]
+                if page.next is None or (last is not None and page.next <= last):
+                    break
+                after = page.next
+            if fresh:
+                fresh.sort(key=lambda t: (t[0], t[1]))
+                last = (fresh[-1][0], fresh[-1][1])
+                emit([rec for _, _, rec in fresh])
+    except KeyboardInterrupt:
+        return 0
 
 
 def run_robots_txt(args: argparse.Namespace) -> int:
@@ -263,16 +386,16 @@ def _escape(char: str) -> str:
     return char.encode("unicode_escape").decode("ascii")
 
 
-def print_table(records: list[ViolationRecord]) -> None:
+def print_table(records: list[ViolationRecord], *, header: bool = True) -> None:
     if not records:
         print("no violations recorded that match")
         return
     rows = [
         [_cell(getattr(rec, col), MAX_CELL.get(col)) for col in TABLE_COLUMNS] for rec in records
     ]
-    header = [c.upper() for c in TABLE_COLUMNS]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
+    head = [c.upper() for c in TABLE_COLUMNS]
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    for row in [head, *rows] if header else rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 

@@ -13,9 +13,15 @@ What it does, per origin (scheme, host, port: the key crawlguard paces by):
   origin's own) pauses that origin for `Retry-After` seconds and re-schedules the request
   (`dont_filter`), at most `CRAWLGUARD_MAX_RETRIES` times; a `Retry-After` longer than
   `CRAWLGUARD_MAX_RETRY_AFTER` gives up at once (the response goes on to the spider).
+* The robots.txt Scrapy downloads (`ROBOTSTXT_OBEY`; the request passes through this
+  middleware) seeds the site's interval: its Crawl-delay / Request-rate for the crawler's
+  product token (read as crawlguard reads it), plus `CRAWLGUARD_PACING_MARGIN`, so the first
+  pages are paced before any refusal. Stat: `crawlguard/robots_seeded`.
 * A `crawl-delay` refusal teaches it the site's interval: the gap since the previous request
   it released to that origin plus `Retry-After` (plus `CRAWLGUARD_PACING_MARGIN`). From then
   on it releases one request per interval to that origin, so later pages are not refused.
+* The interval counts from the later of the previous release and the previous answer, so
+  time a request spends on its way to crawlguard cannot make the next one arrive early.
 * Waiting never blocks the reactor: `process_request` awaits a `deferLater`, so other
   origins keep crawling.
 * `CRAWLGUARD_PROXY` (optional, `http://tenant:token@host:port`): sent as the proxy of every
@@ -129,15 +135,20 @@ class CrawlguardMiddleware:
         if self.proxy and "proxy" not in request.meta:
             request.meta["proxy"] = self.proxy  # HttpProxyMiddleware (750) sends it
         state = self._origins.setdefault(origin_of(request.url), _Origin())
-        now = self._clock()
-        at = max(now, state.next_free, state.paused_until)
-        state.next_free = at + state.interval
-        if state.last_release is not None:
-            request.meta[GAP_META] = at - state.last_release
-        state.last_release = at
-        if at > now:
-            self._inc("crawlguard/waited_seconds", round(at - now, 3))
+        waited = 0.0
+        while True:  # a response may move the origin's next free time while this one waits
+            now = self._clock()
+            at = max(now, state.next_free, state.paused_until)
+            if at <= now:
+                break
+            waited += at - now
             await _sleep(at - now)
+        state.next_free = now + state.interval  # no await since the check: this one's turn
+        if state.last_release is not None:
+            request.meta[GAP_META] = now - state.last_release
+        state.last_release = now
+        if waited:
+            self._inc("crawlguard/waited_seconds", round(waited, 3))
 
     # -- the way back -----------------------------------------------------------------------
 
@@ -145,6 +156,14 @@ class CrawlguardMiddleware:
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response:
         kind = _header(response, DECISION)
+        robots = urlsplit(request.url).path == "/robots.txt"
+        if robots and response.status == 200 and kind in (None, "allowed"):
+            self._seed(request, response)
+        elif not robots and (state := self._origins.get(origin_of(request.url))) is not None:
+            # crawlguard timed this request when it arrived, before this answer: the next one
+            # released an interval from now arrives at least an interval after it, however
+            # long either spent on the way (robots.txt is paced on a lane of its own)
+            state.next_free = max(state.next_free, self._clock() + state.interval)
         if response.headers.get(DELAYED):
             self._inc("crawlguard/held")
         if response.status in THROTTLE:
@@ -159,6 +178,28 @@ class CrawlguardMiddleware:
                 why = body.strip()[:1000]
                 log.warning("crawlguard refused %s (%s): %s", request.url, kind, why)
         return response
+
+    def _seed(self, request: Request, response: Response) -> None:
+        """The site's interval from the robots.txt Scrapy fetched (RobotsTxtMiddleware): the
+        Crawl-delay and Request-rate of the group crawlguard applies to this product token."""
+        from crawlguard.policy.pacing import interval
+        from crawlguard.policy.robots import RobotsRules
+        from crawlguard.policy.ua import product_token_of
+
+        agent = _header(request, "User-Agent") or ""
+        token = product_token_of(agent) or "*"
+        verdict = RobotsRules.parse(response.body).decide(token, "/")
+        seconds = interval(verdict.crawl_delay, verdict.request_rate, 0.0)
+        if seconds <= 0:
+            return
+        origin = origin_of(request.url)
+        state = self._origins.setdefault(origin, _Origin())
+        learnt = seconds + self.margin
+        if learnt > state.interval:
+            state.interval = learnt
+            self._inc("crawlguard/robots_seeded")
+            log.info("crawlguard: %s robots.txt asks %s for one request every %.2f s; pacing to "
+                     "it", origin, token, learnt)  # fmt: skip
 
     def _retry(
         self, request: Request, response: Response, kind: str, wait: float
@@ -199,8 +240,8 @@ class CrawlguardMiddleware:
             self.stats.inc_value(key, count)
 
 
-def _header(response: Response, name: str) -> str | None:
-    value = response.headers.get(name)
+def _header(message: Request | Response, name: str) -> str | None:
+    value = message.headers.get(name)
     return value.decode("latin-1") if value is not None else None
 
 

@@ -285,10 +285,11 @@ def robots_decision(
             robots_sha256=entry.sha256,
         )
     if not entry.available:
+        cause = getattr(entry, "cause", None)  # one the operator can fix (RobotsEntry.cause)
         return Decision(
             Kind.ROBOTS_UNREACHABLE,
             rule=f"robots.txt unavailable ({entry.result})",
-            reason=f"{req.origin}/robots.txt could not be fetched ({entry.result}).",
+            reason=f"{req.origin}/robots.txt could not be fetched ({cause or entry.result}).",
             retry_after=entry.retry_after(now),
         )
     rv = entry.rules.decide(

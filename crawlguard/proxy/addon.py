@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import time
@@ -118,6 +119,9 @@ class CrawlGuardAddon:
         self._gone: dict[str, asyncio.Event] = {}
         # called once per decided request, after its record (`crawlguard dev` prints it)
         self.on_decision: DecisionHook | None = None
+        # set on SIGTERM (`stop_holding`): held requests are answered 503 instead of waiting
+        self._stopping = asyncio.Event()
+        self._answering: set[str] = set()  # flows answered so, until their response hook
 
     # -- mitmproxy lifecycle -----------------------------------------------------------------
 
@@ -176,6 +180,19 @@ class CrawlGuardAddon:
             self.admin.port,
             len(self.guard.tenants),
         )
+
+    async def stop_holding(self, timeout: float = 2.0) -> None:
+        """Before the listener closes (SIGTERM): answer every request delay pacing holds (and
+        any held from now on) 503 `proxy-busy` with `Retry-After`, and wait, at most
+        `timeout`, until those answers are on their way, so no held client sees a reset."""
+        self._stopping.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and (
+            self._answering or (self.guard is not None and self.guard.held.total)
+        ):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the last answers' bytes: written on the next loop turns
 
     async def done(self) -> None:
         if self.admin is not None:
@@ -425,14 +442,22 @@ class CrawlGuardAddon:
                     flow.kill()
                 return False
             self.guard.metrics.delayed.inc()
+            waits = [asyncio.ensure_future(e.wait()) for e in (gone, self._stopping)]
             try:
-                await asyncio.wait_for(gone.wait(), timeout=outcome.wait)
-            except TimeoutError:
-                return True  # the slot has come: forward
+                await asyncio.wait(waits, timeout=outcome.wait, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                for w in waits:
+                    w.cancel()
                 self.guard.metrics.delayed.dec()
+            if not gone.is_set() and not self._stopping.is_set():
+                return True  # the slot has come: forward
             await self.guard.pacer.cancel(outcome)
-            if flow.killable:
+            if not gone.is_set():  # shutting down: answer now, before the listener closes
+                left = outcome.wait - (time.monotonic() - started)
+                flow.metadata[REFUSED] = True
+                flow.response = refusal(shutting_down(left))
+                self._answering.add(flow.id)
+            elif flow.killable:
                 flow.kill()
             return False
         finally:
@@ -441,6 +466,7 @@ class CrawlGuardAddon:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Origin push-back (429/503) starts a back-off for this tenant and origin."""
+        self._answering.discard(flow.id)
         if self.guard is not None:
             self.guard.limits.release(flow.metadata)  # the request is no longer in flight
         meta = flow.metadata.get(META)
@@ -458,6 +484,7 @@ class CrawlGuardAddon:
 
     def error(self, flow: http.HTTPFlow) -> None:
         """A flow that ends without a response (origin failure, client gone, killed)."""
+        self._answering.discard(flow.id)
         if self.guard is not None:
             self.guard.limits.release(flow.metadata)
 
@@ -498,6 +525,17 @@ BACKLOGGED = Decision(
     reason="crawlguard cannot record violations fast enough right now.",
     retry_after=1,
 )
+
+
+def shutting_down(wait: float) -> Decision:
+    """A held request's answer when the proxy stops before its slot: not the tenant's doing
+    (SPEC: proxy-busy); Retry-After is what was left of its wait."""
+    return Decision(
+        Kind.PROXY_BUSY,
+        rule="proxy shutting down",
+        reason="crawlguard is shutting down; this held request was not forwarded.",
+        retry_after=max(1, math.ceil(wait)),
+    )
 
 
 def facts(flow: http.HTTPFlow, tunnel: Tunnel | None) -> Facts:

@@ -82,6 +82,11 @@ LOCK_MARGIN = 5.0  # fetch lock lifetime beyond fetch_timeout: parse, publish, s
 POLL_MIN = 0.02  # first pause while another replica fetches; doubles up to POLL_MAX
 POLL_MAX = 0.2
 PARSE_TIMEOUT = 5.0  # robots.parse_timeout's default
+TLS_VERIFY_FAILED = "TLS certificate verification failed"
+TLS_FIX = (
+    "the site's certificate is not signed by a CA crawlguard trusts; for a site with its own "
+    "CA, set proxy.upstream_ca_file to that CA's PEM file"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,37 @@ class RobotsEntry:
     def retry_after(self, now: float) -> int:
         """Whole seconds (>= 1) until the next fetch attempt, for `Retry-After`."""
         return max(1, math.ceil(self.expires_at - now))
+
+    @property
+    def cause(self) -> str | None:
+        """A failure's cause worth telling the client (the 503's reason, the record): one the
+        operator can fix in the config, a TLS verification failure. Others stay in the log."""
+        return self.detail if self.detail.startswith(TLS_VERIFY_FAILED) else None
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why a fetch failed in TLS, said first (a cut log line still says it), or None.
+
+    aiohttp wraps the `ssl` error (`ClientConnectorCertificateError.certificate_error`, or as
+    the cause); its own message puts the reason last, after the host and port."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        inner = [getattr(err, "certificate_error", None), getattr(err, "os_error", None)]
+        if any(isinstance(e, BaseException) for e in inner):
+            # aiohttp's wrappers subclass the ssl errors but lack their fields: look inside
+            todo += [e for e in inner if isinstance(e, BaseException)]
+        elif isinstance(err, ssl_module.SSLCertVerificationError):
+            why = getattr(err, "verify_message", None) or getattr(err, "reason", None) or err
+            return f"{TLS_VERIFY_FAILED} (certificate verify failed: {why}): {TLS_FIX}"
+        elif isinstance(err, ssl_module.SSLError):
+            return f"TLS handshake failed: {getattr(err, 'reason', None) or err}"
+        todo += [err.__cause__, err.__context__]
+    return None
 
 
 @dataclass(slots=True)
@@ -511,7 +547,9 @@ class RobotsCache:
         except TimeoutError:
             fetched = _Fetched("timeout", detail=f"no answer within {self._fetch_timeout:g} s")
         except Exception as exc:  # any origin behaviour must end as an entry
-            fetched = _Fetched("error", detail=f"{type(exc).__name__}: {exc}"[:200])
+            fetched = _Fetched(
+                "error", detail=tls_failure(exc) or f"{type(exc).__name__}: {exc}"[:200]
+            )
         elapsed = time.perf_counter() - started  # the fetch (all hops), not the parse
         rules: RobotsRules | BaseException | None = None
         if fetched.result == "ok":

@@ -189,6 +189,15 @@ def test_upstream_ca_file_is_trusted_for_origins(
         assert proxy.get(site.url("/trusted-off"), tenant="initech", ua=off_ua).status_code == 200
         r = custom.get(site.url("/untrusted"))  # no upstream_ca_file: robots.txt unverifiable
         assert (r.status_code, r.headers["X-Crawlguard-Decision"]) == (503, "robots-unreachable")
+        # issue 21: the 503, the record and the log say why, and which key fixes it
+        cause = "TLS certificate verification failed (certificate verify failed: unable to get"
+        assert cause in r.text and "proxy.upstream_ca_file" in r.text, r.text
+        (record,) = [v for v in custom.violations("--kind", "robots-unreachable")
+                     if v["url"] == site.url("/untrusted")]  # fmt: skip
+        assert cause in record["reason"] and "proxy.upstream_ca_file" in record["reason"]
+        assert wait_for(lambda: f"{site.port} -> error {cause}" in custom.log()), custom.log()
+        line = next(x for x in custom.log().splitlines() if f"{site.port} -> error" in x)
+        assert "proxy.upstream_ca_file" in line, line
         r = custom.get(site.url("/untrusted-off"), tenant="initech", ua=off_ua)
         assert r.status_code == 502, r.text  # the origin's certificate is not trusted
         assert site.paths() == ["/trusted", "/trusted-off"]

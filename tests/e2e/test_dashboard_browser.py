@@ -35,6 +35,7 @@ CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 HOSTILE_URL = "https://shop.example.com/private/<img src=x onerror=alert(1)>"
 
 pytestmark = pytest.mark.timeout(90)
+GROUP = 12  # identical acme rows in a row
 
 
 @cache
@@ -111,7 +112,9 @@ def seed(db: Path, now: datetime) -> list[ViolationRecord]:
     starts. Everything 'today' sits between 20 min and 21 h ago: inside the dashboard's 24 h
     window whatever the clock."""
     h = lambda n, m=20: timedelta(hours=n, minutes=m)  # noqa: E731
-    robots = {"rule": "Disallow: /private/", "robots_sha256": ROBOTS_SHA}
+    # as the proxy records them: the robots.txt's Crawl-delay rides along (the DELAY column
+    # must not show it on a robots-disallow row: it decided nothing there)
+    robots = {"rule": "Disallow: /private/", "robots_sha256": ROBOTS_SHA, "crawl_delay": 2.0}
     pace = {"crawl_delay": 2.0, "retry_after": 2, "robots_sha256": ROBOTS_SHA}
     held = {**pace, "delay_seconds": 1.5}
     records = [
@@ -124,6 +127,19 @@ def seed(db: Path, now: datetime) -> list[ViolationRecord]:
         rec(now, h(17), "acme", "crawl-delay", "docs.example.net", **pace),
         # held by delay pacing: not a violation, so in no count below
         rec(now, h(3), "acme", "crawl-delay", "docs.example.net", action="delayed", **held),
+        # a crawler hammering one URL: one run of identical rows, grouped on the page
+        *[
+            rec(
+                now,
+                timedelta(hours=14, minutes=m),
+                "acme",
+                "ua-generic",
+                "feed.example.com",
+                path="/feed.xml",
+                user_agent="curl/8.5",
+            )
+            for m in range(GROUP)
+        ],
         # globex (monitor): 5 logged
         rec(now, h(1), "globex", "ua-missing", "blog.example.io", action="logged"),
         rec(now, h(4), "globex", "ua-missing", "blog.example.io", action="logged"),
@@ -150,6 +166,9 @@ def seed(db: Path, now: datetime) -> list[ViolationRecord]:
     store = SQLiteStore(str(db))
     try:
         store.record_many([(r, ROBOTS if r.robots_sha256 else None) for r in records])
+        # requests counted an hour ago (the proxy's own counts of the real requests add to it)
+        store.add_request_counts({("acme", "allowed"): 400, ("globex", "allowed"): 300},
+                                 iso(now - timedelta(hours=1)))  # fmt: skip
     finally:
         store.close()
     return records
@@ -342,6 +361,25 @@ def test_dashboard_laptop(env: Env, browser: Browser, tmp_path: Path) -> None:
     evidence = context.request.get(env.base + link.first.get_attribute("href"))
     assert evidence.status == 200 and evidence.body() == ROBOTS
 
+    # issue 21: a run of identical rows is one row with a "xN" button that shows the others
+    toggle = page.locator("#violations-table .group-toggle", has_text=f"\u00d7{GROUP}")
+    expect(toggle).to_have_count(1)
+    run = page.locator('#violations-table tr[data-id][data-kind="ua-generic"]',
+                       has_text="feed.example.com/feed.xml")  # fmt: skip
+    expect(run).to_have_count(GROUP)
+    assert run.evaluate_all("rs => rs.filter(r => r.checkVisibility()).length") == 1
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    assert run.evaluate_all("rs => rs.filter(r => r.checkVisibility()).length") == GROUP
+    toggle.click()
+    assert run.evaluate_all("rs => rs.filter(r => r.checkVisibility()).length") == 1
+    # DELAY: the Crawl-delay only where it decided (crawl-delay rows), not on robots-disallow
+    disallow = page.locator('#violations-table tr[data-kind="robots-disallow"] td.delay')
+    assert disallow.count() >= 3
+    assert not any("crawl-delay" in t for t in disallow.all_inner_texts())
+    paced = page.locator('#violations-table tr[data-kind="crawl-delay"] td.delay')
+    expect(paced.first).to_contain_text("crawl-delay 2 s")
+
     page.screenshot(path=str(tmp_path / "dashboard-laptop.png"), full_page=True)
 
     # filter by clicking a tenant: only its rows and its series remain, and the URL says so
@@ -382,6 +420,27 @@ def test_dashboard_laptop(env: Env, browser: Browser, tmp_path: Path) -> None:
     ids = rows(page).evaluate_all("rs => rs.map(r => r.dataset.id)")
     assert len(set(ids)) == len(ids)
 
+    # a kind filter: the requests card's share counts that kind only
+    page.goto(env.base + "/?kind=robots-disallow")
+    loaded(page)
+    shown = int(page.locator("#kpi-requests").inner_text().replace(",", ""))
+    assert shown > 0
+    n = env.seeded.day_kinds["robots-disallow"]
+    share = f"{100 * n / shown:.{2 if n * 1000 < shown else 1}f}"
+    expect(page.locator("#kpi-requests-note")).to_have_text(
+        f"{share}% were robots-disallow violations"
+    )
+    expect(page.locator("#kind-warning")).to_be_hidden()
+
+    # an unknown kind in the address: every kind is shown, and the page says so
+    page.goto(env.base + "/?kind=robots_disallow")
+    loaded(page)
+    warning = page.locator("#kind-warning")
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text('Unknown kind "robots_disallow"')
+    expect(warning).to_contain_text("Did you mean robots-disallow?")
+    expect(rows(page)).to_have_count(sum(day.values()))
+
     # a kind with nothing in range: the empty states
     page.goto(env.base + "/?kind=store-backlogged&range=1h")
     loaded(page)
@@ -413,12 +472,48 @@ def test_dashboard_phone(env: Env, browser: Browser, tmp_path: Path) -> None:
     expect(page.locator("#legend button")).to_have_count(3)
     width = page.evaluate("document.scrollingElement.scrollWidth")
     assert width <= 375 + 1, f"the page scrolls sideways on a phone: {width}px wide"
-    # the violations table scrolls inside its own box instead
+    # issue 21: the refused URL is on screen (wrapped), not in a table scrolled sideways
     wrap = page.locator("#violations .table-wrap")
-    assert wrap.evaluate("e => e.scrollWidth > e.clientWidth")
+    assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    url = page.locator("#violations-table tr[data-id] .url").first
+    url.scroll_into_view_if_needed()
+    box = url.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, box
+    # ... and all of it a tap away
+    url.click()
+    expect(url).to_have_attribute("aria-expanded", "true")
     page.screenshot(path=str(tmp_path / "dashboard-phone.png"), full_page=True)
     w.check()
     context.close()
+
+
+def test_dashboard_chart_of_fresh_data_has_several_bars(browser: Browser, tmp_path: Path) -> None:
+    """Issue 21: a proxy started minutes ago has all its violations in the newest hour; the
+    24 h chart then asks for finer buckets from its first one instead of drawing one bar."""
+    now = now_utc()
+    fresh = [rec(now, timedelta(minutes=m), "acme", "ua-generic", "fresh.example.com")
+             for m in (2, 12, 22, 32)]  # fmt: skip
+    store = SQLiteStore(str(tmp_path / "var" / "crawlguard.db"))
+    try:
+        store.record_many([(r, None) for r in fresh])
+    finally:
+        store.close()
+    proxy = Proxy(base_config(tmp_path), tmp_path)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        w = watch(page)
+        login(page, f"http://127.0.0.1:{proxy.admin_port}")
+        expect(page.locator("#kpi-violations")).to_have_text("4")
+        bars = page.locator("#chart .seg").evaluate_all(
+            "ss => new Set(ss.map(s => s.getAttribute('x'))).size"
+        )
+        assert bars >= 3, f"{bars} bar(s) for violations 2 to 32 minutes old"
+        expect(page.locator("#chart-sub")).not_to_contain_text("per hour")
+        w.check()
+    finally:
+        context.close()
+        proxy.stop()
 
 
 def test_dashboard_needs_login(env: Env, browser: Browser) -> None:
@@ -428,6 +523,9 @@ def test_dashboard_needs_login(env: Env, browser: Browser) -> None:
     # a shared view survives the login: /login?next=<path and query>
     page.goto(env.base + "/?tenant=acme")
     expect(page).to_have_url(re.compile(r"/login\?next=/%3Ftenant%3Dacme$"))
+    # a phone renders the login form at its own width (issue 21)
+    viewport = page.locator('meta[name="viewport"]')
+    expect(viewport).to_have_attribute("content", "width=device-width, initial-scale=1")
     # the static assets are public, the API is not
     assert context.request.get(env.base + "/static/dashboard.js").status == 200
     assert context.request.get(env.base + "/api/summary").status == 401

@@ -301,7 +301,7 @@ def test_dev_says_when_a_local_https_site_needs_upstream_ca(
         assert wait_for(lambda: "--upstream-ca FILE" in p.out())
         out = p.out()
         assert f"{tls_site.url('/robots.txt')}: " in out  # why the fetch failed
-        assert "CERTIFICATE_VERIFY_FAILED" in out
+        assert "TLS certificate verification failed (certificate verify failed" in out
         assert tls_site.hits == []
     finally:
         p.close()

@@ -114,6 +114,28 @@ def test_live_fetch_reports_status_sha256_and_lifetime(
     assert "rules in force, trusted for 3600 s" in text.stdout
 
 
+def test_upstream_ca_flag_trusts_a_local_sites_ca(
+    https_site: LocalOrigin, ca_file: str, tmp_path: Path
+) -> None:
+    """Issue 21: without the CA the fetch fails and says why and what to set; `--upstream-ca`
+    (over a config without proxy.upstream_ca_file) makes the same fetch succeed."""
+    cfg = str(write_config(tmp_path, robots={"max_age": 3600, "fetch_timeout": 5}))
+    url = https_site.url("/a")
+    untrusted = run_cli(url, "--user-agent", GOOD_UA, "--config", cfg)
+    assert untrusted.returncode == 1, untrusted.stderr
+    assert "TLS certificate verification failed" in untrusted.stdout
+    assert "proxy.upstream_ca_file" in untrusted.stdout and "--upstream-ca" in untrusted.stdout
+    trusted = run_cli(url, "--user-agent", GOOD_UA, "--config", cfg, "--upstream-ca", ca_file)
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert f"fetched {https_site.url('')}/robots.txt: HTTP 200" in trusted.stdout
+    missing = run_cli(url, "--user-agent", GOOD_UA, "--upstream-ca", str(tmp_path / "no.pem"))
+    assert missing.returncode == 2 and "--upstream-ca" in missing.stderr
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    bad = run_cli(url, "--user-agent", GOOD_UA, "--upstream-ca", str(junk))
+    assert bad.returncode == 2 and "--upstream-ca: cannot load" in bad.stderr, bad.stderr
+
+
 def test_live_caching_headers_shorten_the_lifetime(tmp_path: Path) -> None:
     site = LocalOrigin(robots=None)
     site.routes["/robots.txt"] = Route(body=b"User-agent: *\nAllow: /\n",

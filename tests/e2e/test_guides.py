@@ -116,6 +116,7 @@ def test_scrapy_example_crawls_through_the_proxy(
     assert sorted(path for path, _ in seen if path != "/robots.txt") == ["/", "/a"]
     assert ("/robots.txt", "DemoBot/1.0 (+https://demo.example/bot)") in seen
     assert "certificate verify failed" not in done.stderr
+    assert "RANDOMIZE_DOWNLOAD_DELAY setting is deprecated" not in done.stderr  # Scrapy 2.19
 
 
 def test_scrapy_example_verifies_crawlguards_certificate(

@@ -400,3 +400,33 @@ def test_default_min_interval_applies_without_robots_delay(tmp_path: Path, site_
         assert_spaced(site.page_hits(), 1.0)
     finally:
         p.stop()
+
+
+def test_sigterm_answers_held_requests_and_stops_quietly(tmp_path: Path) -> None:
+    """Issue 21: a request delay pacing holds gets 503 proxy-busy + Retry-After when the proxy
+    stops (not a reset), and the stop logs no traceback, also with idle connections open."""
+    cfg = pacing_config(tmp_path, pacing={"default_min_interval": 0, "max_hold": 60})
+    p = Proxy(cfg, tmp_path)
+    site = LocalOrigin(robots=robots(30))
+    idle = socket.create_connection(("127.0.0.1", p.port))  # a connection that sends nothing
+    try:
+        first = p.get(site.url("/first"), tenant="slowco", ua=SLOW_UA)
+        assert first.status_code == 200
+        with ThreadPoolExecutor(1) as pool:
+            held: Future[requests.Response] = pool.submit(
+                p.get, site.url("/held"), tenant="slowco", ua=SLOW_UA, timeout=60
+            )
+            assert wait_for(lambda: "crawlguard_delayed_requests 1.0" in p.metrics(), 20)
+            assert p.stop() == 0, p.log()
+            r = held.result(timeout=30)
+        assert (r.status_code, r.headers["X-Crawlguard-Decision"]) == (503, "proxy-busy")
+        assert 1 <= int(r.headers["Retry-After"]) <= 30
+        assert "shutting down" in r.text
+        assert site.paths() == ["/first"]  # the held request was never forwarded
+        log = p.log()
+        assert "crawlguard stopped" in log
+        assert "Traceback" not in log and "CancelledError" not in log, log
+    finally:
+        idle.close()
+        p.stop()
+        site.close()

@@ -114,6 +114,12 @@ def test_json_is_one_array_of_full_records_newest_first(tmp_path: Path, config: 
         (["--limit", "1"], [2]),
         (["--tenant", "acme", "--limit", "5"], [2, 0]),
         (["--since", "1d"], []),
+        (["--since", "-1d"], []),  # issue 21: a negative-looking value is a value
+        (["--since", "-1000w"], [2, 1, 0]),
+        (["--until", "2024-05-02T10:00:00Z"], [0]),  # exclusive
+        (["--since", "2024-05-01T12:00:00Z", "--until", "2024-05-03T00:00:00Z"], [1]),
+        (["--until", "2024-05-04T00:00:00Z", "--limit", "2"], [2, 1]),
+        (["--tenant", "acme", "--until", "-1d"], [2, 0]),
     ],
 )
 def test_filters(
@@ -496,3 +502,64 @@ def test_folded_records_show_their_count_in_every_format_and_report(
     report = json.loads(cli(tmp_path, "report", "--config", str(config), "--format", "json").stdout)
     assert report["tenants"]["globex"]["violations"] == {"ua-generic": 251}
     assert report["tenants"]["globex"]["violations_total"] == 251
+
+
+def test_until_before_since_exits_2(tmp_path: Path, config: Path) -> None:
+    proc = violations(tmp_path, config, "--since", "2024-05-03", "--until", "2024-05-02")
+    assert proc.returncode == 2 and "--until" in proc.stderr and proc.stdout == ""
+    proc = violations(tmp_path, config, "--until", "soon")
+    assert proc.returncode == 2 and "invalid until 'soon' for --until" in proc.stderr
+
+
+def test_config_defaults_to_the_one_make_run_uses(tmp_path: Path, config: Path) -> None:
+    """As `crawlguard ca`, the operator commands need no --config in the usual layout."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "crawlguard.yaml").write_text(config.read_text())
+    proc = cli(tmp_path, "violations", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == len(RECORDS)
+    proc = cli(tmp_path / "config", "violations")  # no config/crawlguard.yaml there
+    assert proc.returncode == 2
+    assert "no --config given and no config/crawlguard.yaml" in proc.stderr
+
+
+def test_follow_prints_new_records_as_they_arrive(tmp_path: Path, config: Path) -> None:
+    import signal
+    import time
+
+    from crawlguard.config import load_config
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crawlguard", "violations", "--config", str(config),
+         "--follow", "--limit", "2", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        backlog = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        assert [d["ts"] for d in backlog] == [RECORDS[1].ts, RECORDS[2].ts]  # oldest first
+        fresh = ViolationRecord(
+            ts=utc_now_iso(), tenant="globex", kind="ua-generic", action="logged",
+            method="GET", url="http://news.example/new", user_agent="curl/8", rule="curl",
+        )  # fmt: skip
+        store = open_store(load_config(config, secrets=False).store.url)
+        try:
+            store.record(fresh, None)
+        finally:
+            store.close()
+        line = proc.stdout.readline()  # the poll finds it (the test's timeout bounds the wait)
+        assert json.loads(line)["url"] == "http://news.example/new"
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stdout.read() == ""  # nothing printed twice
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_follow_refuses_until(tmp_path: Path, config: Path) -> None:
+    proc = violations(tmp_path, config, "--follow", "--until", "1d")
+    assert proc.returncode == 2 and "--follow" in proc.stderr

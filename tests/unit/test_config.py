@@ -158,3 +158,32 @@ def test_redis_state_url_loads_with_on_error_open() -> None:
     plain = parse_redis_url("redis://127.0.0.1")
     assert (plain.port, plain.db, plain.prefix, plain.namespace) == (6379, 0, "", "crawlguard:")
     assert parse_config({"state": {"url": "redis://127.0.0.1:6379/0"}}).state.on_error == "closed"
+
+
+# -- unknown keys and YAML syntax errors (issue 21: as a new user meets them) -----------------
+
+TYPO_CASES = [
+    ({"proxy": {"listen_prot": 1}}, "proxy.listen_prot: unknown key (did you mean 'listen_port'?)"),
+    ({"proxies": {}}, "proxies: unknown key (did you mean 'proxy'?)"),
+    ({"tenants": [tenant("acme", ["AcmeBot"], pacnig="delay")]},
+     "tenants[acme].pacnig: unknown key (did you mean 'pacing'?)"),
+    ({"robots": {"max-age": 5}}, "robots.max-age: unknown key (did you mean 'max_age'?)"),
+    ({"pacing": {"zzz": 1}}, "pacing.zzz: unknown key\n"),  # nothing near: no guess
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "needle"), TYPO_CASES, ids=[c[1][:24] for c in TYPO_CASES])
+def test_unknown_keys_suggest_the_nearest(data: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert needle in str(exc.value) + "\n", str(exc.value)
+
+
+def test_yaml_syntax_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "crawlguard.yaml"
+    path.write_text("proxy:\n  listen_port: [1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    message = str(exc.value)
+    assert "YAML syntax error" in message and f'in "{path}", line 2' in message, message
+    assert "<unicode string>" not in message

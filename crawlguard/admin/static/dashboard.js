@@ -5,8 +5,9 @@
 (() => {
   const KINDS = [
     "ua-missing", "ua-generic", "ua-undescriptive", "ua-mismatch", "ua-impersonation",
-    "robots-disallow", "robots-unreachable", "crawl-delay", "origin-backoff", "tenant-limit",
-    "state-unavailable", "destination-forbidden", "request-invalid", "store-backlogged",
+    "ua-ambiguous", "robots-disallow", "robots-unreachable", "crawl-delay", "origin-backoff",
+    "tenant-limit", "state-unavailable", "destination-forbidden", "request-invalid",
+    "store-backlogged", "proxy-busy",
   ];
   const ACTIONS = ["blocked", "logged", "delayed"];
   const MODES = ["enforce", "monitor", "off"];
@@ -18,6 +19,16 @@
     "30d": { step: 86400e3, n: 30, label: "last 30 days", per: "day" },
   };
   const DEFAULT_RANGE = "24h";
+  // Finer buckets for data younger than the range: a chart of fresh data gets several bars
+  // (at least MIN_SPAN of them) instead of one.
+  const FINER = [
+    { step: 60e3, per: "minute" },
+    { step: 5 * 60e3, per: "5 minutes" },
+    { step: 15 * 60e3, per: "15 minutes" },
+    { step: 3600e3, per: "hour" },
+    { step: 6 * 3600e3, per: "6 hours" },
+  ];
+  const MIN_SPAN = 6;
   const REFRESH_MS = 30e3;
   const PAGE_SIZE = 50;
   const PALETTE = [
@@ -52,7 +63,10 @@
     tenancy: null, // GET /api/tenancy: {source, rotate_grace, tenants?}; null if unavailable
     colors: new Map(),
     summary: null,
+    per: "", // the chart's bucket width in words (finer than the range's for fresh data)
     lastWidth: 0,
+    badKind: "", // a ?kind= the page does not know: said, not silently dropped
+    expanded: new Set(), // ids of the first rows of the groups the operator opened
   };
 
   class AuthError extends Error {}
@@ -147,6 +161,7 @@
     const range = q.get("range") || DEFAULT_RANGE;
     state.tenant = tenant;
     state.kind = KINDS.includes(kind) ? kind : "";
+    state.badKind = kind && !KINDS.includes(kind) ? kind.slice(0, 100) : "";
     state.action = ACTIONS.includes(action) ? action : "";
     state.range = Object.hasOwn(RANGES, range) ? range : DEFAULT_RANGE;
   }
@@ -281,6 +296,37 @@
     return { since: new Date(until - n * step).toISOString(), until: new Date(until).toISOString(), n, step };
   }
 
+  // The range's summary; when its data is younger than the range (it fills fewer than
+  // MIN_SPAN buckets, the newest ones), asked again from its first bucket in finer ones.
+  async function fetchSummary(win) {
+    let res = await api("/api/summary", { ...filterParams(), since: win.since, until: win.until, buckets: win.n });
+    let per = RANGES[state.range].per;
+    let step = win.step;
+    const until = Date.parse(win.until);
+    for (let round = 0; round < 3; round++) {
+      const counts = res.data.series || [];
+      const n = (res.data.buckets || []).length;
+      let first = n;
+      for (const s of counts) {
+        const i = s.counts.findIndex((c) => c > 0);
+        if (i >= 0) first = Math.min(first, i);
+      }
+      const filled = n - first;
+      if (!res.data.total || filled >= MIN_SPAN || first >= n) break;
+      const start = Date.parse(res.data.buckets[first]);
+      const span = until - start;
+      const finer = [...FINER].reverse().find((f) => f.step < step && span / f.step >= MIN_SPAN) ||
+        FINER.find((f) => f.step < step);
+      if (!finer || !Number.isFinite(start)) break;
+      const k = Math.min(200, Math.ceil(span / finer.step));
+      const since = new Date(until - k * finer.step).toISOString();
+      res = await api("/api/summary", { ...filterParams(), since, until: win.until, buckets: k });
+      step = finer.step;
+      per = finer.per;
+    }
+    return { ...res, per };
+  }
+
   function filterParams() {
     return { tenant: state.tenant, kind: state.kind, action: state.action };
   }
@@ -315,7 +361,7 @@
     $("#main").setAttribute("aria-busy", "true");
     try {
       const [summary, tenants, page, tenancy] = await Promise.all([
-        api("/api/summary", { ...filterParams(), since: win.since, until: win.until, buckets: win.n }),
+        fetchSummary(win),
         api("/api/tenants", { since: win.since }),
         fetchRows(null, keepRows ? state.win : win),
         fetchTenancy(),
@@ -327,6 +373,7 @@
       for (const s of summary.data.series || []) colorOf(s.tenant);
       renderTenantOptions();
       state.summary = summary.data;
+      state.per = summary.per;
       renderKpis(summary.data);
       renderChart();
       renderKinds(summary.data);
@@ -339,6 +386,7 @@
         replaceRows(page.rows, page.cursor);
       }
       showError(null);
+      showBadKind();
       $("#updated").textContent = timeFmt.format(new Date());
     } catch (err) {
       if (err instanceof AuthError || seq !== state.seq) return;
@@ -358,6 +406,21 @@
     if (state.live && document.visibilityState === "visible") {
       state.timer = setTimeout(() => refresh(false), REFRESH_MS);
     }
+  }
+
+  // As the API answers an unknown kind (400 "unknown kind"), but the page still shows
+  // something useful: every kind, and says so.
+  function showBadKind() {
+    const box = $("#kind-warning");
+    if (!state.badKind) {
+      box.hidden = true;
+      return;
+    }
+    const near = KINDS.filter((k) => k.includes(state.badKind.toLowerCase().replace(/_/g, "-")) ||
+      state.badKind.toLowerCase().includes(k));
+    box.textContent = `Unknown kind ${JSON.stringify(state.badKind)} in the address: showing all kinds.` +
+      (near.length ? ` Did you mean ${near[0]}?` : "") + ` Valid kinds: ${KINDS.join(", ")}.`;
+    box.hidden = false;
   }
 
   function showError(err) {
@@ -398,9 +461,11 @@
     const scope = [state.kind, state.action === "delayed" ? "held only" : state.action].filter(Boolean);
     $("#kpi-violations-note").textContent = [...scope, range.label].join(", ");
     $("#kpi-requests").textContent = fmt(requests);
-    const allViolations = tenants.reduce((a, t) => a + (t.violations_total || 0), 0);
+    // with a kind filter, the share of that kind: what the other cards count too
+    const violationsOf = (t) => (state.kind ? (t.violations || {})[state.kind] || 0 : t.violations_total || 0);
+    const allViolations = tenants.reduce((a, t) => a + violationsOf(t), 0);
     $("#kpi-requests-note").textContent = requests > 0
-      ? `${((100 * allViolations) / requests).toFixed(allViolations * 1000 < requests ? 2 : 1)}% were violations`
+      ? `${((100 * allViolations) / requests).toFixed(allViolations * 1000 < requests ? 2 : 1)}% were ${state.kind ? `${state.kind} violations` : "violations"}`
       : "counted hourly";
     $("#kpi-held").textContent = fmt(held);
     $("#kpi-tenants").textContent = fmt(offenders.size);
@@ -427,7 +492,9 @@
 
   // x axis: label every `stride` buckets, on round local times; strides per bucket width
   const STRIDES = {
+    60: [1, 2, 5, 10, 15, 30, 60],
     300: [1, 2, 3, 6, 12],
+    900: [1, 2, 4, 8, 16],
     3600: [1, 2, 3, 4, 6, 12, 24],
     21600: [4, 8, 12, 28],
     86400: [1, 2, 3, 5, 7, 10, 15],
@@ -449,7 +516,9 @@
     const n = buckets.length;
     const stepSeconds = Number(summary.bucket_seconds) || 3600;
     const range = RANGES[state.range];
-    $("#chart-sub").textContent = `${range.label}, per ${range.per}` +
+    const fresh = state.per && state.per !== range.per;
+    $("#chart-sub").textContent = `${range.label}, per ${state.per || range.per}` +
+      (fresh ? ` (all of it since ${hmFmt.format(buckets[0] || new Date())})` : "") +
       (state.kind ? ` · ${state.kind}` : "") +
       (state.action ? ` · ${state.action}` : " · held requests not counted");
     renderLegend(series);
@@ -547,7 +616,7 @@
     box.replaceChildren(root);
     box.setAttribute("role", "img");
     const parts = series.filter((s) => s.counts.some((c) => c > 0)).map((s) => `${s.tenant} ${fmt(sum(s.counts))}`);
-    box.setAttribute("aria-label", `Stacked bar chart of violations per ${range.per}, ${range.label}: ${fmt(summary.total)} in total; ${parts.join(", ")}. A table with the same data follows.`);
+    box.setAttribute("aria-label", `Stacked bar chart of violations per ${state.per || range.per}, ${range.label}: ${fmt(summary.total)} in total; ${parts.join(", ")}. A table with the same data follows.`);
   }
 
   function sum(list) {
@@ -920,23 +989,82 @@
     }
     if (!rule.childNodes.length) rule.append(text(null));
     const delay = el("td", { class: "delay" });
-    if (r.crawl_delay !== null && r.crawl_delay !== undefined) delay.append(el("span", { text: `crawl-delay ${fmt(r.crawl_delay)} s` }));
+    // the site's Crawl-delay is why a pacing refusal or hold happened; on other kinds (a
+    // robots-disallow row carries the robots.txt's value too) it decided nothing
+    if (r.crawl_delay !== null && r.crawl_delay !== undefined && r.kind === "crawl-delay") delay.append(el("span", { text: `crawl-delay ${fmt(r.crawl_delay)} s` }));
     if (r.retry_after !== null && r.retry_after !== undefined) delay.append(el("span", { text: `retry-after ${fmt(r.retry_after)} s` }));
     if (r.delay_seconds !== null && r.delay_seconds !== undefined) delay.append(el("span", { text: `held ${fmt(Math.round(r.delay_seconds * 100) / 100)} s` }));
     if (!delay.childNodes.length) delay.append(text(null));
     const kind = String(r.kind || "");
     const action = String(r.action || "");
-    return el("tr", { dataset: { id: String(r.id), tenant: String(r.tenant), kind, action } },
+    const key = JSON.stringify([String(r.tenant), kind, String(r.url), action]);
+    return el("tr", { dataset: { id: String(r.id), tenant: String(r.tenant), kind, action, key } },
       time,
       el("td", null, el("span", { class: "tenant-cell" }, swatch(String(r.tenant)), el("span", { text: r.tenant }))),
       el("td", { class: "kind" },
         el("span", { class: `badge ${kindCategory(kind)}`, text: kind }),
         el("span", { class: `badge ${ACTIONS.includes(action) ? action : ""}`, text: action }),
         ...foldBadge(r)),
-      el("td", { class: "req" }, el("span", { class: "method", text: r.method }), text(r.url, "url")),
+      el("td", { class: "req" }, el("span", { class: "method", text: r.method }), urlText(r.url)),
       el("td", { class: "ua-cell" }, text(r.user_agent, "ua")),
       rule,
       delay);
+  }
+
+  // The URL, cut to two lines (three on a phone); a click or Enter shows all of it.
+  function urlText(url) {
+    if (url === null || url === undefined || url === "") return text(null);
+    const span = el("span", { class: "url", text: url, title: String(url), tabIndex: 0, "aria-expanded": "false" });
+    const toggle = () => span.setAttribute("aria-expanded", span.getAttribute("aria-expanded") === "true" ? "false" : "true");
+    span.addEventListener("click", toggle);
+    span.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") {
+        e.preventDefault();
+        toggle();
+      }
+    });
+    return span;
+  }
+
+  // Runs of identical rows (same tenant, kind, URL and action, one after the other) fold
+  // into their newest row with a ×N button that shows the others: a crawler hammering one
+  // URL is one line, not a screenful. Redone after every change to the table.
+  function regroup() {
+    const body = $("#violations-table tbody");
+    for (const b of body.querySelectorAll(".group-toggle")) b.remove();
+    const trs = [...body.querySelectorAll("tr[data-id]")];
+    let i = 0;
+    while (i < trs.length) {
+      const head = trs[i];
+      let j = i + 1;
+      while (j < trs.length && trs[j].dataset.key === head.dataset.key) j++;
+      const n = j - i;
+      head.classList.remove("in-group");
+      head.hidden = false;
+      head.classList.toggle("group-head", n > 1);
+      if (n > 1) {
+        const open = state.expanded.has(head.dataset.id);
+        const button = el("button", {
+          type: "button",
+          class: "group-toggle",
+          text: `×${fmt(n)}`,
+          title: `${fmt(n)} identical violations in a row (same tenant, kind, URL and action); select to ${open ? "fold" : "show"} them`,
+          "aria-expanded": open ? "true" : "false",
+          dataset: { count: String(n) },
+        });
+        button.addEventListener("click", () => {
+          if (state.expanded.has(head.dataset.id)) state.expanded.delete(head.dataset.id);
+          else state.expanded.add(head.dataset.id);
+          regroup();
+        });
+        head.querySelector("td.kind").append(button);
+        for (let k = i + 1; k < j; k++) {
+          trs[k].classList.add("in-group");
+          trs[k].hidden = !open;
+        }
+      }
+      i = j;
+    }
   }
 
   // A folded record stands for `count` identical refusals (store.fold_after): say how many.
@@ -962,6 +1090,7 @@
     } else {
       body.replaceChildren(...rows.map(rowFor));
     }
+    regroup();
     updateMore();
   }
 
@@ -972,6 +1101,7 @@
     body.append(...fresh.map(rowFor));
     state.cursor = cursor;
     state.pages += 1;
+    regroup();
     updateMore();
   }
 
@@ -988,6 +1118,7 @@
     for (const r of fresh) state.shown.add(r.id);
     state.first = [fresh[0].ts, fresh[0].id];
     body.prepend(...fresh.map(rowFor));
+    regroup();
     updateMore();
   }
 

@@ -13,6 +13,13 @@ URL = os.environ.get("CRAWLGUARD_URL", "https://site.example/")
 # SSL_CERT_FILE replaces: every HTTPS request goes through crawlguard, so its CA is the one.
 os.environ["SSL_CERT_FILE"] = CA
 
+# No delay jitter: DOWNLOAD_DELAY_JITTER since Scrapy 2.19 (which warns about the old name).
+NO_JITTER = (
+    {"DOWNLOAD_DELAY_JITTER": 0}
+    if scrapy.version_info >= (2, 19)
+    else {"RANDOMIZE_DOWNLOAD_DELAY": False}
+)
+
 
 class SiteSpider(scrapy.Spider):
     name = "site"
@@ -23,7 +30,7 @@ class SiteSpider(scrapy.Spider):
         # no jitter (Scrapy's default sends every other request up to 50 % early), one
         # request at a time per site.
         "DOWNLOAD_DELAY": 2.5,
-        "RANDOMIZE_DOWNLOAD_DELAY": False,
+        **NO_JITTER,
         "CONCURRENT_REQUESTS_PER_DOMAIN": 1,
         # Waits Retry-After on 429/503 and paces to the interval crawlguard asks for;
         # sends every request (robots.txt too) through CRAWLGUARD_PROXY.
