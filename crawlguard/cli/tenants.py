@@ -296,7 +296,10 @@ def do_import(registry: Any, cfg: Any, args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         raise _fail(f"{args.file}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
-        raise _fail(f"{args.file}: YAML syntax error: {exc}") from None
+        from crawlguard.config import yaml_error_in
+
+        where = "<stdin>" if args.file == "-" else args.file
+        raise _fail(f"{args.file}: YAML syntax error: {yaml_error_in(exc, where)}") from None
     if isinstance(data, dict) and set(data) >= {"tenants"}:
         data = data["tenants"]
     if not isinstance(data, list):

@@ -47,3 +47,14 @@ def test_explain_and_report_read_the_registry(
     assert main(["report", "--config", cfg, "--format", "json"]) == 0
     out = capsys.readouterr().out
     assert "acme" in out and "globex" in out
+
+
+def test_tenants_import_names_the_file_of_a_yaml_error(
+    store_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "tenants.yaml"
+    bad.write_text("tenants:\n  - id: acme\n   product_tokens: [AcmeBot]\n")  # bad indent
+    assert main(["tenants", "--config", str(store_config), "import", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "YAML syntax error" in err and str(bad) in err.split("YAML syntax error", 1)[1]
+    assert "<unicode string>" not in err
