@@ -95,11 +95,15 @@ def _dockerignore_excludes(path: str) -> bool:
 
 def test_copy_sources_exist_and_are_in_the_build_context() -> None:
     sources: list[str] = []
+    # ARG defaults expand in COPY sources (WHEELS: docker/wheels unless a build overrides it)
+    defaults = dict(a.partition("=")[::2] for k, a in dockerfile_instructions() if k == "ARG")
     for keyword, args in dockerfile_instructions():
         if keyword != "COPY" or "--from=" in args:
             continue
+        args = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], args)
         sources += [a for a in args.split()[:-1] if not a.startswith("--")]
     assert "pyproject.toml" in sources and "crawlguard/" in sources
+    assert "requirements/runtime.txt" in sources and "docker/wheels/" in sources
     for src in sources:
         assert (REPO / src).exists(), f"COPY {src}: not in the repository"
         assert not _dockerignore_excludes(src), f"COPY {src}: excluded by .dockerignore"
