@@ -22,6 +22,10 @@ failed() { say "FAILED: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || unavailable "needs root (apt-get, dockerd)"
 [ -x "$python" ] || failed "no $python: run through make docker-test"
+# One run at a time on a machine: they share the engine, the cache and the image names.
+mkdir -p "$cache"
+exec 9>"$cache/run.lock"
+flock -w 1800 9 || unavailable "another make docker-test held $cache/run.lock for 30 minutes"
 
 # -- the package index and Debian's mirror: both needed, neither is the product ---------------
 reachable() { "$python" - "$1" <<'PY'

@@ -24,13 +24,14 @@ mkdir -p "$cache"
 rootfs="$cache/rootfs-bookworm"
 if [ ! -e "$rootfs/.debootstrap-done" ]; then
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap
-    rm -rf "$rootfs"
+    rm -rf "$rootfs" "$rootfs.partial"
     echo "standin-base: debootstrap bookworm from $mirror (about 2 minutes; cached in $cache)"
     debootstrap --variant=minbase \
         --include=ca-certificates,libssl3,libffi8,libsqlite3-0,libuuid1,libbz2-1.0,liblzma5,libreadline8,libncursesw6,zlib1g,libexpat1,netbase,tzdata \
-        bookworm "$rootfs" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
+        bookworm "$rootfs.partial" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
         { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
-    touch "$rootfs/.debootstrap-done"
+    touch "$rootfs.partial/.debootstrap-done"
+    mv "$rootfs.partial" "$rootfs"  # only a finished tree is reused
 fi
 
 work=$(mktemp -d "$cache/standin.XXXXXX")
