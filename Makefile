@@ -20,7 +20,7 @@ PIP_SELF := $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation 
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.12 \
 	--python-platform linux --custom-compile-command "make lock"
 
-.PHONY: run check test lint format clean system-tools lock docker-test
+.PHONY: run check test lint format clean system-tools lock wheels docker-test
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (pyenv honours .python-version)"; exit 1; }
@@ -89,6 +89,13 @@ lint: $(DEV_STAMP)
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff format .
+
+# Wheels for an air-gapped image build, on a host that reaches the index: the locked files
+# themselves (same hashes) for this platform (Linux, CPython 3.12, like the image). Then
+#   docker build --build-arg WHEELS=docker/wheels -f docker/Dockerfile -t crawlguard:0.1.0 .
+wheels: $(DEV_STAMP)
+	$(BIN)/python -m pip download --quiet --require-hashes --no-deps -d docker/wheels \
+		-r requirements/build.txt -r requirements/runtime.txt
 
 # The image built and run in a local Docker engine, then the compose stack (docker/test/run.sh:
 # installs docker.io and starts dockerd if needed; root only). Not part of `make test`.
