@@ -52,7 +52,7 @@ ln -sf "python$version" "$root/usr/local/bin/python"
 # The shared libpython: found through ld.so.cache (/usr/local/lib), not the build's rpath.
 chroot "$root" /sbin/ldconfig
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-chroot "$root" /usr/local/bin/python3 -m ensurepip --default-pip >/dev/null
+PIP_ROOT_USER_ACTION=ignore chroot "$root" /usr/local/bin/python3 -m ensurepip --default-pip >/dev/null
 chroot "$root" /usr/local/bin/python -c 'import ssl, sqlite3, ctypes, uuid, lzma, bz2, zlib'
 
 tar -C "$root" -c . | docker import \
