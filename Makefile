@@ -80,8 +80,8 @@ check: $(DEV_STAMP)
 test: $(DEV_STAMP) system-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile -m "not alone" --durations=15 --ignore=tests/docker
-	$(BIN)/python -m pytest -q -m alone --ignore=tests/docker
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile -m "not alone" --durations=15
+	$(BIN)/python -m pytest -q -m alone
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

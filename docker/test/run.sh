@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make docker-test: crawlguard's image built and run in a local Docker engine, then the compose
-# stack (tests/docker/test_stack.py). Needs root: it installs what is missing with apt-get
+# stack (docker/test/test_stack.py). Needs root: it installs what is missing with apt-get
 # (docker.io, docker-compose, debootstrap) and starts dockerd with --bridge=none
 # --iptables=false (every build and container on the host's network, all traffic on 127.0.0.1).
 # When no image registry is reachable, the base image and the Redis, PostgreSQL and Prometheus
@@ -94,7 +94,7 @@ say "built $image in $(( $(date +%s) - t0 )) s"
 # -- the tests ---------------------------------------------------------------------------------
 status=0
 CRAWLGUARD_DOCKER_TEST=1 CG_IMAGE=$image "$python" -m pytest -q -p no:cacheprovider \
-    --timeout 600 tests/docker || status=$?
+    --timeout 600 docker/test/test_stack.py || status=$?
 say "took $(( $(date +%s) - started )) s"
-[ "$status" = 0 ] || failed "tests/docker (exit $status)"
+[ "$status" = 0 ] || failed "docker/test/test_stack.py (exit $status)"
 say "passed"

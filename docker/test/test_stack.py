@@ -4,7 +4,8 @@ the compose stack with PostgreSQL as the shared store, Redis and Prometheus. Wha
 
 Host networking only (dockerd runs with --bridge=none --iptables=false): every port is on
 127.0.0.1 and chosen free, the origin is a thread in this process. Skipped unless run.sh set
-CRAWLGUARD_DOCKER_TEST=1, after building the image and the stand-ins; not part of `make test`.
+CRAWLGUARD_DOCKER_TEST=1, after building the image and the stand-ins; outside tests/, so not
+part of `make test` (whose tiers are tests/unit, tests/inprocess, tests/e2e).
 """
 
 from __future__ import annotations
