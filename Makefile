@@ -43,12 +43,15 @@ $(DEV_STAMP): requirements/build.txt requirements/dev.txt pyproject.toml | $(BIN
 run: $(RUNTIME_STAMP)
 	$(BIN)/crawlguard run --config $(CONFIG) $(ARGS)
 
-# Refresh the locks from pyproject.toml and requirements/build.in (newest versions allowed);
-# dev is constrained to runtime's versions, so `make run` and `make test` agree.
+# Refresh the locks from pyproject.toml and requirements/build.in: pins still allowed are kept
+# (a new or changed requirement is resolved), `make lock UPGRADE=1` moves every pin to the newest
+# allowed version. dev is constrained to runtime's versions, so `make run` and `make test` agree.
+UPGRADE ?=
 lock: $(DEV_STAMP)
-	$(UV_COMPILE) pyproject.toml -o requirements/runtime.txt
-	$(UV_COMPILE) pyproject.toml --extra dev -c requirements/runtime.txt -o requirements/dev.txt
-	$(UV_COMPILE) requirements/build.in -o requirements/build.txt
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) pyproject.toml -o requirements/runtime.txt
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) pyproject.toml --extra dev -c requirements/runtime.txt \
+		-o requirements/dev.txt
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) requirements/build.in -o requirements/build.txt
 
 # Browser and Prometheus tests need Debian's chromium, promtool (package prometheus) and
 # certutil (libnss3-tools: the Playwright guide's CA route).
