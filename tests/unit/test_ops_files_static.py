@@ -32,6 +32,8 @@ from opsfiles import (
 
 from crawlguard.config import load_config
 
+SQLITE_STORE_DIR = "/var/lib/crawlguard/store"  # the image's store volume (SQLite deployments)
+
 
 def test_dockerfile_shape() -> None:
     instructions = dockerfile_instructions()
@@ -53,8 +55,8 @@ def test_dockerfile_shape() -> None:
     ]
     volumes = [json.loads(a) for k, a in instructions if k == "VOLUME"]
     cfg = _container_config()
-    store_dir = str(Path(cfg.store.url.removeprefix("sqlite:///")).parent)
-    assert volumes and set(volumes[0]) == {cfg.proxy.confdir, store_dir}
+    # the CA (and PostgreSQL's spool) and the directory a SQLite store goes in
+    assert volumes and set(volumes[0]) == {cfg.proxy.confdir, SQLITE_STORE_DIR}
     assert "http://127.0.0.1:9464/healthz" in " ".join(healthcheck_command())
 
 
@@ -95,11 +97,15 @@ def _dockerignore_excludes(path: str) -> bool:
 
 def test_copy_sources_exist_and_are_in_the_build_context() -> None:
     sources: list[str] = []
+    # ARG defaults expand in COPY sources (WHEELS: docker/wheels unless a build overrides it)
+    defaults = dict(a.partition("=")[::2] for k, a in dockerfile_instructions() if k == "ARG")
     for keyword, args in dockerfile_instructions():
         if keyword != "COPY" or "--from=" in args:
             continue
+        args = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], args)
         sources += [a for a in args.split()[:-1] if not a.startswith("--")]
     assert "pyproject.toml" in sources and "crawlguard/" in sources
+    assert "requirements/runtime.txt" in sources and "docker/wheels/" in sources
     for src in sources:
         assert (REPO / src).exists(), f"COPY {src}: not in the repository"
         assert not _dockerignore_excludes(src), f"COPY {src}: excluded by .dockerignore"
@@ -133,7 +139,7 @@ def test_container_config_validates_with_its_token_variables() -> None:
     assert cfg.proxy.listen_host == "0.0.0.0" and cfg.admin.listen_host == "0.0.0.0"
     assert cfg.proxy.listen_port == 8080 and cfg.admin.port == 9464
     assert cfg.proxy.confdir == "/var/lib/crawlguard/mitmproxy"
-    assert cfg.store.url.startswith("sqlite:////var/lib/crawlguard/")
+    assert cfg.store.url.startswith("postgresql://crawlguard@postgres:5432/")  # compose's
     assert cfg.state.url == "redis://redis:6379/0"  # compose's Redis service
     assert cfg.admin.token_env and not cfg.admin.token_sha256
     assert cfg.tenants and all(t.token_env and not t.token_sha256 for t in cfg.tenants)
@@ -193,7 +199,7 @@ def _bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
 def test_compose_services_ports_and_files() -> None:
     compose = _compose()
     services = compose["services"]
-    assert {"crawlguard", "redis", "prometheus", "grafana"} <= set(services)
+    assert {"crawlguard", "redis", "postgres", "prometheus", "grafana"} <= set(services)
     for name, service in services.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is not on 127.0.0.1"
@@ -214,8 +220,9 @@ def test_compose_services_ports_and_files() -> None:
     assert _bind_mounts(crawlguard)["/etc/crawlguard/crawlguard.yaml"] == CONTAINER_CONFIG
     cfg = _container_config()
     named = {v.split(":")[1] for v in crawlguard["volumes"] if not v.startswith(".")}
-    store_dir = str(Path(cfg.store.url.removeprefix("sqlite:///")).parent)
-    assert {cfg.proxy.confdir, store_dir} <= named, "the CA and the store must persist"
+    assert {cfg.proxy.confdir, SQLITE_STORE_DIR} <= named, "the CA and the store must persist"
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert "PGPASSWORD" in crawlguard["environment"]  # libpq's, for store.url
     wanted = {t.token_env for t in cfg.tenants} | {cfg.admin.token_env}
     assert wanted <= set(crawlguard["environment"]), "every token_env must be passed in"
     assert "crawlguard" not in str(services["prometheus"].get("depends_on", {})), (
