@@ -24,7 +24,7 @@ from crawlguard.store import (
     url_host,
 )
 
-SPANS = (86_400, 3_600)
+SPANS = (86_400, 21_600, 3_600)
 
 
 def _matches(r: ViolationRecord, flt: ViolationFilter) -> bool:

@@ -1,8 +1,9 @@
 """Roll-ups: violation counts per tenant, kind, action (and host) and hour or day, kept at write
 time, so operator queries over days read thousands of rows instead of millions of records.
 
-Two tables, each holding two resolutions (``span`` 86400 s and 3600 s, ``start`` the unit's
-first second since the epoch, UTC):
+Two tables, each holding three resolutions (``span`` 86400, 21600 and 3600 s, ``start`` the
+unit's first second since the epoch, UTC; six hours because the dashboard's 7-day view has
+6-hour buckets, which hourly units made cost 168 units a series):
 
 * ``rollup_kinds`` (span, start, tenant, kind, action) -> ``n`` (the sum of the records'
   `count`) and ``last`` (their newest ``coalesce(last_ts, ts)``): series, by kind, report,
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 
 from crawlguard.store import ViolationFilter, epoch_us, from_epoch_us
 
-SPANS = (86_400, 3_600)  # seconds a unit, coarsest first
+SPANS = (86_400, 21_600, 3_600)  # seconds a unit, coarsest first; each divides the one before
 TOTAL = -1  # a Piece of every record: rollup_hosts' all-time rows (span 0 in the table)
 US = 1_000_000
 MAX_PIECES = 400  # beyond it a query reads the raw window (SQLite compounds at most 500)
@@ -90,7 +91,7 @@ def plan(lo: int | None, hi: int | None, cuts: Iterable[int] = ()) -> list[Piece
     return merged
 
 
-_COST = {0: 60.0, 3_600: 1.0, 86_400: 4.0}  # rows read per hour of a piece, relatively
+_COST = {0: 60.0, 3_600: 1.0, 21_600: 2.0, 86_400: 4.0}  # rows read per unit, relatively
 
 
 def cost(pieces: Sequence[Piece], first: int, last: int) -> float:
@@ -103,7 +104,8 @@ def cost(pieces: Sequence[Piece], first: int, last: int) -> float:
         lo = first if p.lo is None else max(p.lo, first)
         hi = last if p.hi is None else min(p.hi, last)
         if hi > lo:
-            total += (hi - lo) / 3_600_000_000 * _COST[p.span] / (24 if p.span == 86_400 else 1)
+            hours_a_unit = p.span / 3_600 if p.span else 1
+            total += (hi - lo) / 3_600_000_000 * _COST[p.span] / hours_a_unit
     return total
 
 
