@@ -127,8 +127,12 @@ def rollups(records: Iterable[ViolationRecord]) -> tuple[dict[Any, Any], dict[An
             kinds[key] = (n + r.count, max(old, last))
             if host is not None:
                 hosts[(span, start, r.tenant, host, r.kind, r.action)] += r.count
+                if r.action != "delayed":  # the per-host sums of every violation
+                    hosts[(span, start, r.tenant, host, "*", "*")] += r.count
         if host is not None:
             hosts[(0, 0, r.tenant, host, r.kind, r.action)] += r.count
+            if r.action != "delayed":
+                hosts[(0, 0, r.tenant, host, "*", "*")] += r.count
     return kinds, dict(hosts)
 
 

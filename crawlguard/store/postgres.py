@@ -183,10 +183,17 @@ _BUILD_ROLLUPS = [
             f"SELECT {span}, floor(EXTRACT(EPOCH FROM ts) / {span})::bigint * {span} AS s, "
             "tenant, host, kind, action, sum(count) FROM violations WHERE host IS NOT NULL "
             "GROUP BY s, tenant, host, kind, action",
+            f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+            f"SELECT {span}, floor(EXTRACT(EPOCH FROM ts) / {span})::bigint * {span} AS s, "
+            f"tenant, host, '{rollup.ALL}', '{rollup.ALL}', sum(count) FROM violations "
+            "WHERE host IS NOT NULL AND action <> 'delayed' GROUP BY s, tenant, host",
         )
     ),
     f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) SELECT 0, 0, tenant, host, kind, action, "
     "sum(count) FROM violations WHERE host IS NOT NULL GROUP BY tenant, host, kind, action",
+    f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) SELECT 0, 0, tenant, host, "
+    f"'{rollup.ALL}', '{rollup.ALL}', sum(count) FROM violations "
+    "WHERE host IS NOT NULL AND action <> 'delayed' GROUP BY tenant, host",
 ]
 
 _COLUMNS = sql.COLUMNS

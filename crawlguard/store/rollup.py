@@ -9,7 +9,9 @@ unit's first second since the epoch, UTC; six hours because the dashboard's 7-da
   `count`) and ``last`` (their newest ``coalesce(last_ts, ts)``): series, by kind, report,
   latest violation;
 * ``rollup_hosts`` (span, start, tenant, host, kind, action) -> ``n``: top hosts and the host
-  filter (records without a host are only in ``rollup_kinds``).
+  filter (records without a host are only in ``rollup_kinds``). Rows with kind and action
+  `ALL` ("*") sum every kind but held records (action ``delayed``) per host: the unfiltered
+  top hosts (the dashboard's default) read those, several times fewer rows than per kind.
 
 A record belongs to the units its `ts` falls in, as it does to a raw ``ts`` range, so a query
 over whole units equals the raw scan exactly. `plan` cuts a window into pieces: whole days,
@@ -34,6 +36,7 @@ from crawlguard.store import ViolationFilter, epoch_us, from_epoch_us
 
 SPANS = (86_400, 21_600, 3_600)  # seconds a unit, coarsest first; each divides the one before
 TOTAL = -1  # a Piece of every record: rollup_hosts' all-time rows (span 0 in the table)
+ALL = "*"  # rollup_hosts' kind and action of the per-host sums of every violation
 US = 1_000_000
 MAX_PIECES = 400  # beyond it a query reads the raw window (SQLite compounds at most 500)
 
@@ -175,12 +178,16 @@ def union(
     hosts: bool,
     cond: Sequence[str] = (),
     raw_cond: Sequence[str] = (),
+    totals: bool = False,
 ) -> Union:
     """Rows (`cols`) of the records in `pieces` matching `flt`'s tenant, kind, action and host
     (its since/until are the pieces' business) and `cond`; `raw_cond` only for raw pieces.
-    `hosts`: read ``rollup_hosts`` (needed for host), else ``rollup_kinds``."""
+    `hosts`: read ``rollup_hosts`` (needed for host), else ``rollup_kinds``; `totals`: its
+    per-host sums of every violation (kind and action `ALL`: `flt` may then name neither,
+    and held records must be excluded by `cond`), else its per-kind rows."""
     ph = src.ph
     where: list[str] = list(cond)
+    tier_where = [f"kind {'=' if totals else '<>'} '{ALL}'"] if hosts else []
     params: list[Any] = []
     for column in ("tenant", "kind", "action", "host"):
         value = getattr(flt, column)
@@ -193,7 +200,7 @@ def union(
     for p in pieces:
         if p.span == TOTAL:
             exprs = _TIER
-            conds = ["span = 0", *where]
+            conds = ["span = 0", *tier_where, *where]
             bounds = []
             source = table
         elif p.span == 0:
@@ -209,7 +216,7 @@ def union(
             source = "violations"
         else:
             exprs = _TIER
-            conds = [f"span = {ph}", *where]
+            conds = [f"span = {ph}", *tier_where, *where]
             bounds = [p.span]
             if p.lo is not None:
                 conds.insert(len(bounds), f"start >= {ph}")
@@ -272,9 +279,15 @@ class Deltas:
             if host is not None:
                 h = (span, start, tenant, host, kind, action)
                 self.hosts[h] = self.hosts.get(h, 0) + count
+                if action != "delayed":
+                    h = (span, start, tenant, host, ALL, ALL)
+                    self.hosts[h] = self.hosts.get(h, 0) + count
         if host is not None:  # the all-time row (span 0) of top hosts over long windows
             h = (0, 0, tenant, host, kind, action)
             self.hosts[h] = self.hosts.get(h, 0) + count
+            if action != "delayed":
+                h = (0, 0, tenant, host, ALL, ALL)
+                self.hosts[h] = self.hosts.get(h, 0) + count
 
     def kind_rows(self) -> list[tuple[Any, ...]]:
         """Sorted: every writer takes row locks in one order (no deadlock on PostgreSQL)."""
@@ -342,6 +355,7 @@ def subtract(src: Source, deltas: Deltas) -> list[tuple[str, list[tuple[Any, ...
 
 
 __all__ = [
+    "ALL",
     "HOST_KEY",
     "KIND_KEY",
     "SPANS",

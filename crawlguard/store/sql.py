@@ -172,6 +172,7 @@ class SummaryQuery:
         u = rollup.union(
             d, self.host_pieces(span), self.flt, ("tenant", "host", "n"), hosts=True,
             cond=self.cond, raw_cond=("host IS NOT NULL",),
+            totals=self.flt.kind is None and self.flt.action is None,
         )  # fmt: skip
         return (
             "SELECT tenant, host, total FROM (SELECT tenant, host, sum(n) AS total, "

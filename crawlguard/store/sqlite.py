@@ -39,6 +39,7 @@ from crawlguard.store import (
 )
 
 log = logging.getLogger("crawlguard")
+ALL = rollup.ALL
 
 SCHEMA_VERSION = 5
 # 2: index on violations.robots_sha256 (orphaned robots bodies pruning)
@@ -187,11 +188,25 @@ def _stage_rollups() -> tuple[str, ...]:
             f"GROUP BY 2, tenant, host, kind, action ON CONFLICT ({rollup.HOST_KEY}) "
             "DO UPDATE SET n = n + excluded.n"
         )
+        out.append(  # the per-host sums of every violation (rollup.ALL)
+            f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+            f"SELECT {span}, {start}, tenant, host, '{ALL}', '{ALL}', sum(count) "
+            "FROM temp.import_stage WHERE host IS NOT NULL AND action <> 'delayed' "
+            f"GROUP BY 2, tenant, host ON CONFLICT ({rollup.HOST_KEY}) "
+            "DO UPDATE SET n = n + excluded.n"
+        )
     out.append(  # the all-time rows (span 0)
         f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
         "SELECT 0, 0, tenant, host, kind, action, sum(count) "
         "FROM temp.import_stage WHERE host IS NOT NULL "
         f"GROUP BY tenant, host, kind, action ON CONFLICT ({rollup.HOST_KEY}) "
+        "DO UPDATE SET n = n + excluded.n"
+    )
+    out.append(
+        f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+        f"SELECT 0, 0, tenant, host, '{ALL}', '{ALL}', sum(count) "
+        "FROM temp.import_stage WHERE host IS NOT NULL AND action <> 'delayed' "
+        f"GROUP BY tenant, host ON CONFLICT ({rollup.HOST_KEY}) "
         "DO UPDATE SET n = n + excluded.n"
     )
     return tuple(out)
@@ -223,12 +238,28 @@ def _build_rollups(conn: sqlite3.Connection) -> None:
                 "DO UPDATE SET n = n + excluded.n",
                 (lo, hi),
             )
+            conn.execute(  # the per-host sums of every violation (rollup.ALL)
+                f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+                f"SELECT {span}, {start}, tenant, host, '{ALL}', '{ALL}', sum(count) "
+                "FROM violations WHERE id > ? AND id <= ? AND host IS NOT NULL "
+                f"AND action <> 'delayed' GROUP BY 2, tenant, host "
+                f"ON CONFLICT ({rollup.HOST_KEY}) DO UPDATE SET n = n + excluded.n",
+                (lo, hi),
+            )
         conn.execute(  # the all-time rows (span 0) top hosts subtract from
             f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
             "SELECT 0, 0, tenant, host, kind, action, sum(count) "
             "FROM violations WHERE id > ? AND id <= ? AND host IS NOT NULL "
             f"GROUP BY tenant, host, kind, action ON CONFLICT ({rollup.HOST_KEY}) "
             "DO UPDATE SET n = n + excluded.n",
+            (lo, hi),
+        )
+        conn.execute(
+            f"INSERT INTO rollup_hosts ({rollup.HOST_KEY}, n) "
+            f"SELECT 0, 0, tenant, host, '{ALL}', '{ALL}', sum(count) "
+            "FROM violations WHERE id > ? AND id <= ? AND host IS NOT NULL "
+            f"AND action <> 'delayed' GROUP BY tenant, host "
+            f"ON CONFLICT ({rollup.HOST_KEY}) DO UPDATE SET n = n + excluded.n",
             (lo, hi),
         )
 

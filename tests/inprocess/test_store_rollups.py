@@ -203,6 +203,30 @@ def test_summary_over_whole_hours_reads_the_rollups(
     assert store.summary(hour, buckets=1).total == 1  # the hour roll-up was left alone
 
 
+def test_unfiltered_top_hosts_read_the_per_host_sums(
+    backend: Backend, store: ViolationStore
+) -> None:
+    """The dashboard's default top hosts come from the per-host sums (kind and action "*"),
+    held records left out of them; a kind filter reads the per-kind rows."""
+    store.record(ViolationRecord(_ts(90 * 60_000_000), "acme", "ua-generic", "blocked", "GET",
+                                 URLS[0]))  # fmt: skip
+    store.record(ViolationRecord(_ts(91 * 60_000_000), "acme", "crawl-delay", "delayed", "GET",
+                                 URLS[0]))  # fmt: skip
+    sql = "UPDATE rollup_hosts SET n = 7 WHERE span = 86400 AND kind = '*' AND action = '*'"
+    if backend.name == "sqlite":
+        db = sqlite3.connect(backend.url[len("sqlite:///") :])
+        db.execute(sql)
+        db.commit()
+        db.close()
+    else:
+        with psycopg.connect(backend.url, autocommit=True) as conn:
+            conn.execute(sql)
+    day = ViolationFilter(since=_ts(0), until=_ts(86_400_000_000))
+    assert [n for _, _, n in store.summary(day, buckets=1).top_hosts] == [7]
+    by_kind = ViolationFilter(since=_ts(0), until=_ts(86_400_000_000), kind="ua-generic")
+    assert [n for _, _, n in store.summary(by_kind, buckets=1).top_hosts] == [1]
+
+
 def test_reimport_adds_nothing_to_the_rollups(backend: Backend, store: ViolationStore) -> None:
     recs = [
         ViolationRecord(
