@@ -175,15 +175,7 @@ async def serve(
     master, guard = lean_master(cfg, runtime=await open_runtime(cfg))
     if setup is not None:
         setup(master, guard)
-    stopping: list[asyncio.Task[None]] = []
-
-    def stop() -> None:
-        """First signal: held requests answered, then the listener closed; a second: now."""
-        if stopping:
-            master.shutdown()
-            return
-        stopping.append(loop.create_task(_stop(master)))
-
+    stop = graceful_stop(loop, master)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     if load is not None:
@@ -201,9 +193,23 @@ async def serve(
         with contextlib.suppress(OSError):
             if pid is not None and pid.read_text().strip() == str(os.getpid()):
                 pid.unlink()
-        loop.set_exception_handler(_quiet_cancellations)
+        loop.set_exception_handler(quiet_cancellations)
     log.info("crawlguard stopped")
     return 0
+
+
+def graceful_stop(loop: asyncio.AbstractEventLoop, master: Any) -> Callable[[], None]:
+    """The SIGTERM/SIGINT handler of a proxy process (`run`, and each `--workers` worker):
+    the first signal answers held requests, then closes the listener; a second stops now."""
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        if stopping:
+            master.shutdown()
+            return
+        stopping.append(loop.create_task(_stop(master)))
+
+    return stop
 
 
 async def _stop(master: Any) -> None:
@@ -215,7 +221,7 @@ async def _stop(master: Any) -> None:
         master.shutdown()
 
 
-def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+def quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """At exit asyncio.run cancels the connections still open; asyncio's stream callback
     (Python 3.12.1) then reports each cancelled connection task as an error with a traceback.
     A cancellation at exit is the stop asked for, not an error; anything else is reported."""

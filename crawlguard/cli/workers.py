@@ -621,14 +621,15 @@ def setup_worker_logging(index: int) -> None:
 
 
 async def serve_worker(cfg: Config, args: argparse.Namespace) -> int:
-    from crawlguard.cli.run import reload_config
+    from crawlguard.cli.run import graceful_stop, quiet_cancellations, reload_config
     from crawlguard.proxy.master import lean_master, open_runtime
 
     master, guard = lean_master(cfg, serve_admin=False, runtime=await open_runtime(cfg))
     master.addons.add(WorkerAddon(guard, args.index, args.status_fd))
     loop = asyncio.get_running_loop()
+    stop = graceful_stop(loop, master)  # held requests answered (503 + Retry-After) first
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGHUP, reload_config, guard, lambda: load_config(args.config))
 
     lifeline = args.lifeline_fd
@@ -647,7 +648,10 @@ async def serve_worker(cfg: Config, args: argparse.Namespace) -> int:
         master.shutdown()
 
     loop.add_reader(lifeline, parent_gone)
-    await master.run()
+    try:
+        await master.run()
+    finally:
+        loop.set_exception_handler(quiet_cancellations)
     log.info("worker %d stopped", args.index)
     return 0
 

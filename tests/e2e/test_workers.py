@@ -560,3 +560,36 @@ def test_a_worker_that_cannot_start_stops_the_proxy(tmp_path: Path, redis_url: s
     assert "crawlguard ready" not in err
     pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", err)]
     assert pids and all(gone(pid) and group(pid) == [] for pid in pids)
+
+
+def test_sigterm_answers_a_workers_held_requests_and_stops_quietly(tmp_path: Path) -> None:
+    """Issue 21, `--workers`: a request delay pacing holds in a worker gets 503 proxy-busy +
+    Retry-After when the parent is told to stop, and no worker logs a traceback."""
+    cfg = base_config(
+        tmp_path,
+        tenants=[tenant("slowco", ["SlowBot"], pacing="delay")],
+        pacing={"default_min_interval": 0, "max_hold": 60},
+    )
+    p = WorkersProxy(cfg, tmp_path, workers=1)
+    site = LocalOrigin()
+    site.routes["/robots.txt"] = Route(
+        body=b"User-agent: *\nCrawl-delay: 30\nAllow: /\n", headers={"Content-Type": "text/plain"}
+    )
+    ua = "SlowBot/1.0 (+https://slow.example/bot)"
+    held_gauge = re.compile(r"^crawlguard_delayed_requests(\{[^}]*\})? 1\.0$", re.M)
+    try:
+        assert p.get(site.url("/first"), tenant="slowco", ua=ua).status_code == 200
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(p.get, site.url("/held"), tenant="slowco", ua=ua, timeout=60)
+            assert wait_for(lambda: held_gauge.search(p.metrics()) is not None, 20), p.metrics()
+            assert p.stop() == 0, p.log()
+            r = held.result(timeout=30)
+        assert (r.status_code, r.headers["X-Crawlguard-Decision"]) == (503, "proxy-busy")
+        assert 1 <= int(r.headers["Retry-After"]) <= 30
+        assert site.paths() == ["/first"]  # the held request was never forwarded
+        log = p.log()
+        assert "crawlguard stopped" in log
+        assert "Traceback" not in log and "CancelledError" not in log, log
+    finally:
+        p.stop()
+        site.close()
