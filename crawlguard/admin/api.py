@@ -289,7 +289,10 @@ class AdminAPI:
             # the default window: the whole UTC hours of the last day, the current one last,
             # so its hourly buckets come from the store's roll-ups (docs/operators/store.md)
             hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-            since = p.time("since", now) or parse_since(SUMMARY_SINCE, now=hour)
+            # a relative `since` (`7d`) without `until` counts back from that same hour end,
+            # so its window is whole hours too (otherwise every bucket edge cuts an hour)
+            relative_to = hour if p.get("until") is None else now
+            since = p.time("since", relative_to) or parse_since(SUMMARY_SINCE, now=hour)
             until = p.time("until", now) or normalize_ts(hour.isoformat())
             if until <= since:
                 raise BadRequest(f"until ({until}) must be after since ({since})")

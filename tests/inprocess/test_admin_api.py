@@ -478,6 +478,11 @@ async def test_summary_buckets_kinds_and_top_hosts(admin: Admin) -> None:
     default = await admin.json("/api/summary")
     assert len(default["buckets"]) == 24 and default["bucket_seconds"] == 3600
     assert default["total"] == 0  # these records are from 2024
+    # a relative since without until: whole hours back from the end of this hour, so the
+    # buckets (7 h here) start on the hour and the store answers from its roll-ups
+    week = await admin.json("/api/summary?since=7d")
+    assert week["bucket_seconds"] == 7 * 3600 and week["since"][13:] == ":00:00.000000Z"
+    assert week["until"][13:] == ":00:00.000000Z"
     for query in ("buckets=0", "buckets=201", f"since={at(5)}&until={at(5)}", "kind=allowed"):
         r = await admin.get("/api/summary?" + query)
         assert r.status == 400, query
