@@ -182,13 +182,8 @@ def test_retention_keeps_rollups_equal_to_what_remains(
     _check_answers(store, left, [(whole, 4)])
 
 
-def test_summary_over_whole_hours_reads_the_rollups(
-    backend: Backend, store: ViolationStore
-) -> None:
-    """Not a raw scan in disguise: a roll-up row changed behind the store's back shows."""
-    rec = ViolationRecord(_ts(90 * 60_000_000), "acme", "ua-generic", "blocked", "GET", URLS[0])
-    store.record(rec)
-    sql = "UPDATE rollup_kinds SET n = 5 WHERE span = 86400"
+def _behind_its_back(backend: Backend, sql: str) -> None:
+    """Change a roll-up table without the store: an answer that shows it read the roll-up."""
     if backend.name == "sqlite":
         db = sqlite3.connect(backend.url[len("sqlite:///") :])
         db.execute(sql)
@@ -197,6 +192,15 @@ def test_summary_over_whole_hours_reads_the_rollups(
     else:
         with psycopg.connect(backend.url, autocommit=True) as conn:
             conn.execute(sql)
+
+
+def test_summary_over_whole_hours_reads_the_rollups(
+    backend: Backend, store: ViolationStore
+) -> None:
+    """Not a raw scan in disguise: a roll-up row changed behind the store's back shows."""
+    rec = ViolationRecord(_ts(90 * 60_000_000), "acme", "ua-generic", "blocked", "GET", URLS[0])
+    store.record(rec)
+    _behind_its_back(backend, "UPDATE rollup_kinds SET n = 5 WHERE span = 86400")
     day = ViolationFilter(since=_ts(0), until=_ts(86_400_000_000))
     assert store.summary(day, buckets=1).total == 5
     hour = ViolationFilter(since=_ts(3_600_000_000), until=_ts(7_200_000_000))
@@ -212,15 +216,9 @@ def test_unfiltered_top_hosts_read_the_per_host_sums(
                                  URLS[0]))  # fmt: skip
     store.record(ViolationRecord(_ts(91 * 60_000_000), "acme", "crawl-delay", "delayed", "GET",
                                  URLS[0]))  # fmt: skip
-    sql = "UPDATE rollup_hosts SET n = 7 WHERE span = 86400 AND kind = '*' AND action = '*'"
-    if backend.name == "sqlite":
-        db = sqlite3.connect(backend.url[len("sqlite:///") :])
-        db.execute(sql)
-        db.commit()
-        db.close()
-    else:
-        with psycopg.connect(backend.url, autocommit=True) as conn:
-            conn.execute(sql)
+    _behind_its_back(
+        backend, "UPDATE rollup_hosts SET n = 7 WHERE span = 86400 AND kind = '*' AND action = '*'"
+    )
     day = ViolationFilter(since=_ts(0), until=_ts(86_400_000_000))
     assert [n for _, _, n in store.summary(day, buckets=1).top_hosts] == [7]
     by_kind = ViolationFilter(since=_ts(0), until=_ts(86_400_000_000), kind="ua-generic")
