@@ -55,7 +55,8 @@ if [ -n "$missing" ]; then
 fi
 if ! docker info >/dev/null 2>&1; then
     say "starting dockerd --bridge=none --iptables=false (log: $log_dir/dockerd.log)"
-    nohup dockerd --bridge=none --iptables=false >"$log_dir/dockerd.log" 2>&1 &
+    # 9>&-: the engine outlives this run and must not inherit (so hold) the run lock
+    nohup dockerd --bridge=none --iptables=false >"$log_dir/dockerd.log" 2>&1 9>&- &
     say "dockerd pid $!"
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     docker info >/dev/null 2>&1 || { tail -20 "$log_dir/dockerd.log"; unavailable "dockerd did not start"; }
