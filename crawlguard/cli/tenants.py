@@ -185,18 +185,11 @@ def _open(config_path: str) -> tuple[Any, Any]:
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     """The tenant fields the flags gave."""
-    names = (
-        "product_tokens",
-        "mode",
-        "pacing",
-        "max_concurrency",
-        "max_rps",
-        "allow_hosts",
-        "deny_hosts",
-    )
+    from crawlguard.tenancy.records import TENANT_FIELDS
+
     values = vars(args)
     out: dict[str, Any] = {}
-    for name in names:
+    for name in TENANT_FIELDS:
         if name not in values:
             continue
         if values[name] is None and name not in ("max_concurrency", "max_rps"):

@@ -691,22 +691,14 @@ class PostgresStore:
     ) -> list[tuple[PageKey, str, ViolationRecord]]:
         """Up to `limit` records oldest first (``ts, id``) from `since` on, after `after`:
         ((ts, id), uid, record), for `crawlguard store export`."""
-        where: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            where.append("ts >= %s")
-            params.append(_dt(since))
+        keyset = None
         if after is not None:
-            where.append("(ts, id) > (%s, %s)")
-            params += [_dt(after[0]), after[1]]
-        stmt = (
-            f"SELECT id, uid, {_COLUMNS} FROM violations{sql.conjunction(where)} "
-            "ORDER BY ts, id LIMIT %s"
-        )
+            keyset = ("(ts, id) > (%s, %s)", [_dt(after[0]), after[1]])
+        stmt, params = sql.export_sql(_SQL, since, keyset, limit)
 
         def run(conn: psycopg.Connection[Any]) -> list[tuple[PageKey, str, ViolationRecord]]:
             out = []
-            for row in conn.execute(stmt, [*params, limit]):
+            for row in conn.execute(stmt, params):
                 rec = _record(row[2:])
                 out.append(((rec.ts, int(row[0])), uuid.UUID(str(row[1])).hex, rec))
             return out

@@ -93,6 +93,26 @@ def query_sql(
     return sql, params
 
 
+def export_sql(
+    d: Dialect, since: str | None, after: tuple[str, list[Any]] | None, limit: int
+) -> tuple[str, list[Any]]:
+    """`ViolationStore.export_page`'s statement: `limit` records oldest first (``ts, id``)
+    from `since` on, after the backend's keyset condition `after` (SQL, parameters)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append(f"ts >= {d.ph}")
+        params.append(d.ts(normalize_ts(since)))
+    if after is not None:
+        where.append(after[0])
+        params += after[1]
+    sql = (
+        f"SELECT id, uid, {COLUMNS} FROM violations{conjunction(where)} "
+        f"ORDER BY ts, id LIMIT {d.ph}"
+    )
+    return sql, [*params, limit]
+
+
 def page_sql(
     d: Dialect, flt: ViolationFilter, limit: int, after: tuple[str, list[Any]] | None
 ) -> tuple[str, list[Any]]:

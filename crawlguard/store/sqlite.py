@@ -612,20 +612,12 @@ class SQLiteStore:
     ) -> list[tuple[PageKey, str, ViolationRecord]]:
         """Up to `limit` records oldest first (``ts, id``) from `since` on, after `after`:
         ((ts, id), uid, record), for `crawlguard store export`."""
-        where: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(normalize_ts(since))
+        keyset = None
         if after is not None:
-            where.append("(ts > ? OR (ts = ? AND id > ?))")
-            params += [after[0], after[0], after[1]]
-        stmt = (
-            f"SELECT id, uid, {_COLUMNS} FROM violations{sql.conjunction(where)} "
-            "ORDER BY ts, id LIMIT ?"
-        )
+            keyset = ("(ts > ? OR (ts = ? AND id > ?))", [after[0], after[0], after[1]])
+        stmt, params = sql.export_sql(_SQL, since, keyset, limit)
         with self._connection() as conn:
-            rows = conn.execute(stmt, [*params, limit]).fetchall()
+            rows = conn.execute(stmt, params).fetchall()
         return [((row[2], row[0]), row[1], ViolationRecord(*row[2:])) for row in rows]
 
     def close(self) -> None:
