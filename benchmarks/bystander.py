@@ -175,6 +175,9 @@ def proxy_config(tmp: Path, ports: list[int]) -> dict[str, Any]:
         "robots": {"user_agent": "crawlguard-bench/1.0 (+https://ops.example)"},
         "destinations": {"allow_private": True, "allowed_ports": ports, "hosts": hosts},
         "pacing": {"default_min_interval": 0},
+        # one origin at full speed: the site budget's grant runs on every request (shared
+        # mode), uncapped, so the benchmark measures its cost, not its pace
+        "platform": {"site_budget": {"max_rps": None, "max_concurrency": None}},
         "tenants": [
             {"id": tid, "token_sha256": sha256_hex(f"{tid}-secret"), "product_tokens": [token]}
             for tid, token in (("attacker", "AttackBot"), ("bystander", "ByBot"))

@@ -171,6 +171,9 @@ def bench_config(
         "state": {"url": state_url},
         "destinations": {"allow_private": True, "allowed_ports": allowed_ports},
         "pacing": {"default_min_interval": 0},
+        # one origin at full speed: the site budget's grant runs on every request (shared
+        # mode), uncapped, so the benchmark measures its cost, not its pace
+        "platform": {"site_budget": {"max_rps": None, "max_concurrency": None}},
         "tenants": [
             {
                 "id": "bench",

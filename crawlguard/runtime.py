@@ -11,6 +11,7 @@ dev mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -23,6 +24,7 @@ from crawlguard.admin.metrics import Metrics
 from crawlguard.config import Config, ConfigError, Tenant, collector_paused
 from crawlguard.egress import EgressPolicy
 from crawlguard.policy.auth import Authenticator
+from crawlguard.policy.budget import SiteBudget, SiteTurn, budget_refusal
 from crawlguard.policy.decisions import Action, Decision, Kind
 from crawlguard.policy.identity import Target
 from crawlguard.policy.pacing import (
@@ -34,11 +36,14 @@ from crawlguard.policy.pacing import (
     pacing_rule,
 )
 from crawlguard.policy.pipeline import RequestInfo
+from crawlguard.policy.ratelimit import rate_cap
 from crawlguard.policy.records import ViolationRecord, log_line, utc_now_iso
+from crawlguard.policy.robots import RobotsRules
 from crawlguard.policy.tenants import TenantRuntime, TenantSet, build_tenant_set
 from crawlguard.robots.cache import RobotsCache, RobotsEntry
 from crawlguard.robots.parse_pool import RobotsParsePool
 from crawlguard.state import StateUnavailable, open_state
+from crawlguard.state.sites import SiteAsk, SiteGrant, SiteView, open_sites
 from crawlguard.store import ViolationStore, open_store, store_spool_dir
 
 if TYPE_CHECKING:
@@ -127,6 +132,15 @@ class Runtime:
             open_state(
                 cfg.state.url, cfg.state.on_error, on_fallback=self.metrics.state_fallbacks.inc
             ),
+            default_min_interval=cfg.pacing.default_min_interval,
+            max_hold=cfg.pacing.max_hold,
+        )
+        # the platform's one budget per site, shared by every tenant (and replica, on redis://)
+        self.budget = SiteBudget(
+            open_sites(
+                cfg.state.url, cfg.state.on_error, on_fallback=self.metrics.state_fallbacks.inc
+            ),
+            cfg.platform,
             default_min_interval=cfg.pacing.default_min_interval,
             max_hold=cfg.pacing.max_hold,
         )
@@ -284,6 +298,11 @@ class Runtime:
         self.pacer.default_min_interval = cfg.pacing.default_min_interval
         self.pacer.max_hold = cfg.pacing.max_hold
         self.held.limit, self.held.window = cfg.pacing.max_held, cfg.pacing.max_hold
+        self.budget.configure(
+            cfg.platform,
+            default_min_interval=cfg.pacing.default_min_interval,
+            max_hold=cfg.pacing.max_hold,
+        )
         self.metrics.held_requests_limit.set(cfg.pacing.max_held)
         self._bind_gauges()
         if cfg.destinations != self.cfg.destinations:
@@ -321,6 +340,7 @@ class Runtime:
         await self.flush_counts()
         await self.robots.close()
         await self.pacer.state.close()
+        await self.budget.state.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self.store.close)
         self._writer.shutdown(wait=True)
@@ -472,6 +492,96 @@ class Runtime:
             delay_seconds=round(outcome.wait, 3) if outcome.held else None,
         )
         return paced, outcome
+
+    async def site_turn(
+        self,
+        tenant: TenantRuntime,
+        req: RequestInfo,
+        decision: Decision,
+        outcome: PacingOutcome,
+        rules: RobotsRules | None,
+    ) -> SiteTurn | Decision:
+        """The site's shared budget for a request pacing forwards (`crawlguard.policy.budget`):
+        a granted turn, a pending one (held: asked again until its fair slot), or the
+        `site-budget` refusal of a `reject` tenant (its own pacing slot given back: it stayed
+        within its pacing). `state-unavailable` when a shared state is down and closed."""
+        assert req.target is not None
+        budget = self.budget
+        site = budget.site_of(req.target.host)
+        seconds, source, limits = budget.site_interval(site, rules, self.tenant_set.index)
+        hold = tenant.cfg.pacing == "delay"
+        ask = SiteAsk(
+            site,
+            tenant.id,
+            weight=tenant.cfg.weight,
+            interval=seconds,
+            gap=outcome.interval if hold else 0.0,
+            max_concurrency=limits.max_concurrency,
+            whole_seconds=not hold,
+            force=not tenant.enforce,
+        )
+        if outcome.held:  # its own slot first: the site is asked when that comes
+            return SiteTurn(ask)
+        try:
+            grant = await budget.ask(ask)
+        except StateUnavailable as exc:
+            await self.pacer.cancel(outcome)
+            return Decision(
+                Kind.STATE_UNAVAILABLE,
+                rule="state.on_error: closed",
+                reason="crawlguard cannot reach its shared state, so it cannot tell whether "
+                f"the platform keeps {site}'s budget.",
+                retry_after=exc.retry_after,
+                robots_sha256=decision.robots_sha256,
+            )
+        budget.note_rate(site, grant.rate)
+        if grant.granted:
+            return SiteTurn(ask, granted=True, lease=grant.lease)
+        if hold:
+            return SiteTurn(ask, wait=grant.wait)
+        await self.pacer.cancel(outcome)  # not the tenant's doing: its own slot goes back
+        return budget_refusal(site, grant, source, tenant.id, decision.robots_sha256)
+
+    def site_refusal(self, turn: SiteTurn, grant: SiteGrant, robots_sha256: str | None) -> Decision:
+        """A held request whose fair slot would come after `pacing.max_hold`: 429 after all."""
+        _, source, _ = self.budget.site_interval(turn.ask.site, None, self.tenant_set.index)
+        return budget_refusal(turn.ask.site, grant, source, turn.ask.tenant, robots_sha256)
+
+    def site_of(self, host: str) -> str:
+        """The site key of a canonical host (`platform.site_key`)."""
+        return self.budget.site_of(host)
+
+    async def site_views(self, limit: int) -> list[SiteView]:
+        """The busiest sites (most slots granted in the last minute), for operators."""
+        return await self.budget.views(limit)
+
+    async def site_view(self, site: str) -> SiteView | None:
+        return await self.budget.view(site)
+
+    async def release_site(self, site: str, lease: str | None) -> None:
+        """A request that held a site's concurrency lease ended."""
+        with contextlib.suppress(StateUnavailable):  # it expires on its own (LEASE_TTL)
+            await self.budget.release(site, lease)
+
+    async def observe_site(
+        self,
+        host: str,
+        status: int,
+        retry_after: str | None,
+        seconds: float | None,
+        header: Callable[[str], str | None],
+    ) -> None:
+        """A site's answer to any tenant feeds the platform's back-off on that site."""
+        cap = rate_cap(header)
+        site = self.budget.site_of(host)
+        try:
+            slowed = await self.budget.observe(
+                site, status, retry_after, seconds, (cap.max_rps, cap.pause)
+            )
+        except StateUnavailable:
+            return
+        if slowed:
+            self.metrics.site_backoffs.inc()
 
     def count(self, tenant: TenantRuntime, decision: Kind | str) -> None:
         """One request's decision for crawlguard_requests_total and the store's request counts:

@@ -162,6 +162,13 @@ def base_config(tmp: Path, **sections: Any) -> dict[str, Any]:
         "destinations": {"allow_private": True, "allowed_ports": ["1-65535"]},
         # one slot per origin: the tests' sites are ports of 127.0.0.1, each standing for a site
         "pacing": {"default_min_interval": 0, "max_hold": 5, "scope": "origin"},
+        # The tests' sites are ports of one host, which the platform's site budget
+        # (platform.*, tests/e2e/test_site_budget*.py) would treat as one site: the other
+        # tests pace each tenant alone, as before that budget existed.
+        "platform": {
+            "crawl_delay": "per-tenant",
+            "site_budget": {"max_rps": None, "max_concurrency": None},
+        },
         "tenants": [
             tenant("acme", ["AcmeBot"]),
             tenant("globex", ["GlobexCrawler"], mode="monitor"),

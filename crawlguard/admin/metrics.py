@@ -147,6 +147,12 @@ class Metrics:
             ["tenant"],
             registry=self.registry,
         )
+        self.site_backoffs = Counter(
+            "crawlguard_site_backoffs",
+            "Times the platform slowed down on a site for every tenant (a 429/503 to any "
+            "tenant, sustained 5xx, a doubled response time). Which sites: GET /api/sites.",
+            registry=self.registry,
+        )
         self.build_info = Gauge(
             "crawlguard_build_info",
             "Always 1; the version label is the running crawlguard's.",

@@ -38,6 +38,7 @@ from crawlguard.cli.check import (
     _url_object,
 )
 from crawlguard.config import Config, ConfigError, Tenant, load_config
+from crawlguard.policy.budget import SiteTurn
 from crawlguard.policy.decisions import ADVICE, STATUS, Decision, Kind
 from crawlguard.policy.identity import IdentityError, Target, request_identity
 from crawlguard.policy.limits import TenantLimits
@@ -46,6 +47,7 @@ from crawlguard.policy.pipeline import Facts, RequestInfo, decide
 from crawlguard.policy.robots import RobotsRules, RobotsVerdict
 from crawlguard.policy.tenants import TenantRuntime
 from crawlguard.policy.ua import TokenIndex, UAVerdict, UserAgentPolicy, lint, product_token_of
+from crawlguard.state.sites import SiteAsk
 
 
 def register(sub: Any) -> None:  # argparse._SubParsersAction
@@ -385,6 +387,18 @@ class _Answers:
 
     async def cancel(self, outcome: PacingOutcome) -> None:
         return None
+
+    async def site_turn(
+        self,
+        tenant: TenantRuntime,
+        req: RequestInfo,
+        decision: Decision,
+        outcome: PacingOutcome,
+        rules: RobotsRules | None,
+    ) -> SiteTurn | Decision:
+        """A first request finds its site's budget free (the live share: GET /api/sites)."""
+        assert req.target is not None
+        return SiteTurn(SiteAsk(req.target.host, tenant.id), granted=True)
 
 
 @dataclass(frozen=True, slots=True)

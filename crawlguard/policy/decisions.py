@@ -29,6 +29,7 @@ class Kind(StrEnum):
     REQUEST_INVALID = "request-invalid"
     STORE_BACKLOGGED = "store-backlogged"
     PROXY_BUSY = "proxy-busy"
+    SITE_BUDGET = "site-budget"
 
 
 class Action(StrEnum):
@@ -54,6 +55,7 @@ STATUS: dict[Kind, int] = {
     Kind.REQUEST_INVALID: 400,
     Kind.STORE_BACKLOGGED: 503,
     Kind.PROXY_BUSY: 503,
+    Kind.SITE_BUDGET: 429,
 }
 
 # How to comply, per kind: the second half of every body the proxy writes.
@@ -84,6 +86,9 @@ ADVICE: dict[Kind, str] = {
     Kind.STORE_BACKLOGGED: "The proxy answers no request it cannot record; retry shortly.",
     Kind.PROXY_BUSY: "The proxy's shared capacity is taken by other traffic right now; this is "
     "not a violation of yours. Retry after the indicated time.",
+    Kind.SITE_BUDGET: "The platform's requests to this site share one polite pace, split fairly "
+    "among its tenants; this is not a violation of yours. Retry after the indicated time, or use "
+    "pacing: delay to be held for your turn.",
     Kind.REQUEST_INVALID: "Send one plain HTTP/1.1 request (or TLS carrying one) per request "
     "line, with a request target crawlguard can read in one canonical form.",
 }

@@ -4,12 +4,14 @@ dev mode, the pytest plugin and the benchmarks all call `decide`.
 
     head → identity → the tenant's host globs → destination (resolve and classify, or a
     tunnel's pinned address against the running policy) → mode `off` → user agent →
-    tenant limits → robots.txt → pacing → the held pool
+    tenant limits → robots.txt → pacing → the site's shared budget → the held pool
 
 The first refusal decides. The head comes first: a head the origin could read differently
 from the proxy (control characters, a `Connection` header naming framing, two `Host`s) is
 refused before anything reads it. Tenant limits come before robots.txt and pacing, so a
-request over them fetches no robots.txt and takes no pacing slot.
+request over them fetches no robots.txt and takes no pacing slot. The site budget comes after
+the tenant's own pacing: a tenant faster than its Crawl-delay is its own violation; one within
+it that waits for the platform's shared pace is not (`site-budget`).
 
 No I/O of its own: what needs the world (DNS, robots.txt, the pacing state) is asked of a
 `Context`, which the proxy's runtime implements live and `explain` offline.
@@ -22,11 +24,12 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from crawlguard.policy.budget import SiteTurn
 from crawlguard.policy.decisions import Decision, Kind
 from crawlguard.policy.headers import head_problem
 from crawlguard.policy.identity import IdentityError, Target, canonical_host, request_identity
 from crawlguard.policy.limits import TenantLimits, host_decision
-from crawlguard.policy.pacing import PacingOutcome
+from crawlguard.policy.pacing import PacingOutcome, retry_after_seconds
 from crawlguard.policy.plan import Plan, plan
 from crawlguard.policy.robots import RobotsRules
 from crawlguard.policy.tenants import TenantRuntime
@@ -161,6 +164,18 @@ class Context(Protocol):
         """A held slot is not used after all: give it back."""
         ...
 
+    async def site_turn(
+        self,
+        tenant: TenantRuntime,
+        req: RequestInfo,
+        decision: Decision,
+        outcome: PacingOutcome,
+        rules: RobotsRules | None,
+    ) -> SiteTurn | Decision:
+        """The site's shared budget for a request pacing forwards: a granted turn, a pending
+        one (held until its fair slot), or a refusal (`site-budget`, `state-unavailable`)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -172,6 +187,7 @@ class Verdict:
     plan: Plan
     outcome: PacingOutcome | None = None
     ua: UAVerdict | None = None
+    turn: SiteTurn | None = None  # the request's place in its site's shared budget
 
     @property
     def decision(self) -> Decision:
@@ -227,10 +243,26 @@ async def decide(
         return Verdict(info, pinned, plan(mode, decision), ua=verdict)
 
     decision, outcome = await ctx.pace(tenant, info, decision, pinned)
-    if outcome.held and (busy := ctx.take_hold(tenant)) is not None:
+    held, turn = outcome.held, None
+    if outcome.forward and not info.is_robots_txt:  # /robots.txt: its own lane, no budget
+        site = await ctx.site_turn(tenant, info, decision, outcome, entry.rules)
+        if isinstance(site, Decision):
+            return Verdict(info, pinned, plan(mode, site), ua=verdict)
+        turn = site
+        if not held and not turn.granted:  # a `delay` tenant waits for its fair slot
+            held = True
+            decision = Decision(
+                Kind.SITE_BUDGET,
+                rule="platform site budget",
+                reason="held for the tenant's fair slot of the site's shared budget",
+                crawl_delay=turn.ask.interval,
+                robots_sha256=decision.robots_sha256,
+                delay_seconds=round(turn.wait, 3),
+            )
+    if held and (busy := ctx.take_hold(tenant)) is not None:
         await ctx.cancel(outcome)  # no room to hold it: its slot goes back
         return Verdict(info, pinned, plan(mode, pool_refusal(busy, outcome, decision)), ua=verdict)
-    return Verdict(info, pinned, plan(mode, decision, held=outcome.held), outcome, verdict)
+    return Verdict(info, pinned, plan(mode, decision, held=held), outcome, verdict, turn)
 
 
 async def connect(facts: Facts, tenant: TenantRuntime, ctx: Context) -> Verdict:
@@ -325,8 +357,8 @@ def pool_refusal(kind: Kind, outcome: PacingOutcome, paced: Decision) -> Decisio
         if busy
         else f"{paced.reason} Your tenant already holds its fair share of the proxy's held "
         "requests.",
-        retry_after=outcome.retry_after,
-        crawl_delay=outcome.interval,
+        retry_after=outcome.retry_after or retry_after_seconds(paced.delay_seconds or 1.0),
+        crawl_delay=outcome.interval or paced.crawl_delay,
         robots_sha256=paced.robots_sha256,
     )
 

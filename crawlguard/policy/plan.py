@@ -11,8 +11,9 @@ from crawlguard.policy.decisions import Action, Decision, Kind
 # Refused in every mode, `off` included: the proxy must never be an open proxy, and a request
 # it cannot read canonically cannot be forwarded as decided.
 ALWAYS_REFUSED = frozenset({Kind.DESTINATION_FORBIDDEN, Kind.REQUEST_INVALID})
-# Refused, but not the tenant's violation: the proxy's shared capacity was taken by others.
-NOT_VIOLATIONS = frozenset({Kind.PROXY_BUSY})
+# Refused (or held), but not the tenant's violation: the proxy's shared capacity, or the
+# platform's shared budget for a site, was taken by others. Counted, never recorded.
+NOT_VIOLATIONS = frozenset({Kind.PROXY_BUSY, Kind.SITE_BUDGET})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,8 @@ class Plan:
 def plan(mode: str, decision: Decision, *, held: bool = False) -> Plan:
     """`mode` is the tenant's (enforce, monitor, off); `held` when delay pacing holds it."""
     if held:
-        return Plan(decision, Action.DELAYED, refuse=False, hold=True)
+        record = None if decision.kind in NOT_VIOLATIONS else Action.DELAYED
+        return Plan(decision, record, refuse=False, hold=True)
     if decision.allowed:
         return Plan(decision, None, refuse=False)
     if decision.kind in NOT_VIOLATIONS:

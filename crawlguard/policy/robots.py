@@ -560,6 +560,15 @@ class RobotsRules:
             return cls(body, sha256, too_complex=reason)  # selections dropped: never used
         return cls(body, sha256, selections)
 
+    def paces(self) -> dict[str, tuple[float | None, tuple[int, float] | None]]:
+        """Crawl-delay and Request-rate per product token the file names (lower case, "*"
+        included): what the platform's shared pace on a site is made of."""
+        return {
+            name: (sel.crawl_delay, sel.request_rate)
+            for name, sel in self._selections.items()
+            if sel.crawl_delay is not None or sel.request_rate is not None
+        }
+
     def decide(
         self, product_token: str, url: str, *, fetch: bool = True, canonical: bool = False
     ) -> RobotsVerdict:

@@ -19,7 +19,7 @@ import re
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http
@@ -29,6 +29,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from crawlguard.admin import AdminServer
 from crawlguard.config import Config, ConfigError, load_config
 from crawlguard.policy import pipeline
+from crawlguard.policy.budget import SiteTurn
 from crawlguard.policy.decisions import DECISION_HEADER, Decision, Kind
 from crawlguard.policy.headers import strip_request, strip_response
 from crawlguard.policy.identity import Target
@@ -46,6 +47,8 @@ log = logging.getLogger("crawlguard")
 REALM = 'Basic realm="crawlguard"'
 META = "crawlguard"  # (TenantRuntime, Decision, RequestInfo) of the flow, set once per request
 REFUSED = "crawlguard_refused"
+SITE_LEASE = "crawlguard_site_lease"  # (site, lease) a forwarded request holds in its site's budget
+SENT = "crawlguard_sent"  # when the request was forwarded (time.time, as mitmproxy's timestamps)
 AUTH_REQUIRED = "auth-required"  # X-Crawlguard-Decision of a 407: no tenant, so no decision kind
 DecisionHook = Callable[[TenantRuntime, Plan, RequestInfo], None]
 
@@ -122,6 +125,7 @@ class CrawlGuardAddon:
         # set on SIGTERM (`stop_holding`): held requests are answered 503 instead of waiting
         self._stopping = asyncio.Event()
         self._answering: set[str] = set()  # flows answered so, until their response hook
+        self._tasks: set[asyncio.Task[None]] = set()  # site leases given back from `error`
 
     # -- mitmproxy lifecycle -----------------------------------------------------------------
 
@@ -359,26 +363,34 @@ class CrawlGuardAddon:
                 assert outcome is not None
                 guard.give_back_hold(tenant)
                 await guard.pacer.cancel(outcome)
+            if verdict.turn is not None and verdict.turn.granted:
+                await guard.release_site(verdict.turn.ask.site, verdict.turn.lease)
             log.error("request refused unrecorded (%s): tenant %s %s", exc, tenant.id, info.url)
             flow.metadata[REFUSED] = True
             flow.response = refusal(BACKLOGGED)
             self._report(tenant, Plan(BACKLOGGED, None, refuse=True), info)
             return
-        # Held, then forwarded (or its client left first): `held`, not a violation.
-        guard.count(tenant, HELD if step.hold else step.decision.kind)
+        # Held, then forwarded (or its client left first): `held`, not a violation; held for
+        # the site's shared budget: `site-budget`, not a violation either.
+        held_for_site = step.decision.kind is Kind.SITE_BUDGET
+        guard.count(tenant, HELD if step.hold and not held_for_site else step.decision.kind)
         self._report(tenant, step, info)
         if step.refuse:
             guard.limits.release(flow.metadata)  # a refused request holds no concurrency slot
             flow.metadata[REFUSED] = True
             flow.response = refusal(step.decision)
             return
+        turn = verdict.turn
         if step.hold:
             assert outcome is not None
-            if not await self._hold(flow, tenant, outcome):
+            if not await self._hold(flow, tenant, outcome, turn):
                 guard.limits.release(flow.metadata)
                 return
+        elif turn is not None and turn.granted and turn.lease is not None:
+            flow.metadata[SITE_LEASE] = (turn.ask.site, turn.lease)
         assert info.target is not None and pinned is not None
         self._forward_as_decided(flow, info.target, pinned)
+        flow.metadata[SENT] = time.time()
 
     def _report(self, tenant: TenantRuntime, step: Plan, info: RequestInfo) -> None:
         if self.on_decision is not None:
@@ -429,29 +441,55 @@ class CrawlGuardAddon:
         server.sni = host  # TLS upstream is verified for the decided name, not the client's SNI
 
     async def _hold(
-        self, flow: http.HTTPFlow, tenant: TenantRuntime, outcome: PacingOutcome
+        self,
+        flow: http.HTTPFlow,
+        tenant: TenantRuntime,
+        outcome: PacingOutcome,
+        turn: SiteTurn | None = None,
     ) -> bool:
-        """Hold a delay-paced request until its slot (no CPU); False if the client left."""
+        """Hold a delay-paced request until its slot (no CPU), then, for a site budget turn
+        still pending, until its fair slot of the site (at most `pacing.max_hold` in all);
+        False if the client left, the proxy stops, or the site has no slot in time (then
+        answered 429 `site-budget`)."""
         assert self.guard is not None
+        guard = self.guard
         started = time.monotonic()
         try:
             gone = self._gone.get(flow.client_conn.id)
             if gone is None or not flow.client_conn.connected:
-                await self.guard.pacer.cancel(outcome)
+                await guard.pacer.cancel(outcome)
                 if flow.killable:
                     flow.kill()
                 return False
-            self.guard.metrics.delayed.inc()
-            waits = [asyncio.ensure_future(e.wait()) for e in (gone, self._stopping)]
+            guard.metrics.delayed.inc()
             try:
-                await asyncio.wait(waits, timeout=outcome.wait, return_when=asyncio.FIRST_COMPLETED)
+                ended = await self._wait_or_end(asyncio.sleep(outcome.wait), gone)
+                if not ended and turn is not None and turn.pending:
+                    left = max(0.0, guard.cfg.pacing.max_hold - outcome.wait)
+                    deadline = guard.budget.clock() + left
+                    waiting = asyncio.ensure_future(guard.budget.wait_turn(turn, deadline))
+                    ended = await self._wait_or_end(waiting, gone)
+                    grant = waiting.result() if waiting.done() and not waiting.cancelled() else None
+                    if grant is not None and grant.granted and grant.lease is not None:
+                        if ended:  # granted as the client left: the lease goes back
+                            await guard.release_site(turn.ask.site, grant.lease)
+                        else:
+                            flow.metadata[SITE_LEASE] = (turn.ask.site, grant.lease)
+                    if not ended and grant is not None and not grant.granted:
+                        meta = flow.metadata.get(META)
+                        sha = meta[1].robots_sha256 if meta is not None else None
+                        flow.metadata[REFUSED] = True
+                        flow.response = refusal(guard.site_refusal(turn, grant, sha))
+                        return False
             finally:
-                for w in waits:
-                    w.cancel()
-                self.guard.metrics.delayed.dec()
-            if not gone.is_set() and not self._stopping.is_set():
+                guard.metrics.delayed.dec()
+            if not ended:
+                if turn is not None and turn.pending and META in flow.metadata:
+                    held = time.monotonic() - started  # the header says the real hold
+                    t, decision, info = flow.metadata[META]
+                    flow.metadata[META] = (t, replace(decision, delay_seconds=round(held, 3)), info)
                 return True  # the slot has come: forward
-            await self.guard.pacer.cancel(outcome)
+            await guard.pacer.cancel(outcome)
             if not gone.is_set():  # shutting down: answer now, before the listener closes
                 left = outcome.wait - (time.monotonic() - started)
                 flow.metadata[REFUSED] = True
@@ -461,32 +499,69 @@ class CrawlGuardAddon:
                 flow.kill()
             return False
         finally:
-            self.guard.give_back_hold(tenant)
-            self.guard.metrics.hold_seconds.observe(time.monotonic() - started)
+            guard.give_back_hold(tenant)
+            guard.metrics.hold_seconds.observe(time.monotonic() - started)
+
+    async def _wait_or_end(self, wait: Any, gone: asyncio.Event) -> bool:
+        """Await `wait` unless the client goes or the proxy stops first (True then; `wait`
+        is cancelled)."""
+        task = asyncio.ensure_future(wait)
+        ends = [asyncio.ensure_future(e.wait()) for e in (gone, self._stopping)]
+        try:
+            await asyncio.wait([task, *ends], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for e in ends:
+                e.cancel()
+            if not task.done():
+                task.cancel()
+        return gone.is_set() or self._stopping.is_set()
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        """Origin push-back (429/503) starts a back-off for this tenant and origin."""
+        """Origin push-back (429/503) starts a back-off for this tenant and origin, and slows
+        the platform on the site for every tenant."""
         self._answering.discard(flow.id)
         if self.guard is not None:
             self.guard.limits.release(flow.metadata)  # the request is no longer in flight
+            await self._release_site(flow)
         meta = flow.metadata.get(META)
         if meta is None or self.guard is None or flow.response is None:
             return
         tenant, _, info = meta
         if flow.metadata.get(REFUSED) or tenant.cfg.mode == "off" or info.target is None:
             return  # our own refusal is not the origin's answer
+        response = flow.response
         await self.guard.observe_response(
             tenant,
             self.guard.pacing_site(info.target),
-            flow.response.status_code,
-            flow.response.headers.get("Retry-After"),
+            response.status_code,
+            response.headers.get("Retry-After"),
         )
+        sent = flow.metadata.get(SENT)
+        if sent is not None:
+            first_byte = response.timestamp_start
+            seconds = None if first_byte is None else first_byte - sent
+            await self.guard.observe_site(
+                info.target.host,
+                response.status_code,
+                response.headers.get("Retry-After"),
+                seconds,
+                response.headers.get,
+            )
+
+    async def _release_site(self, flow: http.HTTPFlow) -> None:
+        lease = flow.metadata.pop(SITE_LEASE, None)
+        if lease is not None and self.guard is not None:
+            await self.guard.release_site(*lease)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """A flow that ends without a response (origin failure, client gone, killed)."""
         self._answering.discard(flow.id)
         if self.guard is not None:
             self.guard.limits.release(flow.metadata)
+            if SITE_LEASE in flow.metadata:  # its site lease goes back (a state call: a task)
+                task = asyncio.get_running_loop().create_task(self._release_site(flow))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def request(self, flow: http.HTTPFlow) -> None:
         """The body has been read whole: frame what is sent from what was read.

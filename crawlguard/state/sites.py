@@ -38,6 +38,7 @@ budget. `cap` applies a site's own RateLimit / RateLimit-Policy answer for a whi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -129,7 +130,7 @@ class SiteState(Protocol):
         ...
 
     async def slow_down(self, site: str, now: float, pause: float | None) -> float:
-        """Back off the site: rate × RATE_DECREASE (at most once per interval) and, with
+        """Back off the site: rate * RATE_DECREASE (at most once per interval) and, with
         `pause`, no slot before now + pause. Returns the rate."""
         ...
 
@@ -176,6 +177,28 @@ def slots_ahead(start: float, ahead: list[tuple[float, float]]) -> int:
     return total
 
 
+def open_sites(
+    url: str, on_error: str = "closed", *, on_fallback: Callable[[], None] | None = None
+) -> SiteState:
+    """The site budgets for ``state.url``, with ``state.on_error`` as for pacing."""
+    if url == "memory://":
+        from crawlguard.state.sites_memory import MemorySites
+
+        return MemorySites()
+    if url.startswith(("redis://", "rediss://")):
+        from crawlguard.state.sites_failover import FailoverSites
+        from crawlguard.state.sites_memory import MemorySites
+        from crawlguard.state.sites_redis import RedisSites
+
+        return FailoverSites(
+            RedisSites.from_url(url),
+            on_error=on_error,  # type: ignore[arg-type]
+            fallback=MemorySites() if on_error == "open" else None,
+            on_fallback=on_fallback,
+        )
+    raise ValueError(f"state.url {url!r}: must be memory:// or redis://host:port/db")
+
+
 __all__ = [
     "ACTIVITY_WINDOW",
     "BACKOFF_INTERVAL",
@@ -192,5 +215,6 @@ __all__ = [
     "TenantShare",
     "claim_grace",
     "effective_interval",
+    "open_sites",
     "slots_ahead",
 ]

@@ -121,9 +121,10 @@ class MemorySites:
             cause = "gap"
         elif full:
             cause = "concurrency"
-        elif any(o.due <= now for _, o in ahead if o.due is not None) or min(
-            (o.due for _, o in ahead if o.due is not None), default=math.inf
-        ) < now + eff:
+        elif (
+            any(o.due <= now for _, o in ahead if o.due is not None)
+            or min((o.due for _, o in ahead if o.due is not None), default=math.inf) < now + eff
+        ):
             cause = "share"  # a claimant ahead is due, or would not find the next slot free
         else:
             return self._take(site, ask, me, start, now, eff)
@@ -182,6 +183,7 @@ class MemorySites:
         if max_rps is not None and max_rps > 0:
             rec.cap_rps = max_rps
             rec.cap_until = now + ACTIVITY_WINDOW
+            rec.next = max(rec.next, now + 1.0 / max_rps)  # counted from the answer that says so
         if pause is not None and pause > 0:
             rec.pause_until = max(rec.pause_until, now + min(pause, 86400.0))
 
