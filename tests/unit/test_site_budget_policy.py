@@ -24,12 +24,15 @@ from crawlguard.state.sites_memory import MemorySites
 
 ROBOTS = b"""User-agent: acmebot
 Crawl-delay: 5
+Allow: /
 
 User-agent: unknownbot
 Crawl-delay: 60
+Allow: /
 
 User-agent: *
 Crawl-delay: 2
+Allow: /
 """
 
 
@@ -53,7 +56,7 @@ def test_shared_pace_is_the_largest_delay_of_any_registered_tokens_group() -> No
 
 def test_star_group_counts_only_while_some_token_is_not_named() -> None:
     rules = RobotsRules.parse(
-        b"User-agent: acmebot\nCrawl-delay: 1\n\nUser-agent: *\nCrawl-delay: 9\n"
+        b"User-agent: acmebot\nCrawl-delay: 1\nAllow: /\n\nUser-agent: *\nCrawl-delay: 9\n"
     )
     only_acme = TokenIndex([("acme", ["AcmeBot"])])
     assert budget().shared_interval(rules, only_acme)[0] == 1
