@@ -278,7 +278,7 @@ class PacingSection(_Strict):
 class SiteBudget(_Strict):
     """The whole platform's cap on one site (docs/operators/site-budget.md)."""
 
-    max_rps: Annotated[float, Field(gt=0, le=1_000_000)] | None = 4
+    max_rps: Annotated[float, Field(gt=0, le=1_000_000)] | None = 4.0
     """Requests per second to one site from all tenants together at most; null: no cap. Four a
     second is what a small dynamic site (shared hosting, a CMS without a page cache) serves
     without its owner noticing; a site that wants more says so with an override."""
@@ -410,7 +410,7 @@ class Tenant(_Strict):
     """Host globs (crawlguard.policy.limits): when non-empty, only matching hosts may be crawled."""
     deny_hosts: list[str] = Field(default_factory=list)
     """Host globs this tenant may never crawl; deny wins over allow. Every mode, `off` too."""
-    weight: Annotated[float, Field(gt=0, le=1000)] = 1
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
     """The tenant's share of a busy site's budget against the others waiting for that site
     (2: twice the slots of a tenant of weight 1). Unused shares go to the others."""
 
