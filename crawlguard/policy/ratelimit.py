@@ -41,6 +41,8 @@ MAX_FIELD = 8 * 1024  # characters of one header's value read at most; longer: i
 MAX_ITEMS = 64  # policies or limits of one field looked at
 EPOCH_LIKE = 1_000_000_000  # ~2001-09-09 as a Unix time, or 31 years as a delay
 REQUESTS = "requests"
+PREFIX = "ratelimit"  # every field read here starts so
+PREFIX_BYTES = PREFIX.encode()
 
 Headers = Callable[[str], Any] | Mapping[str, Any] | Any
 
@@ -62,6 +64,8 @@ def rate_cap(headers: Headers, *, now: float | None = None) -> RateCap:
     `name -> value | None`, or a mapping (mitmproxy's `Headers`, a dict, ...) looked up
     without regard to case. Never raises."""
     try:
+        if not _may_say_something(headers):
+            return NOTHING  # the common case, at the cost of one pass over the names
         get = _getter(headers)
         policies = _policies(get)
         units = {name: unit for name, _, unit in policies if name is not None}
@@ -205,19 +209,36 @@ def _parse(raw: str | None, tltype: str) -> Any:
         return None  # http_sf's StructuredFieldError is a ValueError
 
 
+def _may_say_something(headers: Headers) -> bool:
+    """False when `headers` (a mapping) has no field named `RateLimit…`: most responses.
+    mitmproxy's `Headers` is read from its raw field list, a cheaper pass than its `get`."""
+    fields = getattr(headers, "fields", None)
+    if isinstance(fields, tuple | list):
+        return any(field[0][:9].lower() == PREFIX_BYTES for field in fields)
+    if isinstance(headers, Mapping):
+        for key in headers:
+            text = _text(key)
+            if text is not None and text[:9].lower() == PREFIX:
+                return True
+        return False
+    return True  # a callable: ask it
+
+
 def _getter(headers: Headers) -> Callable[[str], str | None]:
-    if isinstance(headers, Mapping) or hasattr(headers, "get"):
-        return lambda name: _lookup(headers, name)
+    if isinstance(headers, Mapping):
+        return lambda name: _lookup(headers, name, mapping=True)
+    if hasattr(headers, "get"):
+        return lambda name: _lookup(headers, name, mapping=False)
     if callable(headers):
         return lambda name: _text(headers(name))
     return lambda name: None
 
 
-def _lookup(headers: Any, name: str) -> str | None:
+def _lookup(headers: Any, name: str, *, mapping: bool) -> str | None:
     """`headers.get(name)`, else the keys compared without case (a plain dict), joined with
     ", " as repeated field lines combine (RFC 9110 5.3)."""
     found = _text(headers.get(name))
-    if found is not None or not isinstance(headers, Mapping):
+    if found is not None or not mapping or _CASELESS.get(type(headers), False):
         return found
     folded = name.lower()
     values: Iterable[Any] = (
@@ -225,6 +246,18 @@ def _lookup(headers: Any, name: str) -> str | None:
     )
     texts = [t for t in map(_text, values) if t is not None]
     return ", ".join(texts) if texts else None
+
+
+def _caseless_types() -> dict[type, bool]:
+    """Mapping types whose `get` already ignores case: no second, scanning look-up."""
+    try:
+        from mitmproxy.http import Headers as MitmHeaders
+    except ImportError:  # pragma: no cover - mitmproxy is a dependency
+        return {}
+    return {MitmHeaders: True}
+
+
+_CASELESS = _caseless_types()
 
 
 def _text(value: Any) -> str | None:
