@@ -275,6 +275,103 @@ class PacingSection(_Strict):
     server), or a host and, besides, every dialled IP address (names of one server share it)."""
 
 
+class SiteBudget(_Strict):
+    """The whole platform's cap on one site (docs/operators/site-budget.md)."""
+
+    max_rps: Annotated[float, Field(gt=0, le=1_000_000)] | None = 4.0
+    """Requests per second to one site from all tenants together at most; null: no cap. Four a
+    second is what a small dynamic site (shared hosting, a CMS without a page cache) serves
+    without its owner noticing; a site that wants more says so with an override."""
+    max_concurrency: Annotated[int, Field(ge=1, le=1_000_000)] | None = 8
+    """Requests to one site in flight at once from all tenants together at most; null: no cap.
+    Bounds the server workers the platform can tie up when a site slows down."""
+
+
+class SiteOverride(_Strict):
+    """A site's own budget. A key left out is `site_budget`'s, filled in at load
+    (`PlatformSection._inherit`); null: no cap for that site."""
+
+    site: str
+    """Host glob (crawlguard.policy.limits, as `tenants[].allow_hosts`) matched against the site
+    key (`platform.site_key`: the host, or its registrable domain); the first override that
+    matches a site wins."""
+    max_rps: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    """The site's `max_rps` instead of `platform.site_budget.max_rps` (null: no cap; left out:
+    `site_budget`'s)."""
+    max_concurrency: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    """The site's `max_concurrency` instead of `platform.site_budget.max_concurrency` (null:
+    no cap; left out: `site_budget`'s)."""
+
+    @field_validator("site")
+    @classmethod
+    def _glob(cls, v: str) -> str:
+        from crawlguard.policy.limits import normalise_glob
+
+        return normalise_glob(v)
+
+
+class PlatformSection(_Strict):
+    """The platform seen from a site: one polite crawler, whatever the number of tenants
+    (docs/operators/site-budget.md)."""
+
+    site_key: Literal["host", "domain"] = "host"
+    """What one site budget covers: `host` (each host name its own) or `domain` (every host
+    of one registrable domain, a browser's "site": `a.example.co.uk` and `b.example.co.uk`
+    share `example.co.uk`; private suffixes such as `github.io` count, so `x.github.io` and
+    `y.github.io` stay apart). From the Public Suffix List snapshot the installed `tldextract`
+    bundles; never fetched at run time."""
+    crawl_delay: Literal["shared", "per-tenant"] = "shared"
+    """`shared`: a site's Crawl-delay / Request-rate (the largest that applies to any tenant
+    there, or `pacing.default_min_interval`) paces the whole platform on that site, its slots
+    handed to the tenants that want them in turn. `per-tenant`: each tenant is paced on its
+    own (ten tenants: ten times the rate). Each tenant's own pacing applies in both."""
+    site_budget: SiteBudget = Field(default_factory=SiteBudget)
+    """The cap on every site that no `site_overrides` entry matches."""
+    site_overrides: list[SiteOverride] = Field(default_factory=list)
+    """Sites with a budget of their own (those that publish higher limits, or ask for lower):
+    `{site: glob, max_rps, max_concurrency}`, first match wins."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: Any) -> Any:
+        """An override's key left out takes `site_budget`'s value here, at load, so the
+        model holds plain values (a snapshot written for `--workers` reads back the same)."""
+        if not isinstance(data, dict) or not isinstance(data.get("site_overrides"), list):
+            return data
+        try:
+            budget = SiteBudget.model_validate(data.get("site_budget", {}))
+        except ValidationError:
+            budget = SiteBudget()  # its own error is reported where it is
+        overrides = []
+        for index, item in enumerate(data["site_overrides"]):
+            if isinstance(item, dict):
+                if not {"max_rps", "max_concurrency"} & item.keys():
+                    raise ValueError(
+                        f"site_overrides[{index}] (site {item.get('site')!r}): set max_rps or "
+                        "max_concurrency (or both); an override of neither changes nothing"
+                    )
+                item = {
+                    "max_rps": budget.max_rps,
+                    "max_concurrency": budget.max_concurrency,
+                    **item,
+                }
+            overrides.append(item)
+        return {**data, "site_overrides": overrides}
+
+    @field_validator("site_overrides")
+    @classmethod
+    def _distinct(cls, v: list[SiteOverride]) -> list[SiteOverride]:
+        seen: set[str] = set()
+        for override in v:
+            if override.site in seen:
+                raise ValueError(
+                    f"site {override.site!r} is listed twice; the first match wins, so the "
+                    "second would never apply"
+                )
+            seen.add(override.site)
+        return v
+
+
 class TenancySection(_Strict):
     """Where the tenants live (docs/operators/tenancy.md)."""
 
@@ -313,6 +410,9 @@ class Tenant(_Strict):
     """Host globs (crawlguard.policy.limits): when non-empty, only matching hosts may be crawled."""
     deny_hosts: list[str] = Field(default_factory=list)
     """Host globs this tenant may never crawl; deny wins over allow. Every mode, `off` too."""
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    """The tenant's share of a busy site's budget against the others waiting for that site
+    (2: twice the slots of a tenant of weight 1). Unused shares go to the others."""
 
     _v_token = field_validator("token_sha256")(classmethod(lambda cls, v: _check_sha256(v)))
 
@@ -360,6 +460,7 @@ class Config(_Strict):
     robots: RobotsSection = Field(default_factory=RobotsSection)
     destinations: DestinationsSection = Field(default_factory=DestinationsSection)
     pacing: PacingSection = Field(default_factory=PacingSection)
+    platform: PlatformSection = Field(default_factory=PlatformSection)
     tenancy: TenancySection = Field(default_factory=TenancySection)
     tenants: list[Tenant] = Field(default_factory=list)
 

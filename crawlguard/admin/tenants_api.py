@@ -59,6 +59,7 @@ TYPES: dict[str, tuple[str, bool]] = {
     "max_rps": ("number", True),
     "allow_hosts": ("list of strings", False),
     "deny_hosts": ("list of strings", False),
+    "weight": ("number", False),
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -209,6 +210,7 @@ def file_tenant(t: Tenant) -> dict[str, Any]:
         "max_rps": t.max_rps,
         "allow_hosts": list(t.allow_hosts),
         "deny_hosts": list(t.deny_hosts),
+        "weight": t.weight,
         "disabled": False,
         "source": "file",
     }

@@ -57,6 +57,16 @@ def _positive_float(text: str) -> float | None:
     return value
 
 
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 1000")
+    return value
+
+
 def _field_flags(p: argparse.ArgumentParser, *, create: bool) -> None:
     p.add_argument(
         "--product-token",
@@ -71,6 +81,13 @@ def _field_flags(p: argparse.ArgumentParser, *, create: bool) -> None:
     p.add_argument("--pacing", choices=("reject", "delay"))
     p.add_argument("--max-concurrency", type=_positive_int, metavar="N", default=argparse.SUPPRESS)
     p.add_argument("--max-rps", type=_positive_float, metavar="R", default=argparse.SUPPRESS)
+    p.add_argument(
+        "--weight",
+        type=_weight,
+        metavar="W",
+        default=argparse.SUPPRESS,
+        help="the tenant's share of a busy site's budget (default 1; more than 0, at most 1000)",
+    )
     for kind in ("allow", "deny"):
         p.add_argument(
             f"--{kind}-host",
@@ -225,6 +242,8 @@ def do_list(registry: Any, cfg: Any, args: argparse.Namespace) -> int:
             for name, value in (("concurrency", r.max_concurrency), ("rps", r.max_rps))
             if value is not None
         ]
+        if r.weight != 1:
+            limits.append(f"weight={r.weight:g}")
         rows.append(
             (
                 r.id,

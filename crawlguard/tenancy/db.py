@@ -25,6 +25,10 @@ registry changed, and a listener acts only on its own (tests run many schemas in
 ADVISORY_LOCK_CLASS = 0x43475454  # "CGTT": one writer per schema at a time
 
 Row = tuple[Any, ...]
+# Columns of tenancy_tenants added after its first release: made on open where missing (a
+# constant default, so existing rows get it without a rewrite). `weight`: issue 22.
+ADDED_SQLITE = (("weight", "REAL NOT NULL DEFAULT 1"),)
+ADDED_PG = (("weight", "double precision NOT NULL DEFAULT 1"),)
 _LOCK = "SELECT pg_advisory_xact_lock(%s::integer, hashtext(coalesce(current_schema(), '')))"
 
 
@@ -71,7 +75,8 @@ _SQLITE_SCHEMA = [
         token_sha256    TEXT NOT NULL,
         disabled        INTEGER NOT NULL DEFAULT 0,
         created_at      TEXT NOT NULL,
-        updated_at      TEXT NOT NULL
+        updated_at      TEXT NOT NULL,
+        weight          REAL NOT NULL DEFAULT 1
     )""",
     """CREATE TABLE IF NOT EXISTS tenancy_retired (
         tenant  TEXT NOT NULL,
@@ -119,6 +124,10 @@ class SQLiteDatabase:
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SQLITE_SCHEMA:
                 conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(tenancy_tenants)")}
+            for column, declaration in ADDED_SQLITE:
+                if column not in have:
+                    conn.execute(f"ALTER TABLE tenancy_tenants ADD COLUMN {column} {declaration}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.close()
@@ -173,7 +182,8 @@ _PG_SCHEMA = [
         token_sha256    text NOT NULL,
         disabled        smallint NOT NULL DEFAULT 0,
         created_at      text NOT NULL,
-        updated_at      text NOT NULL
+        updated_at      text NOT NULL,
+        weight          double precision NOT NULL DEFAULT 1
     )""",
     """CREATE TABLE IF NOT EXISTS tenancy_retired (
         tenant  text COLLATE "C" NOT NULL,
@@ -195,6 +205,7 @@ _PG_SCHEMA = [
         changes text NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS tenancy_audit_tenant ON tenancy_audit (tenant, id)",
+    *(f"ALTER TABLE tenancy_tenants ADD COLUMN IF NOT EXISTS {c} {d}" for c, d in ADDED_PG),
 ]
 
 
@@ -229,13 +240,20 @@ class PostgresDatabase:
             ) from None
 
     def _create(self, conn: Any) -> None:
+        """The tables, and the columns later versions added (`ADDED_PG`), made if missing: a
+        registry made by an older crawlguard is upgraded the first time this one opens it."""
         exists = conn.execute(
             "SELECT count(*) FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n "
             "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = "
             "ANY(%s)",
             (["tenancy_tenants", "tenancy_retired", "tenancy_tokens", "tenancy_audit"],),
         ).fetchone()
-        if exists and exists[0] == 4:
+        columns = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = 'tenancy_tenants' AND column_name = ANY(%s)",
+            ([column for column, _ in ADDED_PG],),
+        ).fetchone()
+        if exists and exists[0] == 4 and columns and columns[0] == len(ADDED_PG):
             return
         with conn.transaction():
             conn.execute(

@@ -32,6 +32,7 @@ TENANT_FIELDS = (
     "max_rps",
     "allow_hosts",
     "deny_hosts",
+    "weight",
 )
 """The fields `update` accepts (`create` also takes `id`)."""
 
@@ -46,6 +47,7 @@ class TenantRecord:
     max_rps: float | None
     allow_hosts: tuple[str, ...]
     deny_hosts: tuple[str, ...]
+    weight: float
     disabled: bool
     created_at: str
     updated_at: str

@@ -40,13 +40,14 @@ T = TypeVar("T")
 
 _COLUMNS = (
     "id, product_tokens, mode, pacing, max_concurrency, max_rps, allow_hosts, deny_hosts, "
-    "disabled, created_at, updated_at"
+    "disabled, created_at, updated_at, weight"
 )
 AUDIT_LIMIT_MAX = 10_000
 SUBSET_CHUNK = 500  # ids per IN (...) list
 _TEMPLATE = Tenant.model_construct(
     id="-", token_sha256="0" * 64, token_env=None, product_tokens=[], mode="enforce",
     pacing="reject", max_concurrency=None, max_rps=None, allow_hosts=[], deny_hosts=[],
+    weight=1.0,
 )  # fmt: skip
 """Copied per stored tenant (`model_copy` is about twice as fast as `model_construct`)."""
 
@@ -61,6 +62,7 @@ def _record(row: Row) -> TenantRecord:
         max_rps=row[5],
         allow_hosts=tuple(json.loads(row[6])),
         deny_hosts=tuple(json.loads(row[7])),
+        weight=float(row[11]),
         disabled=bool(row[8]),
         created_at=row[9],
         updated_at=row[10],
@@ -147,7 +149,7 @@ class TenantRegistry:
         now = time.time()
         tenant_sql = (
             "SELECT id, product_tokens, mode, pacing, max_concurrency, max_rps, allow_hosts, "
-            "deny_hosts, token_sha256 FROM tenancy_tenants WHERE disabled = 0"
+            "deny_hosts, token_sha256, weight FROM tenancy_tenants WHERE disabled = 0"
         )
         retired_sql = (
             "SELECT r.tenant, r.digest, r.expires FROM tenancy_retired AS r "
@@ -179,6 +181,7 @@ class TenantRegistry:
                     "max_rps": r[5],
                     "allow_hosts": [] if r[6] == "[]" else json.loads(r[6]),
                     "deny_hosts": [] if r[7] == "[]" else json.loads(r[7]),
+                    "weight": float(r[9]),
                 }
             )
             for r in rows
@@ -228,7 +231,7 @@ class TenantRegistry:
             now = utc_now_iso()
             tx.rows(
                 "UPDATE tenancy_tenants SET product_tokens = ?, mode = ?, pacing = ?, "
-                "max_concurrency = ?, max_rps = ?, allow_hosts = ?, deny_hosts = ?, "
+                "max_concurrency = ?, max_rps = ?, allow_hosts = ?, deny_hosts = ?, weight = ?, "
                 "updated_at = ? WHERE id = ?",
                 (
                     json.dumps(new["product_tokens"]),
@@ -238,6 +241,7 @@ class TenantRegistry:
                     new["max_rps"],
                     json.dumps(new["allow_hosts"]),
                     json.dumps(new["deny_hosts"]),
+                    new["weight"],
                     now,
                     tenant_id,
                 ),
@@ -388,8 +392,8 @@ class TenantRegistry:
         stamp = utc_now_iso()
         tx.rows(
             "INSERT INTO tenancy_tenants (id, product_tokens, mode, pacing, max_concurrency, "
-            "max_rps, allow_hosts, deny_hosts, token_sha256, disabled, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            "max_rps, allow_hosts, deny_hosts, weight, token_sha256, disabled, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             (
                 tenant.id,
                 json.dumps(values["product_tokens"]),
@@ -399,6 +403,7 @@ class TenantRegistry:
                 values["max_rps"],
                 json.dumps(values["allow_hosts"]),
                 json.dumps(values["deny_hosts"]),
+                values["weight"],
                 digest,
                 stamp,
                 stamp,

@@ -159,11 +159,11 @@ Make a token hash with `printf %s 'the-token' | sha256sum`.
 
 Every key below, in the order of the model (`crawlguard/config.py`); the meaning is the key's
 docstring there. Sections: `proxy`, `admin`, `store`, `state`, `robots`, `destinations`,
-`pacing`, `tenancy`, and the list `tenants`. Where a key needs more than a line:
+`pacing`, `platform`, `tenancy`, and the list `tenants`. Where a key needs more than a line:
 [operations](../operators/operations.md) (reload, limits), [pacing](../crawlers/pacing.md),
 [robots.txt](../crawlers/robots-txt.md), [violations](../operators/violations.md),
 [deployment](../deployment.md) (Redis, PostgreSQL, workers),
-[tenancy](../operators/tenancy.md).
+[tenancy](../operators/tenancy.md), [site budget](../operators/site-budget.md).
 """
 
 

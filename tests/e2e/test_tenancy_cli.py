@@ -57,7 +57,10 @@ def error(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 def lifecycle(config: Path, *, full: bool = True) -> None:
     """The CLI against the store `config` names (`full=False`: the calls that touch the
     database differently, not every error path again)."""
-    added = cli(config, "add", "--id", "acme", "--product-token", "AcmeBot", "--max-rps", "2")
+    added = cli(
+        config, "add", "--id", "acme", "--product-token", "AcmeBot", "--max-rps", "2",
+        "--weight", "2",
+    )  # fmt: skip
     assert added.returncode == 0, added.stderr
     token = added.stdout.strip()
     assert added.stdout == token + "\n" and len(token) >= 40  # the token alone on stdout
@@ -77,18 +80,25 @@ def lifecycle(config: Path, *, full: bool = True) -> None:
     assert listed.returncode == 0
     [entry] = json.loads(listed.stdout)
     assert entry["id"] == "acme" and entry["max_rps"] == 2 and not entry["disabled"]
+    assert entry["weight"] == 2.0
     table = cli(config, "list").stdout if full else ""
     assert not full or ("acme" in table and "AcmeBot" in table)
     digest = hashlib.sha256(token.encode()).hexdigest()
     for out in (listed.stdout, table):
         assert token not in out and digest not in out
 
-    changed = cli(config, "set", "acme", "--mode", "monitor", "--max-rps", "none")
+    changed = cli(config, "set", "acme", "--mode", "monitor", "--max-rps", "none", "--weight", ".5")
     assert changed.returncode == 0, changed.stderr
     assert json.loads(changed.stdout)["mode"] == "monitor"
+    assert json.loads(changed.stdout)["weight"] == 0.5
     if full:
         shown = json.loads(cli(config, "show", "acme").stdout)
         assert shown["mode"] == "monitor" and shown["max_rps"] is None
+        assert shown["weight"] == 0.5
+        assert "weight=0.5" in cli(config, "list").stdout
+        for bad in ("0", "1001", "heavy", "none"):
+            refused = cli(config, "set", "acme", "--weight", bad)
+            assert refused.returncode == 2 and "--weight" in refused.stderr, bad
         missing = cli(config, "show", "ghost")
         assert missing.returncode == 1 and "ghost" in error(missing)["error"]
 

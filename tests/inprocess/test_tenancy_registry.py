@@ -250,8 +250,8 @@ def test_import_is_idempotent_keeps_hashes_and_is_all_or_none(
     assert registry.get("gamma") is None and registry.version() == v
     err = error(registry.import_file, [{"id": "e", "product_tokens": ["EBot"]}], actor="x")
     assert err.status == 400 and "token" in err.message
-    err = error(registry.import_file, [{**bad[0], "weight": 2}], actor="x")
-    assert err.field == "weight"
+    err = error(registry.import_file, [{**bad[0], "priority": 2}], actor="x")
+    assert err.field == "priority"
     entry = registry.audit(tenant="beta")[0]
     assert (entry.actor, entry.action) == ("cli:ops", "import")
 
@@ -368,3 +368,69 @@ def test_changed_since_names_what_a_sync_must_load_again(registry: TenantRegistr
     assert registry.running_subset([]) == ([], {})
     many = [f"id{n}" for n in range(1200)]  # more than one IN (...) list
     assert [t.id for t in registry.running_subset([*many, "gamma"])[0]] == ["gamma"]
+
+
+# -- weight (issue 22: a tenant's share of a busy site) ----------------------------------------
+
+
+def behind(url: str, sql: str) -> None:
+    """One statement run on the registry's database behind its back."""
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            db.execute(sql)
+            db.commit()
+        finally:
+            db.close()
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def test_weight_round_trips_through_create_update_import_and_the_running_set(
+    registry: TenantRegistry,
+) -> None:
+    record, _ = registry.create(
+        {"id": "acme", "product_tokens": ["AcmeBot"], "weight": 2.5}, actor="x"
+    )
+    assert record.weight == 2.5 and record.public()["weight"] == 2.5
+    plain, _ = registry.create({"id": "beta", "product_tokens": ["BetaBot"]}, actor="x")
+    assert plain.weight == 1.0  # the config file's default
+    assert registry.update("acme", {"weight": 0.25}, actor="api:operator").weight == 0.25
+    assert registry.audit(tenant="acme", limit=1)[0].changes == {"weight": [2.5, 0.25]}
+    assert registry.import_file(
+        [{"id": "gamma", "token_sha256": HASH, "product_tokens": ["GammaBot"], "weight": 1000}],
+        actor="x",
+    ) == ["gamma"]
+    tenants, _ = registry.running_set()
+    assert {t.id: t.weight for t in tenants} == {"acme": 0.25, "beta": 1.0, "gamma": 1000.0}
+    assert {t.id: t.weight for t in registry.running_subset(["acme"])[0]} == {"acme": 0.25}
+    assert [r.weight for r in registry.list()] == [0.25, 1.0, 1000.0]
+    for bad in (0, -1, 1000.5, "heavy"):
+        err = error(registry.update, "acme", {"weight": bad}, actor="x")
+        assert (err.status, err.field) == (400, "weight"), bad
+    assert registry.get("acme").weight == 0.25  # type: ignore[union-attr]
+
+
+def test_a_registry_from_before_weight_gets_the_column_with_weight_1(backend: Backend) -> None:
+    """A registry an older crawlguard made has no `weight` column: opening it adds one, every
+    existing tenant weighing 1, and the column then takes new values."""
+    first = open_for(backend.url)
+    try:
+        first.create({"id": "old", "product_tokens": ["OldBot"]}, actor="x")
+    finally:
+        first.close()
+    behind(backend.url, "ALTER TABLE tenancy_tenants DROP COLUMN weight")
+    registry = open_for(backend.url)
+    try:
+        assert registry.get("old").weight == 1.0  # type: ignore[union-attr]
+        assert registry.update("old", {"weight": 3}, actor="x").weight == 3.0
+        registry.create({"id": "new", "product_tokens": ["NewBot"], "weight": 0.5}, actor="x")
+        assert {t.id: t.weight for t in registry.running_set()[0]} == {"old": 3.0, "new": 0.5}
+    finally:
+        registry.close()
+    again = open_for(backend.url)  # a second open finds the column and changes nothing
+    try:
+        assert again.get("old").weight == 3.0  # type: ignore[union-attr]
+    finally:
+        again.close()

@@ -203,6 +203,11 @@ async def test_bad_input_is_a_400_naming_the_field(api: Api) -> None:
         ("POST", "/api/tenants", new("x7", "XsevenBot", pacing="slow"), None, "pacing", "pacing"),
         # JSON types are not coerced, and nothing a database cannot hold gets to it
         ("POST", "/api/tenants", new("x8", "XeightBot", max_rps="2"), None, "max_rps", "number"),
+        ("POST", "/api/tenants", new("w1", "WoneBot", weight="2"), None, "weight", "number"),
+        ("POST", "/api/tenants", new("w2", "WtwoBot", weight=True), None, "weight", "number"),
+        ("POST", "/api/tenants", new("w3", "WthreeBot", weight=0), None, "weight", "greater"),
+        ("POST", "/api/tenants", new("w4", "WfourBot", weight=1001), None, "weight", "1000"),
+        ("PATCH", "/api/tenants/acmetwo", {"weight": None}, None, "weight", "number"),
         (
             "POST",
             "/api/tenants",
@@ -400,6 +405,7 @@ async def test_with_source_file_changes_are_409_and_reads_come_from_the_config(
         status, acme = await api.call("GET", "/api/tenants/acme")
         assert status == 200, acme
         assert acme["product_tokens"] == ["AcmeBot"] and acme["mode"] == "enforce"
+        assert acme["weight"] == 1.0
         assert not any("token" in k and k != "product_tokens" for k in acme), acme
         status, globex = await api.call("GET", "/api/tenants/globex")
         assert globex["mode"] == "monitor"
@@ -429,6 +435,42 @@ async def test_tenancy_tells_the_dashboard_the_source_and_the_grace(
     status, body = await api.call("GET", "/api/tenancy")
     assert [t["id"] for t in body["tenants"]] == ["alpha", "shown"]
     assert (body["tenants_total"], body["truncated"]) == (3, True)
+
+
+# -- weight (issue 22) -------------------------------------------------------------------------
+
+
+async def weight_round_trip(api: Api) -> None:
+    """Create with a weight, read it, change it, see the change audited and in the running set;
+    a tenant made without one weighs 1."""
+    await created(api, "heavy", "HeavyBot", weight=2.5)
+    await created(api, "plain", "PlainBot")
+    status, shown = await api.call("GET", "/api/tenants/heavy")
+    assert (status, shown["weight"]) == (200, 2.5), shown
+    assert (await api.call("GET", "/api/tenants/plain"))[1]["weight"] == 1.0
+    status, shown = await api.call("PATCH", "/api/tenants/heavy", {"weight": 0.5})
+    assert (status, shown["weight"], shown["product_tokens"]) == (200, 0.5, ["HeavyBot"]), shown
+    status, audit = await api.call("GET", "/api/tenants/heavy/audit")
+    assert status == 200 and audit[0]["changes"] == {"weight": [2.5, 0.5]}, audit
+    assert audit[1]["action"] == "create" and audit[1]["changes"]["weight"] == [None, 2.5]
+
+
+async def test_weight_round_trips_through_the_api_on_sqlite(api: Api) -> None:
+    await weight_round_trip(api)
+    running, _ = api.admin.guard.tenancy.running_set()
+    assert {t.id: t.weight for t in running} == {"heavy": 0.5, "plain": 1.0}
+
+
+async def test_weight_round_trips_through_the_api_on_postgresql(
+    tmp_path: Path, pg_schema: PgSchema
+) -> None:
+    a = await start_admin(tmp_path, tenancy=STORE, tenants=[], store={"url": pg_schema.url()})
+    try:
+        await weight_round_trip(Api(a))
+        rows = pg_schema.rows("SELECT id, weight FROM tenancy_tenants ORDER BY id")
+        assert rows == [("heavy", 0.5), ("plain", 1.0)]
+    finally:
+        await stop_admin(a)
 
 
 # -- the database down -----------------------------------------------------------------------

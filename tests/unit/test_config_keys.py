@@ -21,6 +21,8 @@ from configmodel import leaf_keys
 
 TESTS = Path(__file__).resolve().parents[1]
 HERE = "tests/e2e/test_config_keys_e2e.py"  # the keys no other test showed
+SITES = "tests/unit/test_sites.py"
+BUDGET = "tests/e2e/test_site_budget.py"
 
 # -- the table -------------------------------------------------------------------------------
 
@@ -147,6 +149,38 @@ KEY_TESTS: dict[str, list[str]] = {
         "tests/e2e/test_integrity.py::test_two_ports_of_one_host_share_a_slot_unless_scope_is_origin",
         "tests/e2e/test_integrity.py::test_names_of_one_address_share_a_slot_with_scope_address",
     ],
+    # platform (issue 22): the shared per-site budget's behaviour is shown against the real
+    # proxy in tests/e2e/test_site_budget.py (PENDING below until it lands); the unit tests
+    # show what each key selects
+    "platform.site_key": [
+        f"{SITES}::test_domain_mode_is_the_registrable_domain",
+        f"{BUDGET}::test_domain_site_key_shares_one_budget",
+    ],
+    "platform.crawl_delay": [
+        f"{BUDGET}::test_shared_crawl_delay_three_delay_tenants",
+        f"{BUDGET}::test_per_tenant_mode_paces_each_tenant_alone",
+    ],
+    "platform.site_budget.max_rps": [
+        f"{SITES}::test_null_means_no_cap",
+        f"{BUDGET}::test_site_budget_caps_the_platform_without_crawl_delay",
+    ],
+    "platform.site_budget.max_concurrency": [
+        f"{SITES}::test_null_means_no_cap",
+        f"{BUDGET}::test_site_budget_max_concurrency",
+    ],
+    "platform.site_overrides[].site": [
+        f"{SITES}::test_overrides_first_match_wins_and_fields_inherit",
+        f"{SITES}::test_overrides_match_the_site_key_so_domain_mode_names_domains",
+        f"{BUDGET}::test_site_override_raises_the_budget",
+    ],
+    "platform.site_overrides[].max_rps": [
+        f"{SITES}::test_overrides_first_match_wins_and_fields_inherit",
+        f"{BUDGET}::test_site_override_raises_the_budget",
+    ],
+    "platform.site_overrides[].max_concurrency": [
+        f"{SITES}::test_overrides_first_match_wins_and_fields_inherit",
+        f"{BUDGET}::test_site_override_raises_the_budget",
+    ],
     # tenancy
     "tenancy.source": [
         "tests/e2e/test_tenancy_cli.py::test_a_running_proxy_picks_up_cli_changes",
@@ -189,9 +223,23 @@ KEY_TESTS: dict[str, list[str]] = {
     "tenants[].deny_hosts": [
         "tests/e2e/test_limits_e2e.py::test_deny_hosts_refuse_before_anything_reaches_the_origin",
     ],
+    "tenants[].weight": [f"{BUDGET}::test_weights_split_the_site"],
 }
 
-PENDING: dict[str, str] = {}
+_BUDGET_NOTE = "issue 22: the lead's site-budget e2e tests, written alongside the scheduler"
+PENDING: dict[str, str] = {
+    key: _BUDGET_NOTE
+    for key in (
+        "platform.site_key",
+        "platform.crawl_delay",
+        "platform.site_budget.max_rps",
+        "platform.site_budget.max_concurrency",
+        "platform.site_overrides[].site",
+        "platform.site_overrides[].max_rps",
+        "platform.site_overrides[].max_concurrency",
+        "tenants[].weight",
+    )
+}
 """Keys whose behaviour tests are being written alongside their feature (key -> note): while
 the named test file does not exist the existence check is skipped with the note; once it
 exists, it is enforced like any other entry (a pattern must match at least one function)."""

@@ -29,10 +29,11 @@ def refused(call: Any, *args: Any, **kw: Any) -> TenancyError:
 
 
 def test_unknown_fields_are_named() -> None:
-    err = refused(check_fields, {"id": "a", "weight": 3}, CREATE_FIELDS)
-    assert (err.status, err.field) == (400, "weight")
-    assert "weight: unknown field" in err.message and "product_tokens" in err.message
-    assert err.to_json() == {"error": err.message, "field": "weight"}
+    err = refused(check_fields, {"id": "a", "priority": 3}, CREATE_FIELDS)
+    assert (err.status, err.field) == (400, "priority")
+    assert "priority: unknown field" in err.message and "product_tokens" in err.message
+    assert "weight" in err.message  # an accepted field, named in the list
+    assert err.to_json() == {"error": err.message, "field": "priority"}
     assert refused(check_fields, ["id"], CREATE_FIELDS).field is None
     assert check_fields({"mode": "off"}, CREATE_FIELDS) == {"mode": "off"}
 
@@ -92,11 +93,12 @@ def test_product_tokens_fold_ascii_only() -> None:
 
 def test_a_records_public_form_has_no_secret() -> None:
     record = TenantRecord(
-        "acme", ("AcmeBot",), "enforce", "reject", None, 2.0, (), ("*.x.org",), False,
+        "acme", ("AcmeBot",), "enforce", "reject", None, 2.0, (), ("*.x.org",), 1.5, False,
         "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:00.000000Z",
     )  # fmt: skip
     public = record.public()
     assert public["product_tokens"] == ["AcmeBot"] and public["deny_hosts"] == ["*.x.org"]
+    assert public["weight"] == 1.5
     assert not any("token_" in key or key == "token" for key in public)
 
 
