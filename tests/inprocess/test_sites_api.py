@@ -152,7 +152,7 @@ async def test_sites_top_n_and_backoff_order(sites: tuple[Admin, FakeSites]) -> 
     assert fake.asked[-1] == 100
     assert [s["site"] for s in body["sites"]] == ["s149.test", "s148.test", "s147.test"]
     # lowest rate first; of equal rates the longer pause first
-    fake.views = fake.views[-3:] + [view("busy.test", 500)]
+    fake.views = [*fake.views[-3:], view("busy.test", 500)]
     body = await admin.json("/api/sites?sort=backoff&limit=3")
     assert [s["site"] for s in body["sites"]] == ["paused.test", "slow.test", "half.test"]
     assert body["sites"][0]["backoff"] == {"rate": 0.062, "paused_for": 30.0, "capped_rps": None}
