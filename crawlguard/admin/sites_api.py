@@ -6,8 +6,9 @@ their shares of its slots. Top N sites only, and never a host in a metric label:
 platform crawls are unbounded, so they belong in an answer like this one, not in a time series.
 
 The views come from the Runtime (`site_views`, `site_view`, `site_of`), which reads the site
-state on the proxy's own loop; the parent of `crawlguard run --workers N` has none (each worker
-holds its own state) and answers 404 saying so.
+state on the proxy's own loop. The parent of `crawlguard run --workers N` has none (each worker
+holds its own): it answers no sites and an `unavailable` reason, a 200 rather than an error, so
+the dashboard it serves says why its panel is empty instead of failing a request every refresh.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ class SitesAPI:
             return error(400, exc.message, **extra)
         guard = self._guard()
         if not callable(getattr(guard, "site_views", None)):
-            return error(404, NO_SITES)
+            window = int(ACTIVITY_WINDOW)
+            body = {"window": window, "sort": sort, "sites": [], "unavailable": NO_SITES}
+            return web.json_response(body)
         if host is not None:
             view = await guard.site_view(guard.site_of(host))
             views = [] if view is None else [view]  # an idle site: nothing to show, not a 404
