@@ -179,6 +179,9 @@ class AdminAPI:
         app.router.add_get("/api/robots", self.robots)
         app.router.add_get("/api/evidence/{sha256}", self.evidence)
         TenantsAPI(self._guard).add_routes(app)  # tenant lifecycle + audit: before the catch-all
+        from crawlguard.admin.sites_api import SitesAPI  # it imports this module's Params
+
+        SitesAPI(self._guard).add_routes(app)
         app.router.add_route("*", "/api/{tail:.*}", self.not_found)
 
     @property

@@ -11,7 +11,9 @@ the proxy's order, with the proxy's own code, and says which one decides and how
 4. robots.txt: `--robots-file F`, or the live file fetched with the proxy's `RobotsCache`
    and `EgressPolicy` built from the config (defaults: `allow_private: false`), so the
    answer includes what the proxy's fetcher would see (status, SHA-256, cache lifetime);
-5. pacing: the Crawl-delay / Request-rate that applies and the interval that makes.
+5. pacing: the Crawl-delay / Request-rate that applies and the interval that makes;
+6. the site budget (crawlguard.cli.explain_sites): the platform's pace on the site, shared by
+   all tenants, this tenant's share of it, and with a shared state.url its live view.
 
 Exit codes as `crawlguard check`: 0 allowed, 1 the proxy would refuse it in `enforce` mode
 (for a `monitor` tenant: forwarded, but recorded as a would-be block), 2 bad input.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from crawlguard.cli import explain_sites
 from crawlguard.cli.check import (
     EXIT_ALLOWED,
     EXIT_BAD_INPUT,
@@ -135,6 +139,7 @@ class Explanation:
     verdict: RobotsVerdict | None
     fetch: Fetch | None  # None: --robots-file, or the destination was refused first
     outcome: Outcome
+    site: explain_sites.SiteBudget | None = None  # None: a config without platform.*
 
     @property
     def sha256(self) -> str | None:
@@ -172,6 +177,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     token = ua.token or product_token_of(args.user_agent)
     verdict = rules.decide(token, target.path) if rules is not None else None
     decided = asyncio.run(_decide(args.user_agent, target, cfg, tenant, destination, rules, fetch))
+    site = explain_sites.site_budget(cfg, tenant, token, rules, target)
+    if site is not None and not site.exempt:
+        site = dataclasses.replace(site, live=asyncio.run(explain_sites.read_live(cfg, site.site)))
     e = Explanation(
         url=args.url,
         user_agent=args.user_agent,
@@ -187,6 +195,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         verdict=verdict,
         fetch=fetch,
         outcome=_outcome(decided, fetch, target),
+        site=site,
     )
     if args.json:
         print(json.dumps(_json(e), ensure_ascii=False))
@@ -593,6 +602,8 @@ def _text(e: Explanation) -> list[str]:
     else:
         row("pacing", f"interval {seconds:g} s, set by {source}",
             *_pacing_words(cfg, tenant, seconds, target.origin))  # fmt: skip
+    if e.site is not None:
+        row("site budget", *explain_sites.text_lines(e.site, tenant))
 
     if outcome.kind is Kind.ALLOWED:
         out.append(f"verdict: ALLOWED: {outcome.reason}")
@@ -679,4 +690,5 @@ def _json(e: Explanation) -> dict[str, object]:
             "interval": 0.0 if e.exempt else seconds,
             "set_by": None if seconds <= 0 or e.exempt else source,
         },
+        "site_budget": explain_sites.json_object(e.site, tenant),
     }

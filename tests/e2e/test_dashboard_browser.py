@@ -344,6 +344,8 @@ def test_dashboard_laptop(env: Env, browser: Browser, tmp_path: Path) -> None:
     expect(page.locator("#tenants .actions-col")).to_be_hidden()
     expect(page.locator("#tenants td.actions")).to_have_count(0)
     expect(page.locator("#kpi-held")).to_have_text("1")
+    # busy sites (issue 22), from the real API: a row per site, or one saying there is none
+    expect(page.locator("#sites-table tbody tr").first).to_be_visible()
 
     # the table: every violation of the day, newest first, held ones left out
     expect(rows(page)).to_have_count(sum(day.values()))
@@ -543,6 +545,113 @@ def test_dashboard_needs_login(env: Env, browser: Browser) -> None:
     expect(page.locator("#f-tenant")).to_have_value("acme")
     # the wrong token's 401 is the one console error we expect
     w.errors = [e for e in w.errors if "401" not in e]
+    w.check()
+    context.close()
+
+
+# -- busy sites (issue 22) ---------------------------------------------------------------------
+
+HOSTILE_SITE = "<img src=x onerror=alert(1)>.example"
+SITES = {
+    "window": 60,
+    "sort": "busy",
+    "sites": [
+        {
+            "site": "shop.example.com", "rate_rps": 2.0, "budget_rps": 2.0, "interval": 0.5,
+            "base_interval": 0.25,
+            "backoff": {"rate": 0.5, "paused_for": 3.0, "capped_rps": 1.5},
+            "in_flight": 3, "max_concurrency": 4,
+            "tenants": [
+                {"tenant": "acme", "weight": 2.0, "grants": 80, "share": 0.667, "waiting": False},
+                {"tenant": "globex", "weight": 1.0, "grants": 40, "share": 0.333, "waiting": True},
+            ]
+            + [{"tenant": f"t{i}", "weight": 1.0, "grants": 0, "share": 0.0, "waiting": True}
+               for i in range(5)],
+            "tenants_total": 9,
+        },
+        {
+            "site": HOSTILE_SITE, "rate_rps": 0.1, "budget_rps": None, "interval": 0.0,
+            "base_interval": 0.0, "backoff": {"rate": 1.0, "paused_for": 0.0, "capped_rps": None},
+            "in_flight": 0, "max_concurrency": None,
+            "tenants": [
+                {"tenant": "initech", "weight": 1.0, "grants": 6, "share": 1.0, "waiting": False},
+            ],
+            "tenants_total": 1,
+        },
+    ],
+}  # fmt: skip
+
+
+SITES_API = re.compile(r"/api/sites(\?|$)")
+
+
+def answer(page: Page, status: int, body: dict[str, Any]) -> None:
+    """/api/sites answers `body` from now on."""
+    page.unroute(SITES_API)
+    data = json.dumps(body)
+    page.route(
+        SITES_API,
+        lambda route: route.fulfill(status=status, content_type="application/json", body=data),
+    )
+
+
+def test_dashboard_busy_sites(env: Env, browser: Browser, tmp_path: Path) -> None:
+    """The panel renders GET /api/sites (stubbed here: which sites are busy is the proxy's
+    business, tested with its site state) as text, and asks for the top 10 by slots."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    w = watch(page)
+    asked: list[str] = []
+
+    def stub(route: Any) -> None:
+        asked.append(route.request.url)
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(SITES))
+
+    page.route(SITES_API, stub)
+    login(page, env.base)
+    assert asked and parse_qs(urlsplit(asked[-1]).query) == {"sort": ["busy"], "limit": ["10"]}
+    rows_ = page.locator("#sites-table tbody tr[data-site]")
+    expect(rows_).to_have_count(2)
+    assert rows_.evaluate_all("rs => rs.map(r => r.dataset.site)") == [
+        "shop.example.com", HOSTILE_SITE,
+    ]  # fmt: skip
+    shop = page.locator('#sites-table tr[data-site="shop.example.com"]')
+    expect(shop.locator("td.rate")).to_contain_text("2/s")
+    expect(shop.locator("td.rate")).to_contain_text("budget 2/s · every 0.5 s")
+    expect(shop.locator("td.backoff .badge")).to_have_text(
+        ["rate 50%", "paused 3 s", "RateLimit 1.5/s"]
+    )
+    expect(shop.locator("td.num")).to_have_text("3 / 4")
+    shares = shop.locator("li.share")
+    expect(shares).to_have_count(5)  # the first five, then how many more
+    expect(shares.first).to_contain_text("acme66.7%")
+    expect(shop.locator('li.share[data-tenant="globex"] .wait')).to_have_text("waiting")
+    expect(shop.locator(".share-list")).to_contain_text("+4 more")
+    hostile = page.locator("#sites-table tr[data-site]").nth(1)
+    expect(hostile.locator(".site-name")).to_have_text(HOSTILE_SITE)  # text, never markup
+    expect(hostile.locator("td.rate")).to_contain_text("no pace")
+    expect(hostile.locator("td.backoff")).to_have_text("none")
+    expect(hostile.locator("td.num")).to_have_text("0 / \u221e")
+    assert page.locator("#sites-table img").count() == 0
+    page.locator("#sites").screenshot(path=str(tmp_path / "dashboard-busy-sites.png"))
+
+    # no busy site: the empty state
+    empty: dict[str, Any] = {"window": 60, "sort": "busy", "sites": []}
+    answer(page, 200, empty)
+    page.click("#refresh-now")
+    expect(page.locator("#sites-table")).to_contain_text("No busy sites")
+    # an API that fails: said in the panel, the rest of the page still loads
+    answer(page, 503, {"error": "state down"})
+    page.click("#refresh-now")
+    expect(page.locator("#sites-table")).to_contain_text("Site budgets unavailable: ")
+    expect(page.locator("#sites-table")).to_contain_text("state down")
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#kpi-violations")).to_have_text(str(sum(env.seeded.day.values())))
+    # a server without site state (the parent of --workers N) says why, in a 200
+    answer(page, 200, {**empty, "unavailable": "per worker"})
+    page.click("#refresh-now")
+    expect(page.locator("#sites-table")).to_contain_text("Site budgets unavailable: per worker")
+    w.errors = [e for e in w.errors if "503" not in e]  # the stubbed failure's console line
     w.check()
     context.close()
 

@@ -30,6 +30,8 @@
   ];
   const MIN_SPAN = 6;
   const REFRESH_MS = 30e3;
+  const SITES_SHOWN = 10; // busy sites in the panel (GET /api/sites?sort=busy)
+  const SITE_TENANTS_SHOWN = 5; // tenants listed per site, most slots first
   const PAGE_SIZE = 50;
   const PALETTE = [
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
@@ -67,6 +69,7 @@
     lastWidth: 0,
     badKind: "", // a ?kind= the page does not know: said, not silently dropped
     expanded: new Set(), // ids of the first rows of the groups the operator opened
+    sitesWindow: 60, // seconds GET /api/sites counts slots over
   };
 
   class AuthError extends Error {}
@@ -289,6 +292,17 @@
     }
   }
 
+  // The busiest sites now (not the time range: the site budgets' own window). A failure
+  // shows in the panel and leaves the rest of the page alone.
+  async function fetchSites() {
+    try {
+      return { data: (await api("/api/sites", { sort: "busy", limit: SITES_SHOWN })).data };
+    } catch (err) {
+      if (err instanceof AuthError) throw err;
+      return { error: String(err.message || err) };
+    }
+  }
+
   function windowFor(range) {
     const { step, n } = RANGES[range];
     const offset = -new Date().getTimezoneOffset() * 60e3;
@@ -360,11 +374,12 @@
     document.body.classList.add("busy");
     $("#main").setAttribute("aria-busy", "true");
     try {
-      const [summary, tenants, page, tenancy] = await Promise.all([
+      const [summary, tenants, page, tenancy, sites] = await Promise.all([
         fetchSummary(win),
         api("/api/tenants", { since: win.since }),
         fetchRows(null, keepRows ? state.win : win),
         fetchTenancy(),
+        fetchSites(),
       ]);
       if (seq !== state.seq) return; // a newer refresh started meanwhile
       state.tenancy = tenancy;
@@ -379,6 +394,7 @@
       renderKinds(summary.data);
       renderHosts(summary.data);
       renderTenants();
+      renderSites(sites);
       if (keepRows) {
         prependRows(page.rows);
       } else {
@@ -824,6 +840,72 @@
         el("td", null, last),
         managed ? actionsCell(t) : null);
     }));
+  }
+
+  // -- busy sites: the platform's shared budget per site ----------------------------------
+
+  function rps(value) {
+    return `${fmt(Math.round(Number(value) * 100) / 100)}/s`;
+  }
+
+  function percent(value) {
+    return `${fmt(Math.round(Number(value) * 1000) / 10)}%`;
+  }
+
+  function siteRow(s) {
+    const budget = typeof s.budget_rps === "number" && s.budget_rps > 0 ? s.budget_rps : null;
+    const fill = el("span", { class: "meter-fill" });
+    const used = budget ? Math.min(1, Number(s.rate_rps) / budget) : 0;
+    fill.style.width = `${Math.round(100 * used)}%`; // CSSOM, allowed by the CSP
+    if (used >= 0.95) fill.classList.add("full");
+    const rate = el("td", { class: "rate" },
+      el("span", { class: "big", text: rps(s.rate_rps) }),
+      budget ? el("span", { class: "meter", "aria-hidden": "true" }, fill) : null,
+      el("span", { class: "breakdown", text: budget ? `budget ${rps(budget)} · every ${fmt(Math.round(s.interval * 1000) / 1000)} s` : "no pace" }));
+    const b = s.backoff || {};
+    const backoff = el("td", { class: "backoff" });
+    if (typeof b.rate === "number" && b.rate < 1) {
+      backoff.append(el("span", { class: "badge slowed", text: `rate ${percent(b.rate)}`, title: "the site's rate after back-off, of its budget" }));
+    }
+    if (Number(b.paused_for) > 0) backoff.append(el("span", { class: "badge paused", text: `paused ${duration(b.paused_for)}`, title: "no slot until the site's Retry-After has passed" }));
+    if (typeof b.capped_rps === "number") backoff.append(el("span", { class: "badge", text: `RateLimit ${rps(b.capped_rps)}`, title: "the site's own RateLimit header caps the rate" }));
+    if (!backoff.childNodes.length) backoff.append(el("span", { class: "muted", text: "none" }));
+    const cap = s.max_concurrency === null || s.max_concurrency === undefined ? "∞" : fmt(s.max_concurrency);
+    const tenants = Array.isArray(s.tenants) ? s.tenants : [];
+    const shares = tenants.slice(0, SITE_TENANTS_SHOWN).map((t) => el("li", {
+      class: t.waiting ? "share waiting" : "share",
+      dataset: { tenant: String(t.tenant) },
+      title: `${t.tenant}: ${fmt(t.grants)} slot${t.grants === 1 ? "" : "s"} in the last ${fmt(state.sitesWindow)} s, weight ${fmt(t.weight)}${t.waiting ? ", waiting for its turn" : ""}`,
+    }, swatch(String(t.tenant)), el("span", { class: "name", text: t.tenant }), el("span", { class: "pct", text: percent(t.share) }),
+    t.waiting ? el("span", { class: "wait", text: "waiting" }) : null));
+    const total = Number(s.tenants_total) || tenants.length;
+    if (total > shares.length) shares.push(el("li", { class: "muted", text: `+${fmt(total - shares.length)} more` }));
+    return el("tr", { dataset: { site: String(s.site) } },
+      el("td", null, el("span", { class: "site-name", text: s.site, title: String(s.site) })),
+      rate,
+      backoff,
+      el("td", { class: "num" }, el("span", { class: "big", text: `${fmt(s.in_flight)} / ${cap}` })),
+      el("td", { class: "tenants-cell" }, shares.length ? el("ul", { class: "share-list" }, ...shares) : el("span", { class: "muted", text: "none" })));
+  }
+
+  function renderSites(result) {
+    const body = $("#sites-table tbody");
+    const data = result && result.data;
+    state.sitesWindow = data && Number(data.window) > 0 ? Number(data.window) : 60;
+    $("#sites-sub").textContent = `Slots granted in the last ${fmt(state.sitesWindow)} s against each site's budget, busiest first (top ${SITES_SHOWN})`;
+    if (!data || typeof data.unavailable === "string") {
+      const why = data ? data.unavailable : result ? result.error : "no answer";
+      body.replaceChildren(el("tr", null, el("td", { class: "empty-cell", colSpan: 5, text: `Site budgets unavailable: ${why}` })));
+      return;
+    }
+    const sites = Array.isArray(data.sites) ? data.sites : [];
+    for (const s of sites) for (const t of s.tenants || []) colorOf(String(t.tenant));
+    if (!sites.length) {
+      body.replaceChildren(el("tr", null, el("td", { class: "empty-cell", colSpan: 5 },
+        emptyState("No busy sites", "No tenant was granted a slot in the last minute."))));
+      return;
+    }
+    body.replaceChildren(...sites.map(siteRow));
   }
 
   // -- tenant lifecycle (tenancy.source: store) -------------------------------------------
