@@ -129,7 +129,7 @@ class SiteState(Protocol):
         ...
 
     async def slow_down(self, site: str, now: float, pause: float | None) -> float:
-        """Back off the site: rate × RATE_DECREASE (at most once per interval) and, with
+        """Back off the site: rate * RATE_DECREASE (at most once per interval) and, with
         `pause`, no slot before now + pause. Returns the rate."""
         ...
 
@@ -176,6 +176,25 @@ def slots_ahead(start: float, ahead: list[tuple[float, float]]) -> int:
     return total
 
 
+Claim = tuple[float, float, float, float, str]  # (start tag, weight, due, since, name)
+
+
+def fair_slot(free_at: float, start: float, interval: float, ahead: list[Claim]) -> float:
+    """When a refused tenant whose start tag is `start` may expect its slot, the claims `ahead`
+    of it staying as they are: from the next free slot, each claimant in the order it is due
+    takes its `slots_ahead` slots, until one is due so late (at or after the slot in question
+    plus an interval) that the tenant takes that slot first: the borrowing `grant` allows.
+    Without that stop, a claimant held back by its own pacing (due far ahead) would push every
+    other tenant one interval further per refusal and leave the site idle meanwhile. With all
+    claimants due, this is ``free_at + slots_ahead(start, ahead) * interval``."""
+    slot = free_at
+    for s_u, w_u, due, _since, _name in sorted(ahead, key=lambda u: (u[2], u[0], u[3], u[4])):
+        if due >= slot + interval:
+            break
+        slot += slots_ahead(start, [(s_u, w_u)]) * interval
+    return slot
+
+
 __all__ = [
     "ACTIVITY_WINDOW",
     "BACKOFF_INTERVAL",
@@ -185,6 +204,7 @@ __all__ = [
     "RATE_FLOOR",
     "RATE_INCREASE",
     "SITE_TTL",
+    "Claim",
     "SiteAsk",
     "SiteGrant",
     "SiteState",
@@ -192,5 +212,6 @@ __all__ = [
     "TenantShare",
     "claim_grace",
     "effective_interval",
+    "fair_slot",
     "slots_ahead",
 ]
