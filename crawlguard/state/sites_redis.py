@@ -10,13 +10,17 @@ injected clock.
 Keys (``<ns>`` is ``crawlguard:`` or ``crawlguard:<prefix>:``, as for pacing):
 
 * ``<ns>site:<site>``, a hash: ``next``, ``v``, ``rate``, ``slowed_at``, ``pause_until``,
-  ``cap_rps``, ``cap_until``, ``base``, ``max_concurrency``, ``seq`` (lease ids), and per tenant
-  ``f:<t>`` (finish tag), ``l:<t>`` (last grant), ``g:<t>`` (gap), ``w:<t>`` (weight) and its
-  claim ``cd:<t>`` (due), ``cs:<t>`` (since), ``ce:<t>`` (expires); times in µs, tags as
-  doubles (``%.17g``: exact). Grants for operators are counted per ACTIVITY_BUCKET in
-  ``a:<bucket>:<t>``. PEXPIRE: SITE_TTL after the last grant / slow_down / cap, or the end of
-  the site's pause if later (as `MemorySites` sweeps).
-* ``<ns>site-leases:<site>``, a zset of lease ids (a per-site counter) scored by expiry.
+  ``cap_rps``, ``cap_until``, ``base``, ``max_concurrency``, ``seq`` (lease ids), ``ap`` (the
+  activity pruned up to), and per tenant ``f:<t>`` (finish tag), ``l:<t>`` (last grant),
+  ``g:<t>`` (gap), ``w:<t>`` (weight) and its claim ``cd:<t>`` (due), ``cs:<t>`` (since),
+  ``ce:<t>`` (expires); times in µs, tags as doubles (``%.17g``: exact). PEXPIRE: SITE_TTL
+  after the last grant / slow_down / cap, or the end of the site's pause if later (as
+  `MemorySites` sweeps).
+* ``<ns>site-leases:<site>``, a zset of lease ids (the per-site ``seq``) scored by expiry;
+  PEXPIRE LEASE_TTL after the last lease.
+* ``<ns>site-activity:<site>``, a hash of grants per ACTIVITY_BUCKET and tenant
+  (``<bucket>:<t>``), for operators: kept apart so a grant does not read it; the buckets the
+  window has left are dropped once per bucket; PEXPIRE the window after the last grant.
 * ``<ns>sites-busy:<bucket>``, a zset per ACTIVITY_BUCKET: grants per site (ZINCRBY), expiring
   after the window; ``busy`` unions the window's buckets (no SCAN).
 * ``<ns>sites-backoff``, a zset of the sites slowed or paused (scored by until when), so ``busy``
@@ -24,10 +28,11 @@ Keys (``<ns>`` is ``crawlguard:`` or ``crawlguard:<prefix>:``, as for pacing):
 
 Differences from `MemorySites`, both for operators only: grants "in the last ACTIVITY_WINDOW
 seconds" are counted in whole buckets of ACTIVITY_BUCKET seconds (the window plus up to one
-bucket), and nothing bounds the number of sites but their TTL. The per-minute bucket's key is
-named inside the script from the server's clock: fine on one Redis (as pacing's scripts), not on
-Redis Cluster. Nothing is retried by redis-py (a retried grant could take two slots): every
-failure is a `StateBackendError`, and `FailoverSites` applies ``state.on_error``.
+bucket), and nothing bounds the number of sites but their TTL. The ``sites-busy`` bucket's key
+is named inside the script from the server's clock (not passed in KEYS): fine on one Redis, not
+on Redis Cluster (nor are pacing's multi-key reservations). Nothing is retried by redis-py (a
+retried grant could take two slots): every failure is a `StateBackendError`, and
+`FailoverSites` applies ``state.on_error``.
 """
 
 from __future__ import annotations
@@ -133,8 +138,8 @@ end
 """
 )
 
-# KEYS: site hash, leases zset, back-off zset. ARGV: now, tenant, weight, interval µs, gap µs,
-# max_concurrency or '', whole_seconds 1/0, force 1/0, site, busy key prefix
+# KEYS: site hash, leases zset, back-off zset, activity hash. ARGV: now, tenant, weight,
+# interval µs, gap µs, max_concurrency or '', whole_seconds 1/0, force 1/0, site, busy prefix
 # -> {granted 1/0, wait µs, cause, interval µs, rate, lease or nil}
 GRANT = (
     _PRELUDE
@@ -145,22 +150,23 @@ local base, gap, mc = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local whole, force, site = ARGV[7] == '1', ARGV[8] == '1', ARGV[9]
 
 local raw = redis.call('HGETALL', key)
-local h, T, acts = {}, {}, {}
+local h, T = {}, {}
 for i = 1, #raw, 2 do
   local k, val = raw[i], raw[i + 1]
   local p, rest = string.match(k, '^(%a+):(.*)$')
   if not p then h[k] = val
-  elseif p == 'a' then acts[#acts + 1] = k
   else
     local t = T[rest]
     if not t then t = {}; T[rest] = t end
     t[p] = tonumber(val)
   end
 end
-if mc then redis.call('HSET', key, 'base', fmt(base), 'max_concurrency', fmt(mc))
-else redis.call('HSET', key, 'base', fmt(base)); redis.call('HDEL', key, 'max_concurrency') end
+-- the pace and cap last asked (for operators), written with the tenant's fields below
+local site_fields = {'base', fmt(base)}
+if mc then site_fields = {'base', fmt(base), 'max_concurrency', fmt(mc)}
+elseif h.max_concurrency then redis.call('HDEL', key, 'max_concurrency') end
 
--- prune: expired leases and claims, tenants whose tags no longer matter, old activity
+-- prune: expired leases and claims, tenants whose tags no longer matter
 redis.call('ZREMRANGEBYSCORE', lkey, '-inf', fmt(now))
 local v = num(h.v, 0)
 for name, r in pairs(T) do
@@ -172,11 +178,6 @@ for name, r in pairs(T) do
     redis.call('HDEL', key, 'f:' .. name, 'l:' .. name, 'g:' .. name, 'w:' .. name)
     T[name] = nil
   end
-end
-local oldest = math.floor((now - WINDOW) / BUCKET)  -- buckets before it ended by the window
-for _, k in ipairs(acts) do
-  local b = tonumber(string.match(k, '^a:(%d+):'))
-  if not b or b < oldest then redis.call('HDEL', key, k) end
 end
 
 local rate = num(h.rate, 1)
@@ -191,13 +192,26 @@ local function take()
   local nf = start + 1 / weight
   nxt = math.max(nxt, now + eff)
   redis.call('HSET', key, 'v', fmt(start), 'next', fmt(nxt), 'f:' .. tenant, fmt(nf),
-    'l:' .. tenant, fmt(now), 'g:' .. tenant, fmt(gap), 'w:' .. tenant, fmt(weight))
+    'l:' .. tenant, fmt(now), 'g:' .. tenant, fmt(gap), 'w:' .. tenant, fmt(weight),
+    unpack(site_fields))
   if me.cd then redis.call('HDEL', key, 'cd:' .. tenant, 'cs:' .. tenant, 'ce:' .. tenant) end
+  -- activity: counters per bucket; the buckets the window has left are dropped once per bucket
   local b = math.floor(now / BUCKET)
-  redis.call('HINCRBY', key, 'a:' .. fmt(b) .. ':' .. tenant, 1)
+  local akey = KEYS[4]
+  local oldest = math.floor((now - WINDOW) / BUCKET)
+  if num(h.ap, NEG) < oldest then
+    for _, k in ipairs(redis.call('HKEYS', akey)) do
+      local kb = tonumber(string.match(k, '^(%d+):'))
+      if not kb or kb < oldest then redis.call('HDEL', akey, k) end
+    end
+    redis.call('HSET', key, 'ap', fmt(oldest))
+  end
+  redis.call('HINCRBY', akey, fmt(b) .. ':' .. tenant, 1)
+  local keep = (b + 1) * BUCKET + WINDOW - now + BUCKET
+  expire_in(akey, keep)
   local bkey = ARGV[10] .. fmt(b)
   redis.call('ZINCRBY', bkey, 1, site)
-  expire_in(bkey, (b + 1) * BUCKET + WINDOW + BUCKET - now)
+  expire_in(bkey, keep)
   local lease = false
   if mc then
     lease = tostring(redis.call('HINCRBY', key, 'seq', 1))
@@ -259,7 +273,7 @@ if whole then due = now + math.ceil(wait / 1000000 - 1e-9) * 1000000 end
 if not me.cd then me.cs = now end
 redis.call('HSET', key, 'f:' .. tenant, fmt(me.f), 'g:' .. tenant, fmt(gap),
   'w:' .. tenant, fmt(weight), 'cd:' .. tenant, fmt(due), 'cs:' .. tenant, fmt(me.cs),
-  'ce:' .. tenant, fmt(due + math.max(GRACE, GRACE_SLOTS * eff)))
+  'ce:' .. tenant, fmt(due + math.max(GRACE, GRACE_SLOTS * eff)), unpack(site_fields))
 touch(key, pause_until)
 return {0, fmt(wait), cause, fmt(eff), fmt(rate), false}
 """
@@ -333,13 +347,15 @@ return 1
 """
 )
 
-# KEYS: site hash, leases zset. ARGV: now -> {now µs, the hash's fields, leases in flight}
+# KEYS: site hash, leases zset, activity hash. ARGV: now
+# -> {now µs, the site's fields, leases in flight, the activity counters}
 VIEW = (
     _PRELUDE
     + """
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then return false end
-return {fmt(now), raw, redis.call('ZCOUNT', KEYS[2], '(' .. fmt(now), '+inf')}
+return {fmt(now), raw, redis.call('ZCOUNT', KEYS[2], '(' .. fmt(now), '+inf'),
+  redis.call('HGETALL', KEYS[3])}
 """
 )
 
@@ -428,6 +444,9 @@ class RedisSites:
     def leases_key(self, site: str) -> str:
         return f"{self.namespace}site-leases:{site}"
 
+    def activity_key(self, site: str) -> str:
+        return f"{self.namespace}site-activity:{site}"
+
     @property
     def busy_prefix(self) -> str:
         return f"{self.namespace}sites-busy:"
@@ -450,7 +469,12 @@ class RedisSites:
     async def grant(self, ask: SiteAsk, now: float) -> SiteGrant:
         reply = await self._run(
             self._grant,
-            [self.site_key(ask.site), self.leases_key(ask.site), self.backoff_key],
+            [
+                self.site_key(ask.site),
+                self.leases_key(ask.site),
+                self.backoff_key,
+                self.activity_key(ask.site),
+            ],
             self._now(now),
             ask.tenant,
             repr(float(ask.weight)),
@@ -504,7 +528,9 @@ class RedisSites:
 
     async def view(self, site: str, now: float) -> SiteView | None:
         reply = await self._run(
-            self._view, [self.site_key(site), self.leases_key(site)], self._now(now)
+            self._view,
+            [self.site_key(site), self.leases_key(site), self.activity_key(site)],
+            self._now(now),
         )
         return _view(site, reply)
 
@@ -523,7 +549,11 @@ class RedisSites:
             async with self.client.pipeline(transaction=False) as pipe:
                 for name in names:
                     await self._view(
-                        keys=[self.site_key(name), self.leases_key(name)],
+                        keys=[
+                            self.site_key(name),
+                            self.leases_key(name),
+                            self.activity_key(name),
+                        ],
                         args=[self._now(now)],
                         client=pipe,
                     )
@@ -551,7 +581,7 @@ def _view(site: str, reply: Any) -> SiteView | None:
     if not reply:
         return None
     now = float(reply[0])
-    raw, in_flight = reply[1], int(reply[2])
+    raw, in_flight, activity = reply[1], int(reply[2]), reply[3]
     fields: dict[str, str] = {}
     weights: dict[str, float] = {}
     waiting: set[str] = set()
@@ -562,14 +592,15 @@ def _view(site: str, reply: Any) -> SiteView | None:
         kind, sep, rest = name.partition(":")
         if not sep:
             fields[name] = value
-        elif kind == "a":
-            bucket, _, tenant = rest.partition(":")
-            if bucket.isdigit() and int(bucket) >= oldest:
-                grants[tenant] = grants.get(tenant, 0) + int(value)
         elif kind == "w":
             weights[rest] = float(value)
         elif kind == "cd":
             waiting.add(rest)
+
+    for i in range(0, len(activity), 2):
+        bucket, _, tenant = _text(activity[i]).partition(":")
+        if bucket.isdigit() and int(bucket) >= oldest:
+            grants[tenant] = grants.get(tenant, 0) + int(activity[i + 1])
 
     def get(name: str, default: float) -> float:
         return float(fields[name]) if name in fields else default

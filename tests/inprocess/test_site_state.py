@@ -60,6 +60,12 @@ class Backend:
         return {k.decode() for k in await self.client.hkeys(self.state.site_key(site))}
 
 
+@pytest.fixture
+def site_url(request: pytest.FixtureRequest) -> str:
+    """redisutil's `redis_url` (this test's own prefix, deleted afterwards)."""
+    return str(request.getfixturevalue("redis_url"))
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
@@ -367,8 +373,8 @@ async def test_memory_forgets_an_idle_site_after_site_ttl() -> None:
     assert await st.view("old", T0 + SITE_TTL + SWEEP_EVERY + 1) is None
 
 
-async def test_redis_every_key_expires(redis_url: str) -> None:
-    st = RedisSites.from_url(redis_url, server_clock=False)
+async def test_redis_every_key_expires(site_url: str) -> None:
+    st = RedisSites.from_url(site_url, server_clock=False)
     try:
         await st.grant(ask(max_concurrency=3), T0)
         await st.slow_down("s", T0, None)
@@ -376,7 +382,7 @@ async def test_redis_every_key_expires(redis_url: str) -> None:
         await st.busy(T0, 10)
         keys = [k async for k in st.client.scan_iter(match=f"{st.namespace}*")]
         names = {k.decode().removeprefix(st.namespace).split(":")[0] for k in keys}
-        assert names == {"site", "site-leases", "sites-busy", "sites-backoff"}  # no scratch key
+        assert names == {"site", "site-leases", "site-activity", "sites-busy", "sites-backoff"}
         for key in keys:
             ttl = await st.client.pttl(key)
             assert ttl > 0, key
@@ -474,9 +480,9 @@ async def test_fair_reject_tenants_with_whole_second_retries(
     assert min(gaps(all_times(got))) >= 1.0 - US
 
 
-async def test_both_backends_decide_the_same(redis_url: str) -> None:
+async def test_both_backends_decide_the_same(site_url: str) -> None:
     """The fairness runs, weights, a reject tenant and a stop, grant for grant."""
-    redis_state = RedisSites.from_url(redis_url, server_clock=False)
+    redis_state = RedisSites.from_url(site_url, server_clock=False)
     try:
         for i, kw in enumerate(
             [
@@ -499,9 +505,9 @@ async def test_both_backends_decide_the_same(redis_url: str) -> None:
 
 
 async def test_server_clock_one_grant_then_refused_for_about_the_interval(
-    redis_url: str,
+    site_url: str,
 ) -> None:
-    st = RedisSites.from_url(redis_url)
+    st = RedisSites.from_url(site_url)
     try:
         wrong_clock = time.time() - 12_345.0  # ignored: the server's TIME decides
         assert (await st.grant(ask(interval=30.0), wrong_clock)).granted
@@ -514,8 +520,8 @@ async def test_server_clock_one_grant_then_refused_for_about_the_interval(
         await st.close()
 
 
-async def test_two_replicas_share_one_site(redis_url: str) -> None:
-    one, two = RedisSites.from_url(redis_url), RedisSites.from_url(redis_url)
+async def test_two_replicas_share_one_site(site_url: str) -> None:
+    one, two = RedisSites.from_url(site_url), RedisSites.from_url(site_url)
     try:
         assert (await one.grant(ask("a", interval=30.0), 0.0)).granted
         g = await two.grant(ask("b", interval=30.0), 0.0)
@@ -596,9 +602,9 @@ def test_open_sites_urls() -> None:
         open_sites("redis://127.0.0.1:6379/0?nope=1")
 
 
-async def test_open_sites_shares_the_pacing_pool(redis_url: str) -> None:
-    pacing = open_state(redis_url, "closed")
-    sites = open_sites(redis_url, "closed", pacing=pacing)
+async def test_open_sites_shares_the_pacing_pool(site_url: str) -> None:
+    pacing = open_state(site_url, "closed")
+    sites = open_sites(site_url, "closed", pacing=pacing)
     try:
         assert isinstance(pacing, FailoverState) and isinstance(pacing.primary, RedisState)
         assert isinstance(sites, FailoverSites) and isinstance(sites.primary, RedisSites)
