@@ -43,7 +43,8 @@ from crawlguard.policy.tenants import TenantRuntime, TenantSet, build_tenant_set
 from crawlguard.robots.cache import RobotsCache, RobotsEntry
 from crawlguard.robots.parse_pool import RobotsParsePool
 from crawlguard.state import StateUnavailable, open_state
-from crawlguard.state.sites import SiteAsk, SiteGrant, SiteView, open_sites
+from crawlguard.state.sites import SiteAsk, SiteGrant, SiteView
+from crawlguard.state.sites_open import open_sites
 from crawlguard.store import ViolationStore, open_store, store_spool_dir
 
 if TYPE_CHECKING:
@@ -137,9 +138,8 @@ class Runtime:
         )
         # the platform's one budget per site, shared by every tenant (and replica, on redis://)
         self.budget = SiteBudget(
-            open_sites(
-                cfg.state.url, cfg.state.on_error, on_fallback=self.metrics.state_fallbacks.inc
-            ),
+            # one Redis pool with pacing; its outages are counted once, by pacing's state
+            open_sites(cfg.state.url, cfg.state.on_error, pacing=self.pacer.state),
             cfg.platform,
             default_min_interval=cfg.pacing.default_min_interval,
             max_hold=cfg.pacing.max_hold,

@@ -177,26 +177,23 @@ def slots_ahead(start: float, ahead: list[tuple[float, float]]) -> int:
     return total
 
 
-def open_sites(
-    url: str, on_error: str = "closed", *, on_fallback: Callable[[], None] | None = None
-) -> SiteState:
-    """The site budgets for ``state.url``, with ``state.on_error`` as for pacing."""
-    if url == "memory://":
-        from crawlguard.state.sites_memory import MemorySites
+Claim = tuple[float, float, float, float, str]  # (start tag, weight, due, since, name)
 
-        return MemorySites()
-    if url.startswith(("redis://", "rediss://")):
-        from crawlguard.state.sites_failover import FailoverSites
-        from crawlguard.state.sites_memory import MemorySites
-        from crawlguard.state.sites_redis import RedisSites
 
-        return FailoverSites(
-            RedisSites.from_url(url),
-            on_error=on_error,  # type: ignore[arg-type]
-            fallback=MemorySites() if on_error == "open" else None,
-            on_fallback=on_fallback,
-        )
-    raise ValueError(f"state.url {url!r}: must be memory:// or redis://host:port/db")
+def fair_slot(free_at: float, start: float, interval: float, ahead: list[Claim]) -> float:
+    """When a refused tenant whose start tag is `start` may expect its slot, the claims `ahead`
+    of it staying as they are: from the next free slot, each claimant in the order it is due
+    takes its `slots_ahead` slots, until one is due so late (at or after the slot in question
+    plus an interval) that the tenant takes that slot first: the borrowing `grant` allows.
+    Without that stop, a claimant held back by its own pacing (due far ahead) would push every
+    other tenant one interval further per refusal and leave the site idle meanwhile. With all
+    claimants due, this is ``free_at + slots_ahead(start, ahead) * interval``."""
+    slot = free_at
+    for s_u, w_u, due, _since, _name in sorted(ahead, key=lambda u: (u[2], u[0], u[3], u[4])):
+        if due >= slot + interval:
+            break
+        slot += slots_ahead(start, [(s_u, w_u)]) * interval
+    return slot
 
 
 __all__ = [
@@ -208,6 +205,7 @@ __all__ = [
     "RATE_FLOOR",
     "RATE_INCREASE",
     "SITE_TTL",
+    "Claim",
     "SiteAsk",
     "SiteGrant",
     "SiteState",
@@ -215,6 +213,6 @@ __all__ = [
     "TenantShare",
     "claim_grace",
     "effective_interval",
-    "open_sites",
+    "fair_slot",
     "slots_ahead",
 ]

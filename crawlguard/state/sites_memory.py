@@ -23,7 +23,7 @@ from crawlguard.state.sites import (
     TenantShare,
     claim_grace,
     effective_interval,
-    slots_ahead,
+    fair_slot,
 )
 
 MAX_SITES = 100_000
@@ -106,7 +106,7 @@ class MemorySites:
 
         mine = (start, me.since if me.due is not None else now, ask.tenant)
         ahead = [
-            (max(site.v, other.finish), other)
+            (max(site.v, other.finish), other, name)
             for name, other in site.tenants.items()
             if name != ask.tenant
             and other.due is not None
@@ -122,15 +122,20 @@ class MemorySites:
         elif full:
             cause = "concurrency"
         elif (
-            any(o.due <= now for _, o in ahead if o.due is not None)
-            or min((o.due for _, o in ahead if o.due is not None), default=math.inf) < now + eff
+            any(o.due <= now for _, o, _ in ahead if o.due is not None)
+            or min((o.due for _, o, _ in ahead if o.due is not None), default=math.inf) < now + eff
         ):
             cause = "share"  # a claimant ahead is due, or would not find the next slot free
         else:
             return self._take(site, ask, me, start, now, eff)
 
-        k = slots_ahead(start, [(s, o.weight) for s, o in ahead])
-        wait = max(free_at - now + k * eff, gap_at - now, CONCURRENCY_POLL if full else 0.0)
+        slot = fair_slot(
+            free_at,
+            start,
+            eff,
+            [(s, o.weight, o.due, o.since, n) for s, o, n in ahead if o.due is not None],
+        )
+        wait = max(slot - now, gap_at - now, CONCURRENCY_POLL if full else 0.0)
         wait = max(wait, 1e-3)
         due = now + (math.ceil(wait - 1e-9) if ask.whole_seconds else wait)
         if me.due is None:
