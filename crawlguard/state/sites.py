@@ -38,7 +38,6 @@ budget. `cap` applies a site's own RateLimit / RateLimit-Policy answer for a whi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
