@@ -520,6 +520,8 @@ class Runtime:
             whole_seconds=not hold,
             force=not tenant.enforce,
         )
+        if not budget.shared and ask.interval <= 0 and ask.max_concurrency is None:
+            return SiteTurn(ask, granted=True)  # per-tenant and uncapped: nothing to share
         if outcome.held:  # its own slot first: the site is asked when that comes
             return SiteTurn(ask)
         try:
@@ -569,10 +571,13 @@ class Runtime:
         status: int,
         retry_after: str | None,
         seconds: float | None,
-        header: Callable[[str], str | None],
+        headers: Mapping[str, str],
     ) -> None:
-        """A site's answer to any tenant feeds the platform's back-off on that site."""
-        cap = rate_cap(header)
+        """A site's answer to any tenant feeds the platform's back-off on that site (`shared`
+        mode: in `per-tenant` mode each tenant backs off alone, as pacing does)."""
+        if not self.budget.shared:
+            return
+        cap = rate_cap(headers)
         site = self.budget.site_of(host)
         try:
             slowed = await self.budget.observe(

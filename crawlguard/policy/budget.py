@@ -11,9 +11,11 @@ What the budget of a site is:
   `per-tenant` — robots.txt paces each tenant alone (pacing.py), as before this step existed.
 * in both modes `platform.site_budget` (or the first matching `platform.site_overrides`)
   caps the platform's rate and concurrency on the site;
-* the site backs off as one (`observe`): a 429/503 to any tenant, sustained 5xx, or a median
-  response time that doubles, slow the site for every tenant; successes speed it up again;
-  a site's RateLimit / RateLimit-Policy answer caps it.
+* in `shared` mode the site backs off as one (`observe`): a 429/503 to any tenant, sustained
+  5xx, or a median response time that doubles, slow the site for every tenant; successes
+  speed it up again; a site's RateLimit / RateLimit-Policy answer caps it. In `per-tenant`
+  mode each tenant backs off alone (pacing.py), and a site without `site_budget` caps is not
+  asked at all: exactly the behaviour before this step.
 
 Per-tenant pacing still applies first: a tenant faster than its own Crawl-delay is refused
 (or held) as before, and a request the site holds keeps the tenant's own spacing (`gap`).

@@ -238,7 +238,7 @@ def _lookup(headers: Any, name: str, *, mapping: bool) -> str | None:
     """`headers.get(name)`, else the keys compared without case (a plain dict), joined with
     ", " as repeated field lines combine (RFC 9110 5.3)."""
     found = _text(headers.get(name))
-    if found is not None or not mapping or _CASELESS.get(type(headers), False):
+    if found is not None or not mapping:
         return found
     folded = name.lower()
     values: Iterable[Any] = (
@@ -246,18 +246,6 @@ def _lookup(headers: Any, name: str, *, mapping: bool) -> str | None:
     )
     texts = [t for t in map(_text, values) if t is not None]
     return ", ".join(texts) if texts else None
-
-
-def _caseless_types() -> dict[type, bool]:
-    """Mapping types whose `get` already ignores case: no second, scanning look-up."""
-    try:
-        from mitmproxy.http import Headers as MitmHeaders
-    except ImportError:  # pragma: no cover - mitmproxy is a dependency
-        return {}
-    return {MitmHeaders: True}
-
-
-_CASELESS = _caseless_types()
 
 
 def _text(value: Any) -> str | None:

@@ -484,9 +484,10 @@ class CrawlGuardAddon:
             finally:
                 guard.metrics.delayed.dec()
             if not ended:
-                if turn is not None and turn.pending and META in flow.metadata:
-                    held = time.monotonic() - started  # the header says the real hold
-                    t, decision, info = flow.metadata[META]
+                meta = flow.metadata.get(META)
+                if meta is not None and meta[1].kind is Kind.SITE_BUDGET:
+                    held = time.monotonic() - started  # held for the site: the real hold
+                    t, decision, info = meta
                     flow.metadata[META] = (t, replace(decision, delay_seconds=round(held, 3)), info)
                 return True  # the slot has come: forward
             await guard.pacer.cancel(outcome)
@@ -545,7 +546,7 @@ class CrawlGuardAddon:
                 response.status_code,
                 response.headers.get("Retry-After"),
                 seconds,
-                response.headers.get,
+                response.headers,
             )
 
     async def _release_site(self, flow: http.HTTPFlow) -> None:

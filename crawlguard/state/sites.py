@@ -45,6 +45,7 @@ RATE_FLOOR = 1 / 16  # the slowest the back-off makes a site: 1/16 of its budget
 RATE_DECREASE = 0.5  # multiplicative decrease per back-off step
 RATE_INCREASE = 1 / 16  # additive increase per success
 BACKOFF_INTERVAL = 0.25  # s: the interval a back-off divides when the site has none of its own
+GAP_TOLERANCE = 0.02  # s: a tenant's own spacing may be this much short (the hold's timer lag)
 CLAIM_GRACE = 1.0  # s: how long a due claimant that does not return keeps its place
 CLAIM_GRACE_SLOTS = 1.0  # ...or this many intervals, whichever is longer
 LEASE_TTL = 300.0  # s: an in-flight lease nobody released stops counting after this
@@ -199,6 +200,7 @@ __all__ = [
     "ACTIVITY_WINDOW",
     "BACKOFF_INTERVAL",
     "CLAIM_GRACE",
+    "GAP_TOLERANCE",
     "LEASE_TTL",
     "RATE_DECREASE",
     "RATE_FLOOR",

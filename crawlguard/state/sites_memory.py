@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from crawlguard.state.sites import (
     ACTIVITY_WINDOW,
     BACKOFF_INTERVAL,
+    GAP_TOLERANCE,
     LEASE_TTL,
     RATE_DECREASE,
     RATE_FLOOR,
@@ -113,15 +114,15 @@ class MemorySites:
             and (max(site.v, other.finish), other.since, name) < mine
         ]
         free_at = max(site.next, site.pause_until, now)
-        gap_at = me.last + ask.gap
+        gap_at = me.last + ask.gap - GAP_TOLERANCE
         full = ask.max_concurrency is not None and len(site.leases) >= ask.max_concurrency
+        if gap_at > now:  # its own pacing, not the site's: no place in the site's queue
+            return SiteGrant(False, gap_at - now, "gap", eff, site.rate)
         if free_at > now:
             cause = "paused" if site.pause_until >= site.next else "slot"
-        elif gap_at > now:
-            cause = "gap"
         elif full:
             cause = "concurrency"
-        elif (
+        elif eff > 0 and (  # with no pace, nothing to share but the concurrency cap
             any(o.due <= now for _, o, _ in ahead if o.due is not None)
             or min((o.due for _, o, _ in ahead if o.due is not None), default=math.inf) < now + eff
         ):

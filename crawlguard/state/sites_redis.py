@@ -50,6 +50,7 @@ from crawlguard.state.sites import (
     BACKOFF_INTERVAL,
     CLAIM_GRACE,
     CLAIM_GRACE_SLOTS,
+    GAP_TOLERANCE,
     LEASE_TTL,
     RATE_DECREASE,
     RATE_FLOOR,
@@ -78,6 +79,7 @@ _CONSTANTS = {
     "GRACE_SLOTS": repr(CLAIM_GRACE_SLOTS),
     "POLL": _us(CONCURRENCY_POLL),
     "MAX_PAUSE": _us(MAX_PAUSE),
+    "GAP_TOL": _us(GAP_TOLERANCE),
     "FLOOR": repr(RATE_FLOOR),
     "DEC": repr(RATE_DECREASE),
     "INC": repr(RATE_INCREASE),
@@ -238,7 +240,7 @@ for name, o in pairs(T) do
   end
 end
 local free_at = math.max(nxt, pause_until, now)
-local gap_at = num(me.l, NEG) + gap
+local gap_at = num(me.l, NEG) + gap - GAP_TOL
 local full = mc and redis.call('ZCARD', lkey) >= mc
 local cause = nil
 local min_due, any_due = math.huge, false
@@ -246,11 +248,14 @@ for _, o in ipairs(ahead) do
   if o.due <= now then any_due = true end
   if o.due < min_due then min_due = o.due end
 end
+if gap_at > now then  -- its own pacing, not the site's: no place in the site's queue
+  touch(key, pause_until)
+  return {0, fmt(gap_at - now), 'gap', fmt(eff), fmt(rate), false}
+end
 if free_at > now then
   if pause_until >= nxt then cause = 'paused' else cause = 'slot' end
-elseif gap_at > now then cause = 'gap'
 elseif full then cause = 'concurrency'
-elseif any_due or min_due < now + eff then cause = 'share'
+elseif eff > 0 and (any_due or min_due < now + eff) then cause = 'share'
 else return take() end
 
 -- fair_slot: claimants ahead in the order they are due, until one is due after the slot

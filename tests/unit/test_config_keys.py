@@ -23,6 +23,7 @@ TESTS = Path(__file__).resolve().parents[1]
 HERE = "tests/e2e/test_config_keys_e2e.py"  # the keys no other test showed
 SITES = "tests/unit/test_sites.py"
 BUDGET = "tests/e2e/test_site_budget.py"
+FAIR = "tests/e2e/test_site_budget_fair.py"
 
 # -- the table -------------------------------------------------------------------------------
 
@@ -150,15 +151,14 @@ KEY_TESTS: dict[str, list[str]] = {
         "tests/e2e/test_integrity.py::test_names_of_one_address_share_a_slot_with_scope_address",
     ],
     # platform (issue 22): the shared per-site budget's behaviour is shown against the real
-    # proxy in tests/e2e/test_site_budget.py (PENDING below until it lands); the unit tests
-    # show what each key selects
+    # proxy in tests/e2e/test_site_budget*.py; the unit tests show what each key selects
     "platform.site_key": [
         f"{SITES}::test_domain_mode_is_the_registrable_domain",
-        f"{BUDGET}::test_domain_site_key_shares_one_budget",
+        f"{BUDGET}::test_shared_and_per_tenant_crawl_delay",
     ],
     "platform.crawl_delay": [
-        f"{BUDGET}::test_shared_crawl_delay_three_delay_tenants",
-        f"{BUDGET}::test_per_tenant_mode_paces_each_tenant_alone",
+        f"{FAIR}::test_shared_crawl_delay_three_delay_tenants",
+        f"{BUDGET}::test_shared_and_per_tenant_crawl_delay",
     ],
     "platform.site_budget.max_rps": [
         f"{SITES}::test_null_means_no_cap",
@@ -179,7 +179,7 @@ KEY_TESTS: dict[str, list[str]] = {
     ],
     "platform.site_overrides[].max_concurrency": [
         f"{SITES}::test_overrides_first_match_wins_and_fields_inherit",
-        f"{BUDGET}::test_site_override_raises_the_budget",
+        f"{BUDGET}::test_site_budget_max_concurrency",
     ],
     # tenancy
     "tenancy.source": [
@@ -223,23 +223,10 @@ KEY_TESTS: dict[str, list[str]] = {
     "tenants[].deny_hosts": [
         "tests/e2e/test_limits_e2e.py::test_deny_hosts_refuse_before_anything_reaches_the_origin",
     ],
-    "tenants[].weight": [f"{BUDGET}::test_weights_split_the_site"],
+    "tenants[].weight": [f"{FAIR}::test_shared_crawl_delay_three_delay_tenants"],
 }
 
-_BUDGET_NOTE = "issue 22: the lead's site-budget e2e tests, written alongside the scheduler"
-PENDING: dict[str, str] = {
-    key: _BUDGET_NOTE
-    for key in (
-        "platform.site_key",
-        "platform.crawl_delay",
-        "platform.site_budget.max_rps",
-        "platform.site_budget.max_concurrency",
-        "platform.site_overrides[].site",
-        "platform.site_overrides[].max_rps",
-        "platform.site_overrides[].max_concurrency",
-        "tenants[].weight",
-    )
-}
+PENDING: dict[str, str] = {}
 """Keys whose behaviour tests are being written alongside their feature (key -> note): while
 the named test file does not exist the existence check is skipped with the note; once it
 exists, it is enforced like any other entry (a pattern must match at least one function)."""
