@@ -1,7 +1,7 @@
 """Issue 12: crawlguard's cost measured against plain mitmproxy, in the same run.
 
     .venv/bin/python benchmarks/compare.py [--seconds 4] [--rounds 3] [--workers-too]
-                                           [--held] [--skip-micro]
+                                           [--held] [--skip-micro] [--site-budget]
 
 Starts, all on 127.0.0.1:
 
@@ -27,8 +27,11 @@ crawlguard / mitmdump. Then in-process micro-benchmarks (timeit): RobotsRules.de
 20-rule and a 3,000-rule file, the whole decision pipeline (`pipeline.decide`) on a cached
 robots.txt, and the RSS of 100k cached origins in a real RobotsCache. `--held`: proxy CPU
 while 1,000 requests are held by `delay` pacing. `--workers-too`: runs benchmarks/workers.py
-(Redis) afterwards. Bounded: about 2 * (3 + 1) * rounds * seconds + 40 s (+ ~40 s for
---held, + ~110 s for --workers-too with the default --seconds/--rounds).
+(Redis) afterwards. `--site-budget`: a third proxy, crawlguard with `platform.crawl_delay:
+per-tenant` (the path before issue 22: no site-budget call), so the cost of the site budget's
+grant on the cached-robots hot path is the ratio crawlguard / crawlguard-pt. Bounded: about
+2 * (3 + 1) * rounds * seconds + 40 s (+ ~40 s for --held, + ~110 s for --workers-too with the
+default --seconds/--rounds; x 1.5 with --site-budget).
 """
 
 from __future__ import annotations
@@ -677,6 +680,12 @@ def main() -> int:
         help="also measure proxy CPU while 1,000 requests are held by pacing",
     )
     parser.add_argument("--skip-micro", action="store_true", help="no in-process micro-benchmarks")
+    parser.add_argument(
+        "--site-budget",
+        action="store_true",
+        help="also run crawlguard without the site budget's grant (platform.crawl_delay: "
+        "per-tenant) and print crawlguard / that",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk (apt-get install -y wrk)")
@@ -719,6 +728,13 @@ def main() -> int:
         proxies: list[Proc] = []
         try:
             proxies = [start_mitmdump(tmp, origin_ca), start_crawlguard(tmp, origin_ca)]
+            if args.site_budget:
+                proxies.append(
+                    start_crawlguard(
+                        tmp, origin_ca, "crawlguard-pt", platform={"crawl_delay": "per-tenant"}
+                    )
+                )
+            names = [p.name for p in proxies]
             by_name = {p.name: p for p in proxies}
             for p in proxies:  # warm-up: robots.txt (both schemes), connections, certificates
                 w = run_wrk(tmp, p, http_port, 16, 1)
@@ -744,7 +760,7 @@ def main() -> int:
                 f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'VmHWM MB':>8}"
             )
             for rnd in range(1, args.rounds + 1):
-                order = ("mitmdump", "crawlguard") if rnd % 2 else ("crawlguard", "mitmdump")
+                order = names if rnd % 2 else names[::-1]
                 for kind, conns in cases:
                     row = rows[(kind, conns)]
                     runs: list[tuple[str, Run]] = []
@@ -802,6 +818,15 @@ def main() -> int:
             f"{max(r.rss_mb for r in m):>6.0f}/{max(r.rss_mb for r in c):<6.0f} "
             f"{sum(r.errors for r in m):>5}/{sum(r.errors for r in c):<6}"
         )
+    if args.site_budget:
+        print("\nthe site budget's grant on the hot path (ratio = crawlguard / crawlguard-pt)")
+        for row in rows.values():
+            c, pt = row.runs["crawlguard"], row.runs["crawlguard-pt"]
+            print(
+                f"  {row.label:<22} req/s {med(c, 'rate'):>8.0f} / {med(pt, 'rate'):<8.0f} "
+                f"{med(c, 'rate') / med(pt, 'rate'):>5.3f}   CPU us/req {med(c, 'cpu_us'):>5.0f} / "
+                f"{med(pt, 'cpu_us'):<5.0f} {med(c, 'cpu_us') / med(pt, 'cpu_us'):>5.3f}"
+            )
     if micro:
         print("\nin-process micro-benchmarks (timeit, µs per call: median of 7 batches / best)")
         for name, m_us, best in micro:
