@@ -6,11 +6,10 @@ Worked out from the config and the robots.txt explain already read, as the proxy
 * the site: `platform.site_key` (`policy.sites.site_key`: the host, or its registrable domain);
 * the pace: with `platform.crawl_delay: shared` the largest Crawl-delay / Request-rate interval
   of the robots.txt groups that apply (or `pacing.default_min_interval`) and 1 / `max_rps` of
-  the site's budget (`policy.sites.site_limits`, overrides included), the larger. The proxy
-  takes the groups of every tenant asking; explain reads the groups of this tenant's product
-  tokens and of `*` (the group of every tenant the file does not name), and says so: a group
-  naming another tenant may slow the site further. With `per-tenant` each tenant keeps its
-  own pace and only the budget's caps are the platform's;
+  the site's budget (`policy.sites.site_limits`, overrides included), the larger: the groups
+  that apply to any configured tenant's product token, computed as the proxy does
+  (`policy.budget.shared_pace`). With `per-tenant` each tenant keeps its own pace and only the
+  budget's caps are the platform's;
 * the tenant's share: SFQ gives each waiting tenant slots in proportion to its weight, so while
   every configured tenant wants the site a tenant gets weight / (sum of the weights), and at most
   that while the others keep asking (more when some are idle: their slots go to the others);
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crawlguard.policy.limits import host_matches
-from crawlguard.policy.pacing import interval, interval_source
+from crawlguard.policy.sites import site_key, site_limits
 from crawlguard.state.sites import ACTIVITY_WINDOW
 
 if TYPE_CHECKING:
@@ -78,19 +77,6 @@ class SiteBudget:
         return self.weight / self.weights_total
 
 
-def platform_of(cfg: Config) -> Any | None:
-    """`cfg.platform`, or None from a config without the section (a crawlguard before issue 22
-    lacks `platform.*` and crawlguard.policy.sites: explain then has no site budget step)."""
-    platform = getattr(cfg, "platform", None)
-    if platform is None:
-        return None
-    try:
-        import crawlguard.policy.sites  # noqa: F401
-    except ImportError:
-        return None
-    return platform
-
-
 def site_budget(
     cfg: Config,
     tenant: Tenant | None,
@@ -99,10 +85,7 @@ def site_budget(
     target: Target,
 ) -> SiteBudget | None:
     """The site budget that applies to `target` for `tenant` (None: the config has none)."""
-    platform = platform_of(cfg)
-    if platform is None:
-        return None
-    from crawlguard.policy.sites import site_key, site_limits
+    platform = cfg.platform
 
     site = site_key(target.host, platform.site_key)
     limits = site_limits(site, platform)
@@ -111,11 +94,11 @@ def site_budget(
         "platform.site_budget" if glob is None else f"platform.site_overrides (site {glob})"
     )
     tokens = list(tenant.product_tokens) if tenant is not None else ([token] if token else [])
-    groups = (*dict.fromkeys(t for t in tokens if t != "*"), "*")
+    groups: tuple[str, ...] = ()
     robots_iv: float | None = None
     robots_by: str | None = None
     if platform.crawl_delay == "shared" and rules is not None:
-        robots_iv, robots_by = _robots_interval(cfg, rules, groups, target.path)
+        robots_iv, robots_by, groups = _robots_interval(cfg, rules, tokens)
     rps_iv = 1.0 / limits.max_rps if limits.max_rps else 0.0
     pace, set_by = 0.0, None
     if robots_iv is not None and robots_iv > 0 and robots_iv >= rps_iv:
@@ -141,19 +124,23 @@ def site_budget(
 
 
 def _robots_interval(
-    cfg: Config, rules: RobotsRules, groups: tuple[str, ...], path: str
-) -> tuple[float | None, str | None]:
-    """The largest interval of the groups the tokens select (the `*` group for an unnamed
-    one), with what sets it; None when none of them asks for a pace."""
-    best: tuple[float, str] | None = None
-    default = cfg.pacing.default_min_interval
-    for token in groups:
-        verdict = rules.decide(token, path)
-        seconds = interval(verdict.crawl_delay, verdict.request_rate, default)
-        if seconds > 0 and (best is None or seconds > best[0]):
-            source = interval_source(verdict.crawl_delay, verdict.request_rate, default, seconds)
-            best = (seconds, source)
-    return best if best is not None else (None, None)
+    cfg: Config, rules: RobotsRules, tokens: list[str]
+) -> tuple[float | None, str | None, tuple[str, ...]]:
+    """The proxy's own shared pace (`policy.budget.shared_pace`) over the configured tenants'
+    product tokens (and the explained ones): the largest interval of the groups that apply to
+    any of them; None when none asks for a pace."""
+    from crawlguard.policy.budget import shared_pace
+    from crawlguard.policy.ua import TokenIndex
+
+    pairs = [(t.id, list(t.product_tokens)) for t in cfg.tenants]
+    pairs.append(("(explained)", [t for t in tokens if t != "*"]))
+    seconds, source, groups = shared_pace(rules, TokenIndex(pairs), 0.0)
+    if seconds <= 0:
+        default = cfg.pacing.default_min_interval
+        if default > 0:
+            return default, f"pacing.default_min_interval: {default:g}", groups
+        return None, None, groups
+    return max(seconds, cfg.pacing.default_min_interval), source, groups
 
 
 async def read_live(cfg: Config, site: str) -> Live:
@@ -214,10 +201,10 @@ def text_lines(b: SiteBudget, tenant: Tenant | None) -> list[str]:
             )
         else:
             lines.append("all tenants together: no pace (no Crawl-delay, Request-rate or max_rps)")
-        read = " and ".join(b.robots_groups)
+        read = ", ".join(b.robots_groups) or "none with a pace"
         lines.append(
-            f"robots.txt groups read: {read} (a group naming another tenant may slow the site "
-            "further)"
+            f"robots.txt groups that apply to the platform's tenants: {read} (the slowest "
+            "paces them all)"
         )
     else:
         lines.append(
@@ -303,7 +290,6 @@ __all__ = [
     "Live",
     "SiteBudget",
     "json_object",
-    "platform_of",
     "read_live",
     "site_budget",
     "text_lines",

@@ -159,29 +159,13 @@ class SiteBudget:
         interval of the groups that apply to any registered product token (named groups of
         registered tokens; `*` while some registered token is not named), at least
         `pacing.default_min_interval`."""
-        default = self.default_min_interval
         if rules is None:
+            default = self.default_min_interval
             return default, f"pacing.default_min_interval: {default:g}"
         memo = self._shared.get(rules)
         if memo is not None and memo[0] == id(index):
             return memo[1], memo[2]
-        best, source = default, f"pacing.default_min_interval: {default:g}"
-        named = 0
-        star = None
-        for name, (delay, rate) in rules.paces().items():
-            if name == "*":
-                star = (delay, rate)
-                continue
-            if index.owner(name) is None:
-                continue
-            named += 1
-            seconds = pacing_interval(delay, rate, 0.0)
-            if seconds > best:
-                best, source = seconds, _source(name, delay, rate)
-        if star is not None and named < len(index.tokens):
-            seconds = pacing_interval(star[0], star[1], 0.0)
-            if seconds > best:
-                best, source = seconds, _source("*", star[0], star[1])
+        best, source, _ = shared_pace(rules, index, self.default_min_interval)
         self._shared[rules] = (id(index), best, source)
         return best, source
 
@@ -264,6 +248,34 @@ class SiteBudget:
         return await self.state.view(site, self._clock())
 
 
+def shared_pace(
+    rules: RobotsRules, index: TokenIndex, default_min_interval: float
+) -> tuple[float, str, tuple[str, ...]]:
+    """The platform's pace from one robots.txt: the largest Crawl-delay / Request-rate interval
+    of the groups that apply to any registered product token (named groups of registered
+    tokens; `*` while some registered token is not named), at least `default_min_interval`;
+    with what sets it and the groups read (explain shows them)."""
+    best, source = default_min_interval, f"pacing.default_min_interval: {default_min_interval:g}"
+    groups: list[str] = []
+    star = None
+    for name, (delay, rate) in rules.paces().items():
+        if name == "*":
+            star = (delay, rate)
+            continue
+        if index.owner(name) is None:
+            continue
+        groups.append(name)
+        seconds = pacing_interval(delay, rate, 0.0)
+        if seconds > best:
+            best, source = seconds, _source(name, delay, rate)
+    if star is not None and len(groups) < len(index.tokens):  # some token falls to `*`
+        groups.append("*")
+        seconds = pacing_interval(star[0], star[1], 0.0)
+        if seconds > best:
+            best, source = seconds, _source("*", star[0], star[1])
+    return best, source, tuple(groups)
+
+
 def _source(name: str, delay: float | None, rate: tuple[int, float] | None) -> str:
     group = "User-agent: *" if name == "*" else f"User-agent: {name}"
     if rate is not None and (delay is None or rate[1] / rate[0] > delay):
@@ -300,4 +312,5 @@ __all__ = [
     "SiteHealth",
     "SiteTurn",
     "budget_refusal",
+    "shared_pace",
 ]

@@ -561,13 +561,10 @@ class RobotsRules:
         return cls(body, sha256, selections)
 
     def paces(self) -> dict[str, tuple[float | None, tuple[int, float] | None]]:
-        """Crawl-delay and Request-rate per product token the file names (lower case, "*"
-        included): what the platform's shared pace on a site is made of."""
-        return {
-            name: (sel.crawl_delay, sel.request_rate)
-            for name, sel in self._selections.items()
-            if sel.crawl_delay is not None or sel.request_rate is not None
-        }
+        """Crawl-delay and Request-rate (None where absent) of every product token the file
+        names (lower case, "*" included): what the platform's shared pace on a site is made
+        of."""
+        return {name: (sel.crawl_delay, sel.request_rate) for name, sel in self._selections.items()}
 
     def decide(
         self, product_token: str, url: str, *, fetch: bool = True, canonical: bool = False
