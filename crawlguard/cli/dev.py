@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from crawlguard.config import Config, ConfigError, parse_config
 from crawlguard.policy.decisions import ADVICE, Action, Kind
 from crawlguard.policy.pipeline import RequestInfo
-from crawlguard.policy.plan import Plan
+from crawlguard.policy.plan import NOT_VIOLATIONS, Plan
 from crawlguard.policy.tenants import TenantRuntime
 
 TENANT = "dev"
@@ -195,6 +195,9 @@ class Reporter:
         self.decisions: Counter[str] = Counter()
         self.violations: dict[str, KindTally] = {}
         self.held = 0
+        # held for, or refused by, capacity the platform shares (the site's budget across
+        # tenants, the held pool): not violations (crawlguard.policy.plan.NOT_VIOLATIONS)
+        self.shared: Counter[str] = Counter()
         # why an origin's robots.txt could not be fetched (set by cmd_dev from the Runtime)
         self.robots_detail: Callable[[RequestInfo], str | None] = lambda info: None
         self._explained: set[str] = set()  # origins whose robots.txt failure was explained
@@ -216,7 +219,13 @@ class Reporter:
         self.requests += 1
         if step.hold:
             label, colour, wait = f"held {kind}", YELLOW, d.delay_seconds
-            self.held += 1
+            if d.kind in NOT_VIOLATIONS:
+                self.shared[kind] += 1
+            else:
+                self.held += 1
+        elif d.kind in NOT_VIOLATIONS:
+            label, colour, wait = f"waited {kind}", YELLOW, d.retry_after
+            self.shared[kind] += 1
         elif d.allowed:
             label, colour, wait = "allowed", GREEN, None
         elif step.refuse:
@@ -224,7 +233,7 @@ class Reporter:
         else:  # monitor: forwarded, recorded as logged
             label, colour, wait = f"logged {kind}", YELLOW, d.retry_after
         self.decisions["held" if step.hold else kind] += 1
-        if not d.allowed and not step.hold:
+        if not d.allowed and not step.hold and d.kind not in NOT_VIOLATIONS:
             action = step.record.value if step.record is not None else Action.BLOCKED.value
             tally = self.violations.setdefault(kind, KindTally(action=action))
             tally.count += 1
@@ -266,8 +275,17 @@ class Reporter:
         lines = [
             "",
             f"crawlguard dev summary: {self.requests} request(s), {allowed} allowed, "
-            f"{total} violation(s)" + (f", {self.held} held" if self.held else ""),
+            f"{total} violation(s)"
+            + (f", {self.held} held" if self.held else "")
+            + (f", {sum(self.shared.values())} waited" if self.shared else ""),
         ]
+        if self.shared:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.shared.items()))
+            lines.append(
+                f"  waited: {kinds}: held or answered 429/503 for capacity the platform shares "
+                "(a site's budget across all tenants, the proxy's held pool). Not violations: "
+                "retry after Retry-After, as your crawler would in production."
+            )
         if self.held:
             lines.append(
                 f"  held: {self.held} request(s) came before the site's Crawl-delay allowed and "

@@ -131,9 +131,10 @@ def test_dev_prints_each_decision_and_a_summary_at_exit(tmp_path: Path, site: Lo
         r = p.get(site.url("/tool"), ua=requests.utils.default_user_agent())
         assert (r.status_code, r.headers["X-Crawlguard-Decision"]) == (403, "ua-generic")
         # proxy credentials are not needed, and not in the way either
+        # (another name of the origin: dev keeps the platform's default site budget, 4/s)
         creds = {"http": p.url.replace("//", "//someone:anything@")}
-        r = requests.get(site.url("/with-creds"), proxies=creds,
-                         headers={"User-Agent": GOOD_UA}, timeout=15)  # fmt: skip
+        other = site.url("/with-creds").replace("127.0.0.1", "localhost")
+        r = requests.get(other, proxies=creds, headers={"User-Agent": GOOD_UA}, timeout=15)
         assert r.headers["X-Crawlguard-Decision"] == "allowed"
         assert wait_for(lambda: "/with-creds" in p.out())
 
@@ -162,6 +163,23 @@ def test_dev_prints_each_decision_and_a_summary_at_exit(tmp_path: Path, site: Lo
     assert "docs/decisions.md" in summary
     assert site.paths() == ["/page", "/with-creds"]
     assert "crawlguard stopped" in p.log()
+
+
+def test_dev_counts_the_site_budget_as_waiting_not_as_violations(tmp_path: Path, site: LocalOrigin):
+    """Dev keeps the platform's default site budget (4/s): a burst is answered 429
+    `site-budget`, which the summary counts as waiting for the platform, not as a violation."""
+    p = dev(tmp_path)
+    try:
+        answers = [p.get(site.url(f"/burst{i}")).headers["X-Crawlguard-Decision"] for i in range(6)]
+        assert "site-budget" in answers and "allowed" in answers
+        assert wait_for(lambda: "waited site-budget" in p.out())
+        assert p.interrupt() == 0
+    finally:
+        p.close()
+    out = p.out()
+    summary = out[out.index("crawlguard dev summary") :]
+    assert "0 violation(s)" in summary and "no violations" in summary
+    assert "waited: site-budget" in summary
 
 
 def test_dev_monitor_mode_forwards_and_logs(tmp_path: Path, site: LocalOrigin):
