@@ -6,9 +6,10 @@ their shares of its slots. Top N sites only, and never a host in a metric label:
 platform crawls are unbounded, so they belong in an answer like this one, not in a time series.
 
 The views come from the Runtime (`site_views`, `site_view`, `site_of`), which reads the site
-state on the proxy's own loop. The parent of `crawlguard run --workers N` has none (each worker
-holds its own): it answers no sites and an `unavailable` reason, a 200 rather than an error, so
-the dashboard it serves says why its panel is empty instead of failing a request every refresh.
+state on the proxy's own loop; the parent of `crawlguard run --workers N` reads the shared
+(Redis) state its workers use (`ParentAdminSource`). A source without site views answers no
+sites and an `unavailable` reason, a 200 rather than an error, so a dashboard says why its
+panel is empty instead of failing a request every refresh.
 """
 
 from __future__ import annotations
@@ -29,10 +30,7 @@ MAX_LIMIT = 100
 # has nothing to back off from, and the state keeps no index by rate.
 BACKOFF_POOL = MAX_LIMIT
 MAX_TENANTS = 50  # tenants listed per site, most grants first; `tenants_total` counts them all
-NO_SITES = (
-    "site budgets live in each worker process (crawlguard run --workers N): ask a worker's "
-    "admin server, or see them in `crawlguard explain` with a shared state"
-)
+NO_SITES = "this admin server has no site budgets to show"
 
 
 def _round(value: float | None, places: int = 3) -> float | None:

@@ -37,6 +37,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +259,18 @@ class ParentAdminSource:
     store: Any
     metrics: Any
     tenancy: Any = None  # tenancy.source: store: the TenantRegistry the API changes
+    sites: Any = None  # the site budgets every worker shares (redis://): GET /api/sites
+
+    def site_of(self, host: str) -> str:
+        from crawlguard.policy.sites import site_key
+
+        return site_key(host, self.cfg.platform.site_key)
+
+    async def site_views(self, limit: int) -> list[Any]:
+        return list(await self.sites.busy(time.monotonic(), limit)) if self.sites else []
+
+    async def site_view(self, site: str) -> Any:
+        return await self.sites.view(site, time.monotonic()) if self.sites else None
 
 
 class Supervisor:
@@ -315,6 +328,9 @@ class Supervisor:
         except StoreError as exc:  # as a Runtime's store: a config problem
             raise ConfigError(str(exc)) from exc
         self.source = ParentAdminSource(cfg, store, AggregatedMetrics(self.metrics_dir))
+        from crawlguard.state.sites_open import open_sites
+
+        self.source.sites = open_sites(cfg.state.url, cfg.state.on_error)  # redis:// (checked)
         if cfg.tenancy.source == "store":  # each worker syncs its own tenants from it
             from crawlguard.tenancy import TenancyError, open_registry
 
@@ -346,6 +362,7 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await admin.stop()
+            await self.source.sites.close()
             await asyncio.to_thread(store.close)
             if self.source.tenancy is not None:
                 await asyncio.to_thread(self.source.tenancy.close)

@@ -391,6 +391,8 @@ def test_the_parent_serves_health_api_and_explains_the_robots_endpoint(
     assert robots.status_code == 404
     assert "--workers" in robots.json()["error"]
     assert workers_proxy.admin("/api/robots?origin=http://x", headers={}).status_code == 401
+    sites = workers_proxy.admin("/api/sites", headers=op)  # read from the workers' Redis
+    assert sites.status_code == 200 and "unavailable" not in sites.json(), sites.text
 
 
 # -- the workers' lives -----------------------------------------------------------------------

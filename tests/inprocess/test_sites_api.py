@@ -225,7 +225,7 @@ async def test_sites_without_site_state(tmp_path: Path) -> None:
             async with s.get(url, headers={"Authorization": "Bearer op"}) as r:
                 assert r.status == 200
                 body = await r.json()
-                assert body["sites"] == [] and "worker" in body["unavailable"]
+                assert body["sites"] == [] and "no site budgets" in body["unavailable"]
     finally:
         await server.stop()
         await runtime.close()
