@@ -46,7 +46,9 @@ Clock = Callable[[], float]
 HEALTH_WINDOW = 20  # responses per site a median response time is taken over
 ERROR_WINDOW = 10  # last responses looked at for sustained 5xx...
 ERROR_THRESHOLD = 5  # ...of which this many 5xx (other than 503) slow the site
-SLOWDOWN_FACTOR = 2.0  # a window's median response time this many times the baseline
+SLOWDOWN_FACTOR = 2.0  # a window's median response time this many times the baseline...
+SLOWDOWN_MIN = 0.25  # ...and this many seconds above it: a fast site's jitter, or the proxy's
+# own loop lag under load (the time is measured from the forward), is not a site's strain
 MAX_SITES_WATCHED = 10_000
 
 
@@ -102,7 +104,10 @@ class _Health:
                 self.latencies.clear()
                 if self.baseline is None:
                     self.baseline = median
-                elif median >= SLOWDOWN_FACTOR * max(self.baseline, 1e-3):
+                elif (
+                    median >= SLOWDOWN_FACTOR * self.baseline
+                    and median - self.baseline >= SLOWDOWN_MIN
+                ):
                     slow = True  # the baseline stays: the site must come back to it
                 else:
                     self.baseline = 0.8 * self.baseline + 0.2 * median

@@ -89,6 +89,13 @@ def test_doubling_median_response_time_slows() -> None:
     assert slow == [False] * (HEALTH_WINDOW - 1) + [True]
 
 
+def test_a_fast_sites_jitter_is_not_strain() -> None:
+    """5 ms to 20 ms is four times the median but no strain (nor is the proxy's loop lag)."""
+    health = SiteHealth()
+    assert not any(health.observe("s", 200, 0.005) for _ in range(HEALTH_WINDOW))
+    assert not any(health.observe("s", 200, 0.02) for _ in range(3 * HEALTH_WINDOW))
+
+
 @pytest.mark.parametrize("mode", ["enforce", "monitor"])
 def test_site_budget_is_counted_never_recorded(mode: str) -> None:
     grant = SiteGrant(False, 2.2, "share", 1.0, 0.5)
