@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from crawlguard.state import (
     Backoff,
@@ -46,15 +46,25 @@ log = logging.getLogger("crawlguard")
 T = TypeVar("T")
 
 
-class FailoverState:
-    """A shared `PacingState` (`primary`) with ``state.on_error`` applied while it is down."""
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+class Failover[S: _Closable]:
+    """A shared backend (`primary`) with ``state.on_error`` applied while it is down: the
+    outage bookkeeping, the fallback and the log lines that pacing's state and the site
+    budgets (crawlguard.state.sites_failover) share. `what` names the state in the log."""
+
+    what = "shared state"
+    fallback_does = "per process"  # what runs meanwhile in `open` mode, for the log line
 
     def __init__(
         self,
-        primary: PacingState,
+        primary: S,
         *,
         on_error: OnError = "closed",
-        fallback: PacingState | None = None,
+        fallback: S | None = None,
+        make_fallback: Callable[[], S],
         on_fallback: Callable[[], None] | None = None,
         min_interval: float = MIN_DOWN_INTERVAL,
         max_interval: float = MAX_DOWN_INTERVAL,
@@ -64,9 +74,9 @@ class FailoverState:
             raise ValueError(f"on_error must be closed or open, not {on_error!r}")
         self.primary = primary
         self.on_error = on_error
-        self.fallback: PacingState | None = None  # closed: nothing stands in for the backend
+        self.fallback: S | None = None  # closed: nothing stands in for the backend
         if on_error == "open":
-            self.fallback = fallback if fallback is not None else MemoryState()
+            self.fallback = fallback if fallback is not None else make_fallback()
         self.on_fallback = on_fallback
         self._clock = clock
         self._outage = Outage(
@@ -79,7 +89,7 @@ class FailoverState:
         )
 
     def __repr__(self) -> str:
-        return f"FailoverState({self.primary!r}, on_error={self.on_error!r})"
+        return f"{type(self).__name__}({self.primary!r}, on_error={self.on_error!r})"
 
     @property
     def down(self) -> bool:
@@ -89,6 +99,68 @@ class FailoverState:
     def retry_after(self) -> int:
         """Whole seconds (≥ 1) until the backend is probed again."""
         return max(1, math.ceil(self._outage.next_probe - self._clock() - 1e-9))
+
+    async def close(self) -> None:
+        try:
+            await self.primary.close()
+        except Exception as exc:  # closing a dead connection must not stop the shutdown
+            log.warning("closing the %s failed: %s", self.what, exc)
+        if self.fallback is not None:
+            await self.fallback.close()
+
+    async def _call(self, op: Callable[[S], Awaitable[T]], *, required: bool) -> T | None:
+        """`op` on the primary unless it is down; else on the fallback (open), else raise
+        `StateUnavailable` (closed, `required`) or return None (closed, feedback)."""
+        ok, result = await self._outage.call(lambda: op(self.primary))
+        if ok:
+            return result
+        if self.fallback is not None:
+            return await op(self.fallback)
+        if required:
+            error = self._outage.error
+            raise StateUnavailable(self.retry_after(), _cause(error) if error is not None else "")
+        return None
+
+    def _outage_started(self, exc: Exception) -> None:
+        if self.fallback is not None:
+            what = f"{self.fallback_does} (state.on_error: open) until it is back"
+        else:
+            what = "refusing paced requests with 503 state-unavailable (state.on_error: closed)"
+        log.warning("%s unreachable (%s); %s", self.what, _cause(exc), what)
+        if self.fallback is not None and self.on_fallback is not None:
+            self.on_fallback()
+
+    def _outage_ended(self, seconds: float) -> None:
+        log.info("%s reachable again after %.1f s; sharing resumed", self.what, seconds)
+
+
+class FailoverState(Failover[PacingState]):
+    """A shared `PacingState` (`primary`) with ``state.on_error`` applied while it is down."""
+
+    what = "shared pacing state"
+    fallback_does = "pacing per process"
+
+    def __init__(
+        self,
+        primary: PacingState,
+        *,
+        on_error: OnError = "closed",
+        fallback: PacingState | None = None,
+        on_fallback: Callable[[], None] | None = None,
+        min_interval: float = MIN_DOWN_INTERVAL,
+        max_interval: float = MAX_DOWN_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            primary,
+            on_error=on_error,
+            fallback=fallback,
+            make_fallback=MemoryState,
+            on_fallback=on_fallback,
+            min_interval=min_interval,
+            max_interval=max_interval,
+            clock=clock,
+        )
 
     # -- the PacingState calls -----------------------------------------------------------
 
@@ -125,41 +197,6 @@ class FailoverState:
 
     async def decay_backoff(self, key: str, now: float) -> None:
         await self._call(lambda s: s.decay_backoff(key, now), required=False)
-
-    async def close(self) -> None:
-        try:
-            await self.primary.close()
-        except Exception as exc:  # closing a dead connection must not stop the shutdown
-            log.warning("closing the shared pacing state failed: %s", exc)
-        if self.fallback is not None:
-            await self.fallback.close()
-
-    # -- failover ------------------------------------------------------------------------
-
-    async def _call(self, op: Callable[[PacingState], Awaitable[T]], *, required: bool) -> T | None:
-        """`op` on the primary unless it is down; else on the fallback (open), else raise
-        `StateUnavailable` (closed, `required`) or return None (closed, feedback)."""
-        ok, result = await self._outage.call(lambda: op(self.primary))
-        if ok:
-            return result
-        if self.fallback is not None:
-            return await op(self.fallback)
-        if required:
-            error = self._outage.error
-            raise StateUnavailable(self.retry_after(), _cause(error) if error is not None else "")
-        return None
-
-    def _outage_started(self, exc: Exception) -> None:
-        if self.fallback is not None:
-            what = "pacing per process (state.on_error: open) until it is back"
-        else:
-            what = "refusing paced requests with 503 state-unavailable (state.on_error: closed)"
-        log.warning("shared pacing state unreachable (%s); %s", _cause(exc), what)
-        if self.fallback is not None and self.on_fallback is not None:
-            self.on_fallback()
-
-    def _outage_ended(self, seconds: float) -> None:
-        log.info("shared pacing state reachable again after %.1f s; shared pacing resumed", seconds)
 
 
 def _cause(exc: Exception) -> str:

@@ -18,26 +18,23 @@ slot of the other.
 
 from __future__ import annotations
 
-import logging
-import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
-from crawlguard.state import OnError, StateBackendError, StateUnavailable
-from crawlguard.state.outage import MAX_DOWN_INTERVAL, MIN_DOWN_INTERVAL, Outage
+from crawlguard.state import OnError, StateUnavailable
+from crawlguard.state.failover import Failover
+from crawlguard.state.outage import MAX_DOWN_INTERVAL, MIN_DOWN_INTERVAL
 from crawlguard.state.sites import SiteAsk, SiteGrant, SiteState, SiteView
 from crawlguard.state.sites_memory import MemorySites
-
-log = logging.getLogger("crawlguard")
-
-T = TypeVar("T")
 
 FALLBACK_LEASE = "m:"  # the prefix of a lease the fallback granted
 
 
-class FailoverSites:
+class FailoverSites(Failover[SiteState]):
     """A shared `SiteState` (`primary`) with ``state.on_error`` applied while it is down."""
+
+    what = "shared site budget state"
+    fallback_does = "site budgets per process"
 
     def __init__(
         self,
@@ -50,50 +47,26 @@ class FailoverSites:
         max_interval: float = MAX_DOWN_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if on_error not in ("closed", "open"):
-            raise ValueError(f"on_error must be closed or open, not {on_error!r}")
-        self.primary = primary
-        self.on_error = on_error
-        self.fallback: SiteState | None = None
-        if on_error == "open":
-            self.fallback = fallback if fallback is not None else MemorySites()
-        self.on_fallback = on_fallback
-        self._clock = clock
-        self._outage = Outage(
-            expected=(StateBackendError,),
-            on_start=self._outage_started,
-            on_end=self._outage_ended,
+        super().__init__(
+            primary,
+            on_error=on_error,
+            fallback=fallback,
+            make_fallback=MemorySites,
+            on_fallback=on_fallback,
             min_interval=min_interval,
             max_interval=max_interval,
             clock=clock,
         )
 
-    def __repr__(self) -> str:
-        return f"FailoverSites({self.primary!r}, on_error={self.on_error!r})"
-
-    @property
-    def down(self) -> bool:
-        return self._outage.down
-
-    def retry_after(self) -> int:
-        """Whole seconds (≥ 1) until the backend is probed again."""
-        return max(1, math.ceil(self._outage.next_probe - self._clock() - 1e-9))
-
-    # -- SiteState -----------------------------------------------------------------------
-
     async def grant(self, ask: SiteAsk, now: float) -> SiteGrant:
-        ok, result = await self._outage.call(lambda: self.primary.grant(ask, now))
-        if ok and result is not None:
-            return result
-        if self.fallback is None:
-            error = self._outage.error
-            raise StateUnavailable(self.retry_after(), str(error) if error is not None else "")
-        got = await self.fallback.grant(ask, now)
-        if got.lease is None:
-            return got
-        return SiteGrant(
-            got.granted, got.wait, got.cause, got.interval, got.rate, FALLBACK_LEASE + got.lease
-        )
+        got = await self._call(lambda s: s.grant(ask, now), required=True)
+        if got is None:  # closed: `_call` raised instead (kept for the type checker)
+            raise StateUnavailable(self.retry_after())
+        if self.down and got.lease is not None:  # the fallback's: released there
+            return SiteGrant(
+                got.granted, got.wait, got.cause, got.interval, got.rate, FALLBACK_LEASE + got.lease
+            )
+        return got
 
     async def release(self, site: str, lease: str) -> None:
         if lease.startswith(FALLBACK_LEASE):
@@ -103,53 +76,22 @@ class FailoverSites:
         await self._outage.call(lambda: self.primary.release(site, lease))
 
     async def slow_down(self, site: str, now: float, pause: float | None) -> float:
-        rate = await self._call(lambda s: s.slow_down(site, now, pause))
+        rate = await self._call(lambda s: s.slow_down(site, now, pause), required=False)
         return 1.0 if rate is None else rate
 
     async def speed_up(self, site: str, now: float) -> float:
-        rate = await self._call(lambda s: s.speed_up(site, now))
+        rate = await self._call(lambda s: s.speed_up(site, now), required=False)
         return 1.0 if rate is None else rate
 
     async def cap(self, site: str, now: float, max_rps: float | None, pause: float | None) -> None:
-        await self._call(lambda s: s.cap(site, now, max_rps, pause))
+        await self._call(lambda s: s.cap(site, now, max_rps, pause), required=False)
 
     async def view(self, site: str, now: float) -> SiteView | None:
-        return await self._call(lambda s: s.view(site, now))
+        return await self._call(lambda s: s.view(site, now), required=False)
 
     async def busy(self, now: float, limit: int) -> list[SiteView]:
-        views = await self._call(lambda s: s.busy(now, limit))
+        views = await self._call(lambda s: s.busy(now, limit), required=False)
         return [] if views is None else views
-
-    async def close(self) -> None:
-        try:
-            await self.primary.close()
-        except Exception as exc:  # closing a dead connection must not stop the shutdown
-            log.warning("closing the shared site budget state failed: %s", exc)
-        if self.fallback is not None:
-            await self.fallback.close()
-
-    # -- failover ------------------------------------------------------------------------
-
-    async def _call(self, op: Callable[[SiteState], Awaitable[T]]) -> T | None:
-        """`op` on the primary unless it is down; else on the fallback (open) or None."""
-        ok, result = await self._outage.call(lambda: op(self.primary))
-        if ok:
-            return result
-        if self.fallback is not None:
-            return await op(self.fallback)
-        return None
-
-    def _outage_started(self, exc: Exception) -> None:
-        if self.fallback is not None:
-            what = "site budgets per process (state.on_error: open) until it is back"
-        else:
-            what = "refusing requests with 503 state-unavailable (state.on_error: closed)"
-        log.warning("shared site budget state unreachable (%s); %s", exc, what)
-        if self.fallback is not None and self.on_fallback is not None:
-            self.on_fallback()
-
-    def _outage_ended(self, seconds: float) -> None:
-        log.info("shared site budget state reachable again after %.1f s", seconds)
 
 
 __all__ = ["FALLBACK_LEASE", "FailoverSites"]
