@@ -64,7 +64,6 @@ class Failover[S: _Closable]:
         *,
         on_error: OnError = "closed",
         fallback: S | None = None,
-        make_fallback: Callable[[], S],
         on_fallback: Callable[[], None] | None = None,
         min_interval: float = MIN_DOWN_INTERVAL,
         max_interval: float = MAX_DOWN_INTERVAL,
@@ -76,7 +75,7 @@ class Failover[S: _Closable]:
         self.on_error = on_error
         self.fallback: S | None = None  # closed: nothing stands in for the backend
         if on_error == "open":
-            self.fallback = fallback if fallback is not None else make_fallback()
+            self.fallback = fallback if fallback is not None else self.new_fallback()
         self.on_fallback = on_fallback
         self._clock = clock
         self._outage = Outage(
@@ -87,6 +86,10 @@ class Failover[S: _Closable]:
             max_interval=max_interval,
             clock=clock,
         )
+
+    def new_fallback(self) -> S:
+        """The per-process state that stands in while the backend is down (`open`)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.primary!r}, on_error={self.on_error!r})"
@@ -140,27 +143,8 @@ class FailoverState(Failover[PacingState]):
     what = "shared pacing state"
     fallback_does = "pacing per process"
 
-    def __init__(
-        self,
-        primary: PacingState,
-        *,
-        on_error: OnError = "closed",
-        fallback: PacingState | None = None,
-        on_fallback: Callable[[], None] | None = None,
-        min_interval: float = MIN_DOWN_INTERVAL,
-        max_interval: float = MAX_DOWN_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            primary,
-            on_error=on_error,
-            fallback=fallback,
-            make_fallback=MemoryState,
-            on_fallback=on_fallback,
-            min_interval=min_interval,
-            max_interval=max_interval,
-            clock=clock,
-        )
+    def new_fallback(self) -> PacingState:
+        return MemoryState()
 
     # -- the PacingState calls -----------------------------------------------------------
 

@@ -18,12 +18,8 @@ slot of the other.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
-from crawlguard.state import OnError, StateUnavailable
+from crawlguard.state import StateUnavailable
 from crawlguard.state.failover import Failover
-from crawlguard.state.outage import MAX_DOWN_INTERVAL, MIN_DOWN_INTERVAL
 from crawlguard.state.sites import SiteAsk, SiteGrant, SiteState, SiteView
 from crawlguard.state.sites_memory import MemorySites
 
@@ -36,27 +32,8 @@ class FailoverSites(Failover[SiteState]):
     what = "shared site budget state"
     fallback_does = "site budgets per process"
 
-    def __init__(
-        self,
-        primary: SiteState,
-        *,
-        on_error: OnError = "closed",
-        fallback: SiteState | None = None,
-        on_fallback: Callable[[], None] | None = None,
-        min_interval: float = MIN_DOWN_INTERVAL,
-        max_interval: float = MAX_DOWN_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            primary,
-            on_error=on_error,
-            fallback=fallback,
-            make_fallback=MemorySites,
-            on_fallback=on_fallback,
-            min_interval=min_interval,
-            max_interval=max_interval,
-            clock=clock,
-        )
+    def new_fallback(self) -> SiteState:
+        return MemorySites()
 
     async def grant(self, ask: SiteAsk, now: float) -> SiteGrant:
         got = await self._call(lambda s: s.grant(ask, now), required=True)
