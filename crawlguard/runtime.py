@@ -43,7 +43,7 @@ from crawlguard.policy.tenants import TenantRuntime, TenantSet, build_tenant_set
 from crawlguard.robots.cache import RobotsCache, RobotsEntry
 from crawlguard.robots.parse_pool import RobotsParsePool
 from crawlguard.state import StateUnavailable, open_state
-from crawlguard.state.sites import SiteAsk, SiteGrant, SiteView
+from crawlguard.state.sites import SiteAsk, SiteView
 from crawlguard.state.sites_open import open_sites
 from crawlguard.store import ViolationStore, open_store, store_spool_dir
 
@@ -51,6 +51,19 @@ if TYPE_CHECKING:
     from crawlguard.robots.shared import RedisRobots
     from crawlguard.tenancy import TenantRegistry
     from crawlguard.tenancy.sync import TenantSync
+
+
+def site_unavailable(site: str, exc: StateUnavailable, robots_sha256: str | None) -> Decision:
+    """`state-unavailable` for a request whose site budget lives in a shared state that is down
+    (`state.on_error: closed`)."""
+    return Decision(
+        Kind.STATE_UNAVAILABLE,
+        rule="state.on_error: closed",
+        reason="crawlguard cannot reach its shared state, so it cannot tell whether the "
+        f"platform keeps {site}'s budget.",
+        retry_after=exc.retry_after,
+        robots_sha256=robots_sha256,
+    )
 
 
 def open_shared_robots(url: str) -> RedisRobots | None:
@@ -521,33 +534,38 @@ class Runtime:
             force=not tenant.enforce,
         )
         if not budget.shared and ask.interval <= 0 and ask.max_concurrency is None:
-            return SiteTurn(ask, granted=True)  # per-tenant and uncapped: nothing to share
+            return SiteTurn(ask, granted=True, source=source)  # per-tenant, uncapped
         if outcome.held:  # its own slot first: the site is asked when that comes
-            return SiteTurn(ask)
+            return SiteTurn(ask, source=source)
         try:
             grant = await budget.ask(ask)
         except StateUnavailable as exc:
             await self.pacer.cancel(outcome)
-            return Decision(
-                Kind.STATE_UNAVAILABLE,
-                rule="state.on_error: closed",
-                reason="crawlguard cannot reach its shared state, so it cannot tell whether "
-                f"the platform keeps {site}'s budget.",
-                retry_after=exc.retry_after,
-                robots_sha256=decision.robots_sha256,
-            )
+            return site_unavailable(site, exc, decision.robots_sha256)
         budget.note_rate(site, grant.rate)
         if grant.granted:
-            return SiteTurn(ask, granted=True, lease=grant.lease)
+            return SiteTurn(ask, granted=True, lease=grant.lease, source=source)
         if hold:
-            return SiteTurn(ask, wait=grant.wait)
+            return SiteTurn(ask, refusal=grant, source=source)
         await self.pacer.cancel(outcome)  # not the tenant's doing: its own slot goes back
         return budget_refusal(site, grant, source, tenant.id, decision.robots_sha256)
 
-    def site_refusal(self, turn: SiteTurn, grant: SiteGrant, robots_sha256: str | None) -> Decision:
-        """A held request whose fair slot would come after `pacing.max_hold`: 429 after all."""
-        _, source, _ = self.budget.site_interval(turn.ask.site, None, self.tenant_set.index)
-        return budget_refusal(turn.ask.site, grant, source, turn.ask.tenant, robots_sha256)
+    async def site_wait(
+        self, turn: SiteTurn, seconds: float, robots_sha256: str | None
+    ) -> tuple[str | None, Decision | None]:
+        """A held request's turn at its site, asked again at each fair-slot estimate for at
+        most `seconds`: (its lease, None) once granted, or (None, the refusal): `site-budget`
+        when its fair slot comes later, `state-unavailable` when a shared state is down."""
+        budget = self.budget
+        try:
+            grant = await budget.wait_turn(turn, budget.clock() + seconds)
+        except StateUnavailable as exc:
+            return None, site_unavailable(turn.ask.site, exc, robots_sha256)
+        budget.note_rate(turn.ask.site, grant.rate)
+        if grant.granted:
+            return grant.lease, None
+        refused = budget_refusal(turn.ask.site, grant, turn.source, turn.ask.tenant, robots_sha256)
+        return None, refused
 
     def site_of(self, host: str) -> str:
         """The site key of a canonical host (`platform.site_key`)."""

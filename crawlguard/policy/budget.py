@@ -60,11 +60,17 @@ class SiteTurn:
     ask: SiteAsk
     granted: bool = False
     lease: str | None = None
-    wait: float = 0.0
+    refusal: SiteGrant | None = None  # the answer that made it wait (None: not asked yet)
+    source: str = ""  # what sets the site's pace (for a refusal's rule)
 
     @property
     def pending(self) -> bool:
         return not self.granted
+
+    @property
+    def wait(self) -> float:
+        """Seconds until its fair slot, as the site last said (0: ask now)."""
+        return self.refusal.wait if self.refusal is not None else 0.0
 
 
 class SiteHealth:
@@ -190,16 +196,18 @@ class SiteBudget:
         return await self.state.grant(ask, self._clock())
 
     async def wait_turn(self, turn: SiteTurn, deadline: float) -> SiteGrant:
-        """Ask again at each fair-slot estimate until granted or the next estimate would pass
-        `deadline` (the clock's time): the held request's poll. Cancel it to give up."""
-        wait = turn.wait
+        """Ask again at each fair-slot estimate until granted, or answer the last refusal as
+        soon as its estimate would pass `deadline` (the clock's time): the held request's
+        poll. Cancel it to give up."""
+        grant = turn.refusal
         while True:
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if grant is not None:
+                if self._clock() + grant.wait > deadline:
+                    return grant
+                await asyncio.sleep(grant.wait)
             grant = await self.state.grant(turn.ask, self._clock())
-            if grant.granted or self._clock() + grant.wait > deadline:
+            if grant.granted:
                 return grant
-            wait = grant.wait
 
     def clock(self) -> float:
         return self._clock()

@@ -93,7 +93,8 @@ class PacingOutcome:
     retry_after: for a non-ALLOWED kind, whole seconds (≥ 1) until the slot or the end of the
         back-off; it is the header value when refused, informative otherwise. None if ALLOWED.
     interval: the interval in force (for records: `crawl_delay`).
-    key, slot: the held reservation, so `Pacer.cancel` can free it; slot is None unless held.
+    key, slot: the reservation, so `Pacer.cancel` can free it (a held request whose client
+        left, or one a later step refuses); slot is None when nothing was reserved.
     also: the further keys the slot was taken on (`pacing.scope: address`).
     """
 
@@ -213,7 +214,8 @@ class Pacer:
             return PacingOutcome(
                 Kind.CRAWL_DELAY, True, res.wait, retry, iv, key, res.slot, also=extra
             )
-        return PacingOutcome(Kind.ALLOWED, True, 0.0, None, iv, key)
+        # the slot, too, so a request a later step refuses (the site budget) gives it back
+        return PacingOutcome(Kind.ALLOWED, True, 0.0, None, iv, key, res.slot, also=extra)
 
     async def cancel(self, outcome: PacingOutcome) -> None:
         """A held client disconnected before its slot: give the slot back if nobody queued after."""

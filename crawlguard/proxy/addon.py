@@ -466,21 +466,21 @@ class CrawlGuardAddon:
                 ended = await self._wait_or_end(asyncio.sleep(outcome.wait), gone)
                 if not ended and turn is not None and turn.pending:
                     left = max(0.0, guard.cfg.pacing.max_hold - outcome.wait)
-                    deadline = guard.budget.clock() + left
-                    waiting = asyncio.ensure_future(guard.budget.wait_turn(turn, deadline))
+                    meta = flow.metadata.get(META)
+                    sha = meta[1].robots_sha256 if meta is not None else None
+                    waiting = asyncio.ensure_future(guard.site_wait(turn, left, sha))
                     ended = await self._wait_or_end(waiting, gone)
-                    grant = waiting.result() if waiting.done() and not waiting.cancelled() else None
-                    if grant is not None and grant.granted and grant.lease is not None:
+                    if waiting.done() and not waiting.cancelled():
+                        lease, refused = waiting.result()
                         if ended:  # granted as the client left: the lease goes back
-                            await guard.release_site(turn.ask.site, grant.lease)
-                        else:
-                            flow.metadata[SITE_LEASE] = (turn.ask.site, grant.lease)
-                    if not ended and grant is not None and not grant.granted:
-                        meta = flow.metadata.get(META)
-                        sha = meta[1].robots_sha256 if meta is not None else None
-                        flow.metadata[REFUSED] = True
-                        flow.response = refusal(guard.site_refusal(turn, grant, sha))
-                        return False
+                            await guard.release_site(turn.ask.site, lease)
+                        elif refused is not None:  # not forwarded: its own slot goes back
+                            await guard.pacer.cancel(outcome)
+                            flow.metadata[REFUSED] = True
+                            flow.response = refusal(refused)
+                            return False
+                        elif lease is not None:
+                            flow.metadata[SITE_LEASE] = (turn.ask.site, lease)
             finally:
                 guard.metrics.delayed.dec()
             if not ended:

@@ -238,14 +238,24 @@ async def test_cancel_in_the_middle_keeps_queue_order(state: MemoryState, clock:
     assert (await admit(pacer, hold=True)).wait == last.wait + 2.0
 
 
-async def test_cancel_of_unheld_outcome_is_a_no_op(state: MemoryState, clock: FakeClock) -> None:
+async def test_cancel_of_a_refused_outcome_is_a_no_op(state: MemoryState, clock: FakeClock) -> None:
     pacer = make_pacer(state, clock)
-    forwarded = await admit(pacer)
+    granted = await admit(pacer)
     refused = await admit(pacer)
-    assert forwarded.slot is None and refused.slot is None
-    await pacer.cancel(forwarded)  # it went upstream: its slot stays consumed
-    await pacer.cancel(refused)
+    assert granted.slot is not None and refused.slot is None
+    await pacer.cancel(refused)  # it reserved nothing
     assert (await admit(pacer)).kind is Kind.CRAWL_DELAY
+
+
+async def test_a_granted_request_a_later_step_refuses_gives_its_slot_back(
+    state: MemoryState, clock: FakeClock
+) -> None:
+    """The site budget may refuse a request pacing granted: it was not forwarded, so the
+    tenant's own slot goes back (its next request is not too soon by its own pacing)."""
+    pacer = make_pacer(state, clock)
+    granted = await admit(pacer)
+    await pacer.cancel(granted)
+    assert (await admit(pacer)).kind is Kind.ALLOWED
 
 
 # -- origin back-off -------------------------------------------------------------------------
