@@ -31,6 +31,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from crawlguard.policy.decisions import Decision, Kind
 from crawlguard.policy.http_dates import parse_retry_after
@@ -40,6 +41,9 @@ from crawlguard.policy.robots import RobotsRules
 from crawlguard.policy.sites import SiteLimits, site_key, site_limits
 from crawlguard.policy.ua import TokenIndex
 from crawlguard.state.sites import SiteAsk, SiteGrant, SiteState, SiteView
+
+if TYPE_CHECKING:
+    from crawlguard.config import PlatformSection
 
 Clock = Callable[[], float]
 
@@ -127,7 +131,7 @@ class SiteBudget:
     def __init__(
         self,
         state: SiteState,
-        platform: object,
+        platform: PlatformSection,
         *,
         default_min_interval: float = 0.0,
         max_hold: float = 30.0,
@@ -135,7 +139,7 @@ class SiteBudget:
         wallclock: Clock = time.time,
     ) -> None:
         self.state = state
-        self.platform = platform  # crawlguard.config.PlatformSection
+        self.platform = platform
         self.default_min_interval = default_min_interval
         self.max_hold = max_hold
         self._clock = clock
@@ -148,7 +152,9 @@ class SiteBudget:
         )
         self._slowed: dict[str, None] = {}  # sites this process saw backed off (speed_up calls)
 
-    def configure(self, platform: object, *, default_min_interval: float, max_hold: float) -> None:
+    def configure(
+        self, platform: PlatformSection, *, default_min_interval: float, max_hold: float
+    ) -> None:
         """A reload: new keys apply to the next ask."""
         self.platform = platform
         self.default_min_interval = default_min_interval
@@ -156,14 +162,14 @@ class SiteBudget:
         self._shared = weakref.WeakKeyDictionary()
 
     def site_of(self, host: str) -> str:
-        return site_key(host, self.platform.site_key)  # type: ignore[attr-defined]
+        return site_key(host, self.platform.site_key)
 
     def limits(self, site: str) -> SiteLimits:
-        return site_limits(site, self.platform)  # type: ignore[arg-type]
+        return site_limits(site, self.platform)
 
     @property
     def shared(self) -> bool:
-        return self.platform.crawl_delay == "shared"  # type: ignore[attr-defined]
+        return self.platform.crawl_delay == "shared"
 
     def shared_interval(self, rules: RobotsRules | None, index: TokenIndex) -> tuple[float, str]:
         """The site's pace for the whole platform: the largest Crawl-delay / Request-rate

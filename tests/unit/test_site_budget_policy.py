@@ -4,10 +4,9 @@ the health signals that slow a site, the decisions it makes, and how its refusal
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
+from crawlguard.config import PlatformSection
 from crawlguard.policy.budget import (
     ERROR_THRESHOLD,
     HEALTH_WINDOW,
@@ -37,11 +36,8 @@ Allow: /
 
 
 def budget(crawl_delay: str = "shared", default: float = 0.0) -> SiteBudget:
-    platform = SimpleNamespace(
-        site_key="host",
-        crawl_delay=crawl_delay,
-        site_budget=SimpleNamespace(max_rps=None, max_concurrency=None),
-        site_overrides=[],
+    platform = PlatformSection.model_validate(
+        {"crawl_delay": crawl_delay, "site_budget": {"max_rps": None, "max_concurrency": None}}
     )
     return SiteBudget(MemorySites(), platform, default_min_interval=default)
 
