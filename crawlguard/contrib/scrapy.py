@@ -9,8 +9,9 @@ violation on the tenant's record.
 What it does, per origin (scheme, host, port: the key crawlguard paces by):
 
 * A 429 or 503 with `Retry-After` (crawlguard's `crawl-delay`, `origin-backoff`,
-  `tenant-limit`, `robots-unreachable`, `state-unavailable`, `store-backlogged`, or the
-  origin's own) pauses that origin for `Retry-After` seconds and re-schedules the request
+  `tenant-limit`, `site-budget` (the platform's shared pace on the site: the Retry-After is
+  this tenant's next fair slot, kept for it), `proxy-busy`, `robots-unreachable`,
+  `state-unavailable`, `store-backlogged`, or the origin's own) pauses that origin for `Retry-After` seconds and re-schedules the request
   (`dont_filter`), at most `CRAWLGUARD_MAX_RETRIES` times; a `Retry-After` longer than
   `CRAWLGUARD_MAX_RETRY_AFTER` gives up at once (the response goes on to the spider).
 * The robots.txt Scrapy downloads (`ROBOTSTXT_OBEY`; the request passes through this
