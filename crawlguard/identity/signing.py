@@ -168,8 +168,9 @@ def signature_base(components: Sequence[Component], params: Params, message: Mes
             raise SignatureError(f"component {ident} is covered twice")
         seen.add(ident)
         value = component_value(component, message)
-        if "\n" in value or "\r" in value:
-            raise SignatureError(f"component {ident} has a line break")
+        if "\n" in value or "\r" in value or not value.isascii():
+            # RFC 9421 §2.5: the base is ASCII, one line per component.
+            raise SignatureError(f"component {ident} has a line break or non-ASCII text")
         lines.append(f"{ident}: {value}")
     lines.append(f'"@signature-params": {signature_params_value(components, params)}')
     return "\n".join(lines)
@@ -191,6 +192,19 @@ def new_nonce() -> str:
 def sign_base(private_key: Ed25519PrivateKey, base: str) -> bytes:
     """RFC 9421 §3.3.6: Ed25519 over the signature base's bytes (ASCII)."""
     return private_key.sign(base.encode("ascii"))
+
+
+def free_label(headers: Mapping[str, str]) -> str:
+    """The first `sigN` label no signature field of the message uses yet, so the platform's
+    signature goes next to one the tenant made itself instead of replacing it."""
+    used: set[str] = set()
+    for key, value in headers.items():
+        if key.lower() in ("signature-agent", "signature-input", "signature"):
+            try:
+                used |= set(http_sf.parse(value.strip().encode("ascii"), tltype="dictionary"))
+            except (http_sf.StructuredFieldError, UnicodeEncodeError):
+                continue
+    return next(f"sig{n}" for n in range(1, len(used) + 2) if f"sig{n}" not in used)
 
 
 def _merged(existing: str | None, label: str, member: tuple[object, Params], name: str) -> str:

@@ -30,6 +30,7 @@ from crawlguard.identity.signing import (
     Message,
     SignatureError,
     canonical_authority,
+    free_label,
     sign,
     sign_base,
     signature_agent_value,
@@ -348,6 +349,14 @@ def test_an_existing_signature_is_kept() -> None:
         assert result.valid, (label, result.reason)
     with pytest.raises(SignatureError, match="already has a member"):
         signed(platform_key, headers=tenant)
+    assert free_label({"User-Agent": "x"}) == "sig1"
+    assert free_label(tenant) == "sig2"
+    assert free_label(both) == "sig3"
+
+
+def test_non_ascii_values_are_refused() -> None:
+    with pytest.raises(SignatureError, match="non-ASCII"):
+        signed(Ed25519PrivateKey.generate(), path="/caf\u00e9")
 
 
 HOSTS = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z]{2,8}){1,2}", fullmatch=True)
