@@ -21,8 +21,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crawlguard.identity.keys import TenantKey, jwk, thumbprint
 from crawlguard.identity.signing import (
-    ALG,
-    MAX_LIFETIME,
     Component,
     Message,
     Params,
@@ -33,6 +31,9 @@ from crawlguard.identity.signing import (
 MEDIA_TYPE = "application/http-message-signatures-directory+json"
 WELL_KNOWN_PATH = "/.well-known/http-message-signatures-directory"
 DIRECTORY_TAG = "http-message-signatures-directory"
+DIRECTORY_LIFETIME = 7 * 86400
+"""The draft ("Directory Response Signature Lifetimes"): a short expires on the directory's
+proof buys nothing and costs availability when the key set is redistributed."""
 DIRECTORY_COMPONENTS: tuple[Component, ...] = (
     ("@authority", {"req": True}),
     ("content-digest", {}),
@@ -67,11 +68,12 @@ def sign_directory_response(
     authority: str,
     body: bytes,
     now: int,
-    lifetime: int = MAX_LIFETIME,
+    lifetime: int = DIRECTORY_LIFETIME,
     scheme: str = "https",
 ) -> dict[str, str]:
     """Headers for the directory response: Content-Type, Content-Digest and one signature per
-    key (labels binding0, binding1, ...), each over `("@authority";req "content-digest")`."""
+    key (labels `binding`, `binding1`, ...; the draft's vector uses `binding`), each over
+    `("@authority";req "content-digest")` with the draft's parameters in its order."""
     if not private_keys:
         raise ValueError("a directory response is signed by at least one key")
     if lifetime <= 0:
@@ -84,13 +86,12 @@ def sign_directory_response(
     for index, private_key in enumerate(private_keys):
         params: Params = {
             "created": int(now),
-            "keyid": thumbprint(private_key.public_key()),
-            "alg": ALG,
             "expires": int(now) + lifetime,
+            "keyid": thumbprint(private_key.public_key()),
             "tag": DIRECTORY_TAG,
         }
         base = signature_base(DIRECTORY_COMPONENTS, params, response)
-        label = f"binding{index}"
+        label = f"binding{index}" if index else "binding"
         inputs[label] = (list(DIRECTORY_COMPONENTS), params)
         signatures[label] = (sign_base(private_key, base), {})
     return {

@@ -1,15 +1,20 @@
 """The web-bot-auth profile of HTTP Message Signatures (RFC 9421), as pure functions.
 
-Profile: draft-ietf-webbotauth-httpsig-protocol-01 (Oct 2026). Since -00 the `Signature-Agent`
-field is a structured-field Dictionary whose member is covered as `"signature-agent";key=...`
-(RFC 9421 §2.1.2); the earlier draft-meunier directory drafts (≤ -03) sent a bare sf-string.
-Ed25519 (RFC 9421 §3.3.6) is the only algorithm: the tenant keys are Ed25519 and a verifier
-must not be talked into another algorithm by the `alg` parameter.
+Profile: draft-ietf-webbotauth-httpsig-protocol, the -01 text as in the editor's copy
+(thibmeu/http-message-signatures-directory, draft-ietf-webbotauth-httpsig-protocol.md at
+164910d). Its "Signature-Agent" section makes the field a structured-field Dictionary (since
+draft-meunier-web-bot-auth-architecture-04; earlier revisions sent a bare sf-string, which
+signers must no longer send) whose member is covered as `"signature-agent";key=<label>`
+(RFC 9421 §2.1.2). A member without a `type` parameter means `type=directory`: the value is
+the origin serving /.well-known/http-message-signatures-directory. "Generating HTTP Message
+Signature" requires `@authority`, created, expires, a thumbprint keyid and
+`tag="web-bot-auth"`, and recommends `@method`/`@path` to narrow a signature to one request;
+crawlguard covers all of them. Ed25519 (RFC 9421 §3.3.6) is the only algorithm: tenant keys
+are Ed25519 and a verifier must not be talked into another algorithm by `alg`.
 
-Test vectors: RFC 9421 Appendix B.2.6 (signature base and signature, byte for byte) and the
-Ed25519 vectors published with the web-bot-auth reference implementation
-(cloudflare/web-bot-auth test_data/web_bot_auth_architecture_v2.json, the vectors the draft's
-test-vector appendix is generated from). The draft text itself was not read in full here.
+Test vectors: RFC 9421 Appendix B.2.6, and the draft's "Test Vectors" section, Ed25519
+("Signature-Agent Included", the legacy sf-string form, the signed directory response), which
+are also published as JSON with the reference implementation (cloudflare/web-bot-auth).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import base64
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import http_sf
 from cryptography.exceptions import InvalidSignature
@@ -32,7 +38,8 @@ MAX_LIFETIME = 300
 DEFAULT_SKEW = 60
 """How far in the future a verifier accepts `created` (clocks of signer and verifier differ)."""
 NONCE_BYTES = 64
-"""The reference implementation's nonces are 64 random bytes, base64 (see the vectors)."""
+"""The draft sets no nonce requirement (it defers to RFC 9421 §7.2.2); 64 random bytes in
+base64 is what the reference implementation and the draft's vectors use."""
 
 WEB_BOT_AUTH_COMPONENTS = ("@authority", "@method", "@path")
 
@@ -178,14 +185,25 @@ def signature_base(components: Sequence[Component], params: Params, message: Mes
 
 def signature_agent_value(label: str, origin: str) -> str:
     """The `Signature-Agent` field: a Dictionary whose `label` member is the sf-string origin
-    serving /.well-known/http-message-signatures-directory (draft -01 form), e.g.
-    `sig1="https://acme.agents.example"`."""
+    serving /.well-known/http-message-signatures-directory, e.g.
+    `sig1="https://acme.agents.example"`. No `type` parameter: absent means `directory`, and
+    for that type the draft requires the value to be an https origin (no path, query, user)."""
+    parts = urlsplit(origin)
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise SignatureError(f"a directory Signature-Agent must be an https origin: {origin!r}")
     return http_sf.ser_dictionary({label: (origin, {})})
 
 
 def new_nonce() -> str:
-    """A per-request nonce: 64 random bytes, base64, as the reference implementation makes them
-    (the nonce lets a site reject replays within the short validity window)."""
+    """A per-request nonce (RFC 9421 §7.2.2), so a site that records nonces can reject a
+    replay within the validity window."""
     return base64.b64encode(secrets.token_bytes(NONCE_BYTES)).decode("ascii")
 
 
@@ -239,9 +257,15 @@ def sign(
     """The headers to set on a forwarded request (replacing same-named ones, which are merged
     in): `Signature-Agent`, `Signature-Input`, `Signature`, covering `@authority @method @path
     "signature-agent";key=<label>` with created, expires, keyid (thumbprint), alg, nonce, tag.
-    Call it after every other header change: what is signed must be what is sent."""
+    Call it after every other header change: what is signed must be what is sent.
+
+    A signature already on the request (a tenant signing its own) is left untouched and ours
+    goes next to it under `label` (see `free_label`): the draft's "Multiple Signatures" lets a
+    signer cover another label's members but then it must cover all of them, which it cannot
+    once it has changed any of them, so crawlguard signs on its own terms only."""
     if not 0 < lifetime <= MAX_LIFETIME:
         raise ValueError(f"lifetime must be in 1..{MAX_LIFETIME} seconds")
+    signature_agent_value(label, agent_origin)  # refuses what is not an https origin
     agent = _merged(
         next((v for k, v in headers.items() if k.lower() == "signature-agent"), None),
         label,
@@ -285,7 +309,26 @@ class VerifyResult:
     agent: str | None = None
 
 
-KeyLookup = Callable[[str], Ed25519PublicKey | None]
+KeyLookup = Callable[[str | None, str], Ed25519PublicKey | None]
+"""(agent URL, keyid) -> key. The draft ("Validating Message Signature") keys the lookup on
+the pair: a verifier that looks up by keyid alone would attribute a request to whatever URL
+the client asserts. The URL is the covered Signature-Agent member's value (None if none)."""
+
+
+def _agent_url(components: Sequence[Component], message: Message) -> str | None:
+    """The URL of the first covered Signature-Agent member (a dictionary member, or the whole
+    field in the legacy sf-string form)."""
+    for component in components:
+        if component[0] == "signature-agent":
+            value = component_value(component, message)
+            try:
+                item = http_sf.parse(value.encode("ascii"), tltype="item")
+            except http_sf.StructuredFieldError as exc:
+                raise SignatureError("the Signature-Agent member is not an sf-string") from exc
+            if not isinstance(item[0], str):
+                raise SignatureError("the Signature-Agent member is not an sf-string")
+            return item[0]
+    return None
 
 
 def verify_message(
@@ -351,16 +394,14 @@ def verify_message(
         missing.append("signature-agent")
     if missing:
         return fail(f"required components not covered: {missing}")
-    public_key = key_lookup(keyid)
-    if public_key is None:
-        return fail(f"unknown keyid {keyid!r}")
     try:
         base = signature_base(components, dict(params), message)
+        agent = _agent_url(components, message)
     except SignatureError as exc:
         return fail(str(exc))
-    agent = next(
-        (component_value(c, message) for c in components if c[0] == "signature-agent"), None
-    )
+    public_key = key_lookup(agent, keyid)
+    if public_key is None:
+        return fail(f"unknown keyid {keyid!r} for {agent!r}")
     try:
         public_key.verify(sig_entry[0], base.encode("ascii"))
     except InvalidSignature:
@@ -387,6 +428,6 @@ def verify(
         Message(method, authority, path, headers, scheme),
         key_lookup,
         now,
-        required=WEB_BOT_AUTH_COMPONENTS,
+        required=(*WEB_BOT_AUTH_COMPONENTS, "signature-agent"),
         max_skew=max_skew,
     )

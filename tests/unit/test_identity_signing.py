@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crawlguard.identity.directory import (
+    DIRECTORY_LIFETIME,
     DIRECTORY_TAG,
     MEDIA_TYPE,
     WELL_KNOWN_PATH,
@@ -142,35 +143,86 @@ def test_web_bot_auth_reference_vectors(
     headers.update({"Signature-Input": published_input, "Signature": f"{label}=:{signature}:"})
     result = verify_message(
         Message("GET", "example.com", "/path/to/resource", headers),
-        lambda kid: rfc_key().public_key() if kid == TEST_KID else None,
+        lambda agent, kid: rfc_key().public_key() if kid == TEST_KID else None,
         now=1735689600,
     )
     assert result.valid, result.reason
     assert result.label == label
+    assert result.agent == (None if agent_key is None else "https://signature-agent.test")
 
 
-def test_directory_response_reference_vector() -> None:
-    """web_bot_auth_directory_response_v1.json (same repository): base and signature."""
-    body = (
-        b'{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"' + TEST_KID.encode() + b'",'
-        b'"x":"JrQLj5P_89iXES9-vFgrIy29clF9CC_oPPsw3c5D0bs","use":"sig"}]}'
+def test_draft_legacy_sf_string_vector() -> None:
+    """The draft's "Legacy Signature-Agent, sf-string" Ed25519 vector: a verifier may still
+    meet the bare-string form, covered as plain "signature-agent"."""
+    nonce = (
+        "e8N7S2MFd/qrd6T2R3tdfAuuANngKI7LFtKYI/vowzk4lAZYadIX6wW25MwG7DCT9RUKAJ0qVkU0mEeLElW1qg=="
     )
+    params = {
+        "created": 1735689600,
+        "keyid": TEST_KID,
+        "alg": "ed25519",
+        "expires": 1735693200,
+        "nonce": nonce,
+        "tag": "web-bot-auth",
+    }
+    headers = {"Signature-Agent": '"https://signature-agent.test"'}
+    message = Message("GET", "example.com", "/path/to/resource", headers)
+    components = [("@authority", {}), ("signature-agent", {})]
+    base = signature_base(components, params, message)
+    assert base.splitlines()[1] == '"signature-agent": "https://signature-agent.test"'
+    assert b64(sign_base(rfc_key(), base)) == (
+        "jdq0SqOwHdyHr9+r5jw3iYZH6aNGKijYp/EstF4RQTQdi5N5YYKrD+mCT1HA1nZDsi6nJKuHxUi/5Syp3rLWBA=="
+    )
+
+
+DIRECTORY_BODY = (
+    b'{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"' + TEST_KID.encode() + b'",'
+    b'"x":"JrQLj5P_89iXES9-vFgrIy29clF9CC_oPPsw3c5D0bs","use":"sig"}]}'
+)
+
+
+def test_draft_signed_directory_response_vector() -> None:
+    """The draft's "Signed Directory Response" vector, produced by sign_directory_response."""
     headers = sign_directory_response(
         [rfc_key()],
         authority="signature-agent.test",
-        body=body,
+        body=DIRECTORY_BODY,
         now=1735689600,
         lifetime=4889289600 - 1735689600,
     )
     assert headers == {
         "Content-Type": MEDIA_TYPE,
         "Content-Digest": "sha-256=:CADMT2aBdV/rqQr/NIru64ERQkCobVvllA4V0fLFDu0=:",
-        "Signature-Input": 'binding0=("@authority";req "content-digest");created=1735689600;'
-        f'keyid="{TEST_KID}";alg="ed25519";expires=4889289600;'
-        'tag="http-message-signatures-directory"',
-        "Signature": "binding0=:yiHq0TXrbpzbmlttAQMpYoAufitFJUWuNsakB7QQMoN0EHbo5o51bZRVR8az"
-        "/ptTWCwllix9clrKXfGKwdPzBg==:",
+        "Signature-Input": 'binding=("@authority";req "content-digest");created=1735689600;'
+        f'expires=4889289600;keyid="{TEST_KID}";tag="http-message-signatures-directory"',
+        "Signature": "binding=:l6P8R67tm3kujAxbHWio7ll01qrEZ0dKD/WWlGhNYEmTnFZM8Wt0VQ9zqGfvo7T/"
+        "UMkBxsigzChM1Gpz7gOVBg==:",
     }
+
+
+def test_reference_directory_response_vector() -> None:
+    """cloudflare/web-bot-auth web_bot_auth_directory_response_v1.json: same response, with
+    `alg` and another parameter order, so another base and signature."""
+    request = Message("GET", "signature-agent.test", WELL_KNOWN_PATH)
+    response = Message(headers={"Content-Digest": content_digest(DIRECTORY_BODY)}, request=request)
+    params = {
+        "created": 1735689600,
+        "keyid": TEST_KID,
+        "alg": "ed25519",
+        "expires": 4889289600,
+        "tag": DIRECTORY_TAG,
+    }
+    base = signature_base([("@authority", {"req": True}), ("content-digest", {})], params, response)
+    assert base == (
+        '"@authority";req: signature-agent.test\n'
+        '"content-digest": sha-256=:CADMT2aBdV/rqQr/NIru64ERQkCobVvllA4V0fLFDu0=:\n'
+        '"@signature-params": ("@authority";req "content-digest");created=1735689600;'
+        f'keyid="{TEST_KID}";alg="ed25519";expires=4889289600;'
+        'tag="http-message-signatures-directory"'
+    )
+    assert b64(sign_base(rfc_key(), base)) == (
+        "yiHq0TXrbpzbmlttAQMpYoAufitFJUWuNsakB7QQMoN0EHbo5o51bZRVR8az/ptTWCwllix9clrKXfGKwdPzBg=="
+    )
 
 
 # --- components ------------------------------------------------------------------------
@@ -196,6 +248,9 @@ def test_signature_agent_dictionary_member() -> None:
     assert signature_agent_value("sig1", "https://acme.agents.example") == (
         'sig1="https://acme.agents.example"'
     )
+    for bad in ("http://a.example", "https://a.example/keys", "https://u@a.example", "a.example"):
+        with pytest.raises(SignatureError, match="https origin"):
+            signature_agent_value("sig1", bad)
 
 
 def test_missing_member_and_duplicate_component() -> None:
@@ -227,12 +282,15 @@ def signed(key: Ed25519PrivateKey, **overrides: object) -> dict[str, str]:
     return sign(key, **args)  # type: ignore[arg-type]
 
 
-def lookup(key: Ed25519PrivateKey) -> Callable[[str], Ed25519PublicKey | None]:
+def lookup(
+    key: Ed25519PrivateKey, origin: str = ORIGIN
+) -> Callable[[str | None, str], Ed25519PublicKey | None]:
+    """A verifier's cache, keyed on the (URL, keyid) pair as the draft requires."""
     public = key.public_key()
     kid = thumbprint(public)
 
-    def find(wanted: str) -> Ed25519PublicKey | None:
-        return public if wanted == kid else None
+    def find(agent: str | None, wanted: str) -> Ed25519PublicKey | None:
+        return public if (agent, wanted) == (origin, kid) else None
 
     return find
 
@@ -262,7 +320,7 @@ def test_round_trip_and_tampering() -> None:
     key = Ed25519PrivateKey.generate()
     headers = {"User-Agent": "acmebot/1.0", **signed(key)}
     ok = verify("GET", "shop.example", "/items/1", headers, lookup(key), NOW)
-    assert ok.valid and ok.agent == f'"{ORIGIN}"' and ok.keyid == thumbprint(key.public_key())
+    assert ok.valid and ok.agent == ORIGIN and ok.keyid == thumbprint(key.public_key())
     assert verify("GET", "SHOP.example:443", "/items/1?q=1", headers, lookup(key), NOW).valid
     bad = {
         "method": verify("POST", "shop.example", "/items/1", headers, lookup(key), NOW),
@@ -273,7 +331,7 @@ def test_round_trip_and_tampering() -> None:
             "shop.example",
             "/items/1",
             {**headers, "Signature-Agent": 'sig1="https://evil.example"'},
-            lookup(key),
+            lambda agent, kid: key.public_key(),  # a lookup that ignores the URL
             NOW,
         ),
         "signature": verify(
@@ -288,6 +346,9 @@ def test_round_trip_and_tampering() -> None:
     for what, result in bad.items():
         assert not result.valid, what
         assert result.reason == "signature does not match", what
+    moved = {**headers, "Signature-Agent": 'sig1="https://evil.example"'}
+    result = verify("GET", "shop.example", "/items/1", moved, lookup(key), NOW)
+    assert result.reason.startswith("unknown keyid")
 
 
 def test_expiry_future_and_wrong_key() -> None:
@@ -299,7 +360,9 @@ def test_expiry_future_and_wrong_key() -> None:
     assert verify(*args, lookup(key), NOW - 61).reason == "created is in the future"
     other = Ed25519PrivateKey.generate()
     assert verify(*args, lookup(other), NOW).reason.startswith("unknown keyid")
-    assert not verify(*args, lambda kid: other.public_key(), NOW).valid
+    assert not verify(*args, lambda agent, kid: other.public_key(), NOW).valid
+    # The key is known, but for another URL: the pair does not match (draft, key lookup).
+    assert verify(*args, lookup(key, "https://other.example"), NOW).reason.startswith("unknown")
     with pytest.raises(ValueError):
         signed(key, lifetime=MAX_LIFETIME + 1)
 
@@ -335,6 +398,9 @@ def test_profile_requirements_enforced() -> None:
     assert verify("GET", "shop.example", "/", {}, lookup(key), NOW).reason.startswith(
         "no Signature"
     )
+    no_agent = {k: v for k, v in headers.items() if k != "Signature-Agent"}
+    result = verify("GET", "shop.example", "/items/1", no_agent, lookup(key), NOW)
+    assert not result.valid and "signature-agent" in result.reason
 
 
 def test_an_existing_signature_is_kept() -> None:
@@ -343,8 +409,9 @@ def test_an_existing_signature_is_kept() -> None:
     both = signed(platform_key, headers=tenant, label="sig2")
     assert both["Signature-Agent"] == 'sig1="https://tenant.example", sig2="' + ORIGIN + '"'
     for label, key in (("sig1", tenant_key), ("sig2", platform_key)):
+        origin = "https://tenant.example" if label == "sig1" else ORIGIN
         result = verify_message(
-            Message("GET", "shop.example", "/items/1", both), lookup(key), NOW, label=label
+            Message("GET", "shop.example", "/items/1", both), lookup(key, origin), NOW, label=label
         )
         assert result.valid, (label, result.reason)
     with pytest.raises(SignatureError, match="already has a member"):
@@ -410,13 +477,21 @@ def test_directory_document_and_self_signature() -> None:
     )
     assert not digest_matches(body + b" ", headers["Content-Digest"])
     keys = {key.kid: key.public_key for key in published}
+
+    def from_directory(agent: str | None, kid: str) -> Ed25519PublicKey | None:
+        return keys.get(kid)
+
     request = Message("GET", "acme.id.example", WELL_KNOWN_PATH)
-    for label in ("binding0", "binding1"):
+    for label in ("binding", "binding1"):
         response = Message(headers=headers, request=request)
-        result = verify_message(response, keys.get, 2100, tag=DIRECTORY_TAG, label=label)
+        result = verify_message(response, from_directory, 2100, tag=DIRECTORY_TAG, label=label)
         assert result.valid, (label, result.reason)
         moved = Message(headers=headers, request=Message("GET", "evil.example", WELL_KNOWN_PATH))
-        assert not verify_message(moved, keys.get, 2100, tag=DIRECTORY_TAG, label=label).valid
-    assert not verify_message(
-        Message(headers=headers, request=request), keys.get, 2100 + MAX_LIFETIME, tag=DIRECTORY_TAG
-    ).valid
+        assert not verify_message(moved, from_directory, 2100, tag=DIRECTORY_TAG, label=label).valid
+    late = 2100 + DIRECTORY_LIFETIME
+    assert (
+        verify_message(
+            Message(headers=headers, request=request), from_directory, late, tag=DIRECTORY_TAG
+        ).reason
+        == "expired"
+    )
