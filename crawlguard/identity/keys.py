@@ -8,11 +8,13 @@ verifier fetching the directory cannot match the signature to its key.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -148,17 +150,26 @@ class KeyRing:
 
     With a `directory`, each tenant's keys live in `<directory>/<tenant>.json` (0600, directory
     0700), written atomically so a crash mid-write leaves the previous file, never half a key.
+    Several processes (proxy workers, the CLI) may share the directory: changes happen under
+    an exclusive lock on `<tenant>.lock` after re-reading the file, and every read notices a
+    replaced file, so a revocation by one process stops the others signing at once.
     """
 
     def __init__(self, directory: Path | None = None) -> None:
         self._directory = directory
-        self._keys: dict[str, list[TenantKey]] = {}
+        self._cache: dict[str, tuple[tuple[int, int, int] | None, list[TenantKey]]] = {}
 
     def keys(self, tenant: str) -> list[TenantKey]:
         """All of a tenant's keys, revoked and expired included, oldest first."""
-        if tenant not in self._keys:
-            self._keys[tenant] = self._load(tenant)
-        return list(self._keys[tenant])
+        path = self._path(tenant)
+        if path is None:
+            return list(self._cache.get(tenant, (None, []))[1])
+        stamp = _stamp(path)
+        cached = self._cache.get(tenant)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, self._load(tenant, path) if stamp is not None else [])
+            self._cache[tenant] = cached
+        return list(cached[1])
 
     def published(self, tenant: str, now: float) -> list[TenantKey]:
         """The keys a verifier may still meet: not revoked and not past their overlap."""
@@ -169,44 +180,77 @@ class KeyRing:
         live = self.published(tenant, now)
         if live:
             return max(live, key=lambda key: key.created)
-        return self._add(tenant, TenantKey(Ed25519PrivateKey.generate(), int(now)))
+
+        def first_use(keys: list[TenantKey]) -> tuple[list[TenantKey], TenantKey]:
+            live = [key for key in keys if key.live(now)]
+            if live:  # another process made one while we waited for the lock
+                return keys, max(live, key=lambda key: key.created)
+            key = TenantKey(Ed25519PrivateKey.generate(), int(now))
+            return [*keys, key], key
+
+        return self._change(tenant, first_use)
 
     def rotate(self, tenant: str, now: float, overlap: float) -> TenantKey:
         """A new key signs from now; every older live key stays published until now+overlap."""
         if overlap < 0:
             raise ValueError("overlap must not be negative")
         until = int(now + overlap)
-        aged = [
-            replace(key, not_after=until)
-            if key.live(now) and (key.not_after is None or key.not_after > until)
-            else key
-            for key in self.keys(tenant)
-        ]
-        self._keys[tenant] = aged
-        return self._add(tenant, TenantKey(Ed25519PrivateKey.generate(), int(now)))
+
+        def rotated(keys: list[TenantKey]) -> tuple[list[TenantKey], TenantKey]:
+            aged = [
+                replace(key, not_after=until)
+                if key.live(now) and (key.not_after is None or key.not_after > until)
+                else key
+                for key in keys
+            ]
+            key = TenantKey(Ed25519PrivateKey.generate(), int(now))
+            return [*aged, key], key
+
+        return self._change(tenant, rotated)
 
     def revoke(self, tenant: str, kid: str) -> None:
         """Removes the key from signing and publication at once (a leaked key cannot wait)."""
-        keys = self.keys(tenant)
-        if not any(key.kid == kid for key in keys):
-            raise KeyError(f"tenant {tenant!r} has no key {kid!r}")
-        self._keys[tenant] = [replace(key, revoked=True) if key.kid == kid else key for key in keys]
-        self._save(tenant)
 
-    def _add(self, tenant: str, key: TenantKey) -> TenantKey:
-        self._keys[tenant] = [*self.keys(tenant), key]
-        self._save(tenant)
-        return key
+        def revoked(keys: list[TenantKey]) -> tuple[list[TenantKey], None]:
+            if not any(key.kid == kid for key in keys):
+                raise KeyError(f"tenant {tenant!r} has no key {kid!r}")
+            return [replace(key, revoked=True) if key.kid == kid else key for key in keys], None
+
+        self._change(tenant, revoked)
+
+    def _change[T](
+        self, tenant: str, change: Callable[[list[TenantKey]], tuple[list[TenantKey], T]]
+    ) -> T:
+        """Read-modify-write under the tenant's lock, from the file as it is now."""
+        path = self._path(tenant)
+        if path is None:
+            keys, result = change(self.keys(tenant))
+            self._cache[tenant] = (None, keys)
+            return result
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        lock_fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            self._cache.pop(tenant, None)
+            keys, result = change(self.keys(tenant))
+            document = {
+                "version": FILE_VERSION,
+                "tenant": tenant,
+                "keys": [_to_record(key) for key in keys],
+            }
+            write_atomic(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+            self._cache[tenant] = (_stamp(path), keys)
+            return result
+        finally:
+            os.close(lock_fd)  # closing releases the lock
 
     def _path(self, tenant: str) -> Path | None:
         if not _TENANT_NAME.match(tenant):
             raise ValueError(f"tenant name {tenant!r} cannot name a key file")
         return None if self._directory is None else self._directory / f"{tenant}.json"
 
-    def _load(self, tenant: str) -> list[TenantKey]:
-        path = self._path(tenant)
-        if path is None or not path.exists():
-            return []
+    def _load(self, tenant: str, path: Path) -> list[TenantKey]:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -220,18 +264,14 @@ class KeyRing:
             raise KeyFileError(f"{path}: 'keys' is not a list")
         return [_from_record(record, str(path)) for record in records]
 
-    def _save(self, tenant: str) -> None:
-        path = self._path(tenant)
-        if path is None:
-            return
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        document = {
-            "version": FILE_VERSION,
-            "tenant": tenant,
-            "keys": [_to_record(k) for k in self._keys[tenant]],
-        }
-        write_atomic(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file is replaced (a rename gives a new inode)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

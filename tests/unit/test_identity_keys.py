@@ -101,7 +101,7 @@ def test_persistence_modes_and_reload(tmp_path: Path) -> None:
     path = directory / "acme.json"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in directory.iterdir()] == ["acme.json"]  # no temp files left
+    assert sorted(p.name for p in directory.iterdir()) == ["acme.json", "acme.lock"]  # no temps
     again = KeyRing(directory)
     assert [(k.kid, k.revoked, k.not_after) for k in again.keys("acme")] == [
         (first.kid, True, 2060),
@@ -147,3 +147,15 @@ def test_tampered_kid_and_types_are_refused(tmp_path: Path) -> None:
 def test_tenant_names_that_cannot_be_files(tmp_path: Path, tenant: str) -> None:
     with pytest.raises(ValueError, match="key file"):
         KeyRing(tmp_path).signing_key(tenant, 1000)
+
+
+def test_two_rings_on_one_directory_see_each_others_changes(tmp_path: Path) -> None:
+    """Proxy workers and the CLI share the directory: a revocation by one stops the other."""
+    worker, cli = KeyRing(tmp_path), KeyRing(tmp_path)
+    first = worker.signing_key("acme", 1000)
+    assert cli.signing_key("acme", 1000).kid == first.kid  # no second key made on first use
+    new = cli.rotate("acme", 2000, overlap=60)
+    assert worker.signing_key("acme", 2001).kid == new.kid
+    cli.revoke("acme", new.kid)
+    assert worker.signing_key("acme", 2002).kid == first.kid
+    assert len(worker.keys("acme")) == 2
