@@ -379,6 +379,8 @@ def verify_message(
         return fail("created and expires must both be integers")
     if created > now + max_skew:
         return fail("created is in the future")
+    if expires <= created:
+        return fail("expires is not after created")
     if expires <= now:
         return fail("expired")
     components: list[Component] = []

@@ -398,6 +398,18 @@ def test_profile_requirements_enforced() -> None:
     assert verify("GET", "shop.example", "/", {}, lookup(key), NOW).reason.startswith(
         "no Signature"
     )
+    backwards = headers["Signature-Input"].replace(
+        f"expires={NOW + MAX_LIFETIME}", f"expires={NOW}"
+    )
+    result = verify(
+        "GET",
+        "shop.example",
+        "/items/1",
+        {**headers, "Signature-Input": backwards},
+        lookup(key),
+        NOW - 1,
+    )
+    assert result.reason == "expires is not after created"
     no_agent = {k: v for k, v in headers.items() if k != "Signature-Agent"}
     result = verify("GET", "shop.example", "/items/1", no_agent, lookup(key), NOW)
     assert not result.valid and "signature-agent" in result.reason
