@@ -11,9 +11,10 @@ What it does, per origin (scheme, host, port: the key crawlguard paces by):
 * A 429 or 503 with `Retry-After` (crawlguard's `crawl-delay`, `origin-backoff`,
   `tenant-limit`, `site-budget` (the platform's shared pace on the site: the Retry-After is
   this tenant's next fair slot, kept for it), `proxy-busy`, `robots-unreachable`,
-  `state-unavailable`, `store-backlogged`, or the origin's own) pauses that origin for `Retry-After` seconds and re-schedules the request
-  (`dont_filter`), at most `CRAWLGUARD_MAX_RETRIES` times; a `Retry-After` longer than
-  `CRAWLGUARD_MAX_RETRY_AFTER` gives up at once (the response goes on to the spider).
+  `state-unavailable`, `store-backlogged`, or the origin's own) pauses that origin for
+  `Retry-After` seconds and re-schedules the request (`dont_filter`), at most
+  `CRAWLGUARD_MAX_RETRIES` times; a `Retry-After` longer than `CRAWLGUARD_MAX_RETRY_AFTER`
+  gives up at once (the response goes on to the spider).
 * The robots.txt Scrapy downloads (`ROBOTSTXT_OBEY`; the request passes through this
   middleware) seeds the site's interval: its Crawl-delay / Request-rate for the crawler's
   product token (read as crawlguard reads it), plus `CRAWLGUARD_PACING_MARGIN`, so the first
