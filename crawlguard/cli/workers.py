@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from crawlguard.config import Config, ConfigError, load_config
+from crawlguard.files import write_atomic
 
 log = logging.getLogger("crawlguard")
 
@@ -171,11 +172,7 @@ def write_snapshot(cfg: Config, path: Path) -> None:
     """The validated config for the workers (paths already absolute), replaced atomically;
     it must read back as the same config."""
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))
     if load_config(path, secrets=False) != cfg:
         raise ConfigError(f"internal error: the config snapshot {path} does not read back")
 

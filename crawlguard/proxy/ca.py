@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from crawlguard.files import write_atomic
+
 log = logging.getLogger("crawlguard")
 
 BASENAME = "mitmproxy"  # mitmproxy's file names (mitmproxy.addons.tlsconfig.CONF_BASENAME)
@@ -175,26 +177,8 @@ def _write_ca(confdir: str | Path, key_size: int) -> None:
     }
     for path in ca_files(confdir):
         data, secret = contents[path.name.removeprefix(f"{BASENAME}-")]
-        _write_atomic(path, data, secret=secret)
+        write_atomic(path, data, mode=0o600 if secret else 0o644)  # keys: owner only
     log.info("created crawlguard's CA (%s) in %s", subject(cert), Path(confdir).expanduser())
-
-
-def _write_atomic(path: Path, data: bytes, *, secret: bool) -> None:
-    """Private keys owner-only (0600, as mitmproxy's umask does); certificates per the umask."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-    try:
-        if secret:
-            os.fchmod(fd, 0o600)  # also if a stale temporary file had other bits
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 __all__ = [
