@@ -7,9 +7,7 @@ platform crawls are unbounded, so they belong in an answer like this one, not in
 
 The views come from the Runtime (`site_views`, `site_view`, `site_of`), which reads the site
 state on the proxy's own loop; the parent of `crawlguard run --workers N` reads the shared
-(Redis) state its workers use (`ParentAdminSource`). A source without site views answers no
-sites and an `unavailable` reason, a 200 rather than an error, so a dashboard says why its
-panel is empty instead of failing a request every refresh.
+(Redis) state its workers use (`ParentAdminSource`).
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ MAX_LIMIT = 100
 # has nothing to back off from, and the state keeps no index by rate.
 BACKOFF_POOL = MAX_LIMIT
 MAX_TENANTS = 50  # tenants listed per site, most grants first; `tenants_total` counts them all
-NO_SITES = "this admin server has no site budgets to show"
 
 
 def _round(value: float | None, places: int = 3) -> float | None:
@@ -92,10 +89,6 @@ class SitesAPI:
             extra = {} if exc.valid is None else {"valid": exc.valid}
             return error(400, exc.message, **extra)
         guard = self._guard()
-        if not callable(getattr(guard, "site_views", None)):
-            window = int(ACTIVITY_WINDOW)
-            body = {"window": window, "sort": sort, "sites": [], "unavailable": NO_SITES}
-            return web.json_response(body)
         if host is not None:
             view = await guard.site_view(guard.site_of(host))
             views = [] if view is None else [view]  # an idle site: nothing to show, not a 404

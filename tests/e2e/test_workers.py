@@ -7,6 +7,7 @@ worker's /proc/<pid>/environ): nothing in a response says which process made it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from redisutil import redis_base, redis_url  # noqa: F401
 
 from crawlguard.admin.metrics import Metrics
+from crawlguard.state.sites import SiteAsk
+from crawlguard.state.sites_redis import RedisSites
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 
@@ -379,7 +382,9 @@ def test_metrics_aggregate_in_multiprocess_mode(workers_proxy: WorkersProxy, sit
 
 
 def test_the_parent_serves_health_api_and_explains_the_robots_endpoint(
-    workers_proxy: WorkersProxy, site: LocalOrigin
+    workers_proxy: WorkersProxy,
+    site: LocalOrigin,
+    redis_url: str,  # noqa: F811  (the workers' own)
 ) -> None:
     assert workers_proxy.admin("/healthz").text == "ok\n"
     assert fetch(workers_proxy, site.url("/x"), ua="curl/8.0").status_code == 403
@@ -391,8 +396,19 @@ def test_the_parent_serves_health_api_and_explains_the_robots_endpoint(
     assert robots.status_code == 404
     assert "--workers" in robots.json()["error"]
     assert workers_proxy.admin("/api/robots?origin=http://x", headers={}).status_code == 401
-    sites = workers_proxy.admin("/api/sites", headers=op)  # read from the workers' Redis
-    assert sites.status_code == 200 and "unavailable" not in sites.json(), sites.text
+    # the parent holds no site state: /api/sites reads the Redis every worker grants from
+    asyncio.run(grant_in(redis_url, SiteAsk("shared.example", "acme", interval=1.0)))
+    body = workers_proxy.admin("/api/sites?site=shared.example", headers=op).json()
+    assert [s["site"] for s in body["sites"]] == ["shared.example"], body
+    assert [t["tenant"] for t in body["sites"][0]["tenants"]] == ["acme"]
+
+
+async def grant_in(url: str, ask: SiteAsk) -> None:
+    sites = RedisSites.from_url(url)
+    try:
+        assert (await sites.grant(ask, 0.0)).granted
+    finally:
+        await sites.close()
 
 
 # -- the workers' lives -----------------------------------------------------------------------

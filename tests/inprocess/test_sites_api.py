@@ -203,29 +203,3 @@ async def test_sites_needs_the_operator_token(sites: tuple[Admin, FakeSites]) ->
     admin, _ = sites
     assert (await admin.get("/api/sites", token=None)).status == 401
     assert (await admin.get("/api/sites", token="acme-secret")).status == 401
-
-
-async def test_sites_without_site_state(tmp_path: Path) -> None:
-    """An admin server over something without site views (the parent of --workers N): no
-    sites and why, not a 500 (nor a 404 the dashboard would log on every refresh)."""
-    runtime = Runtime(parse_config(base_config(tmp_path)))
-    runtime.start()
-
-    class NoSites:
-        def __getattr__(self, name: str) -> Any:
-            if name.startswith("site_"):
-                raise AttributeError(name)
-            return getattr(runtime, name)
-
-    server = AdminServer(NoSites())
-    await server.start()
-    try:
-        async with aiohttp.ClientSession(trust_env=False) as s:
-            url = f"http://127.0.0.1:{server.port}/api/sites"
-            async with s.get(url, headers={"Authorization": "Bearer op"}) as r:
-                assert r.status == 200
-                body = await r.json()
-                assert body["sites"] == [] and "no site budgets" in body["unavailable"]
-    finally:
-        await server.stop()
-        await runtime.close()

@@ -893,8 +893,8 @@
     const data = result && result.data;
     state.sitesWindow = data && Number(data.window) > 0 ? Number(data.window) : 60;
     $("#sites-sub").textContent = `Slots granted in the last ${fmt(state.sitesWindow)} s against each site's budget, busiest first (top ${SITES_SHOWN})`;
-    if (!data || typeof data.unavailable === "string") {
-      const why = data ? data.unavailable : result ? result.error : "no answer";
+    if (!data) {
+      const why = result ? result.error : "no answer";
       body.replaceChildren(el("tr", null, el("td", { class: "empty-cell", colSpan: 5, text: `Site budgets unavailable: ${why}` })));
       return;
     }
