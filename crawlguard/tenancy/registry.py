@@ -36,6 +36,18 @@ from crawlguard.tenancy.validate import (
     token_hex,
 )
 
+# The columns of the tenant fields, in TENANT_FIELDS order (a new field: one place to add it).
+_JSON_FIELDS = frozenset({"product_tokens", "allow_hosts", "deny_hosts"})
+_SET_FIELDS = ", ".join(f"{name} = ?" for name in TENANT_FIELDS)
+
+
+def _columns(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A tenant's field values as stored: the lists as JSON text."""
+    return tuple(
+        json.dumps(values[name]) if name in _JSON_FIELDS else values[name] for name in TENANT_FIELDS
+    )
+
+
 T = TypeVar("T")
 
 _COLUMNS = (
@@ -230,21 +242,8 @@ class TenantRegistry:
                         tx.rows("DELETE FROM tenancy_tokens WHERE token = ?", (token,))
             now = utc_now_iso()
             tx.rows(
-                "UPDATE tenancy_tenants SET product_tokens = ?, mode = ?, pacing = ?, "
-                "max_concurrency = ?, max_rps = ?, allow_hosts = ?, deny_hosts = ?, weight = ?, "
-                "updated_at = ? WHERE id = ?",
-                (
-                    json.dumps(new["product_tokens"]),
-                    new["mode"],
-                    new["pacing"],
-                    new["max_concurrency"],
-                    new["max_rps"],
-                    json.dumps(new["allow_hosts"]),
-                    json.dumps(new["deny_hosts"]),
-                    new["weight"],
-                    now,
-                    tenant_id,
-                ),
+                f"UPDATE tenancy_tenants SET {_SET_FIELDS}, updated_at = ? WHERE id = ?",
+                (*_columns(new), now, tenant_id),
             )
             self._audit(tx, actor, tenant_id, "update", changes, now)
             return self._existing(tx, tenant_id)
@@ -390,24 +389,11 @@ class TenantRegistry:
         self._claim(tx, tenant.id, tenant.product_tokens)
         values = _values(tenant)
         stamp = utc_now_iso()
+        marks = ", ".join("?" for _ in TENANT_FIELDS)
         tx.rows(
-            "INSERT INTO tenancy_tenants (id, product_tokens, mode, pacing, max_concurrency, "
-            "max_rps, allow_hosts, deny_hosts, weight, token_sha256, disabled, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-            (
-                tenant.id,
-                json.dumps(values["product_tokens"]),
-                values["mode"],
-                values["pacing"],
-                values["max_concurrency"],
-                values["max_rps"],
-                json.dumps(values["allow_hosts"]),
-                json.dumps(values["deny_hosts"]),
-                values["weight"],
-                digest,
-                stamp,
-                stamp,
-            ),
+            f"INSERT INTO tenancy_tenants (id, {', '.join(TENANT_FIELDS)}, token_sha256, "
+            f"disabled, created_at, updated_at) VALUES (?, {marks}, ?, 0, ?, ?)",
+            (tenant.id, *_columns(values), digest, stamp, stamp),
         )
         changes = {k: [None, v] for k, v in values.items()}
         self._audit(tx, actor, tenant.id, action, changes, stamp)
