@@ -155,7 +155,6 @@ class Runtime:
             open_sites(cfg.state.url, cfg.state.on_error, pacing=self.pacer.state),
             cfg.platform,
             default_min_interval=cfg.pacing.default_min_interval,
-            max_hold=cfg.pacing.max_hold,
         )
         self.metrics.held_requests_limit.set(cfg.pacing.max_held)
         self.held = HeldPool(cfg.pacing.max_held, cfg.pacing.max_hold)
@@ -314,7 +313,6 @@ class Runtime:
         self.budget.configure(
             cfg.platform,
             default_min_interval=cfg.pacing.default_min_interval,
-            max_hold=cfg.pacing.max_hold,
         )
         self.metrics.held_requests_limit.set(cfg.pacing.max_held)
         self._bind_gauges()

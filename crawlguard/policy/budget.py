@@ -134,14 +134,12 @@ class SiteBudget:
         platform: PlatformSection,
         *,
         default_min_interval: float = 0.0,
-        max_hold: float = 30.0,
         clock: Clock = time.monotonic,
         wallclock: Clock = time.time,
     ) -> None:
         self.state = state
         self.platform = platform
         self.default_min_interval = default_min_interval
-        self.max_hold = max_hold
         self._clock = clock
         self._wallclock = wallclock
         self.health = SiteHealth()
@@ -152,13 +150,10 @@ class SiteBudget:
         )
         self._slowed: dict[str, None] = {}  # sites this process saw backed off (speed_up calls)
 
-    def configure(
-        self, platform: PlatformSection, *, default_min_interval: float, max_hold: float
-    ) -> None:
+    def configure(self, platform: PlatformSection, *, default_min_interval: float) -> None:
         """A reload: new keys apply to the next ask."""
         self.platform = platform
         self.default_min_interval = default_min_interval
-        self.max_hold = max_hold
         self._shared = weakref.WeakKeyDictionary()
 
     def site_of(self, host: str) -> str:
